@@ -1,0 +1,36 @@
+"""Prefect flow ``ingest``: read, validate, split, and record the data as an MLflow input."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from wd_pipeline import data, tracking
+from wd_pipeline.config import PipelineConfig
+from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+
+
+@task(cache_policy=NO_CACHE, name="prepare-splits")
+def prepare_splits(config: PipelineConfig) -> str:
+    return str(data.prepare(config))
+
+
+@task(cache_policy=NO_CACHE, name="log-dataset", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+def log_dataset(parent_run_id: str, split_folder: str) -> None:
+    manifest = data.read_manifest(split_folder)
+    frames = {name: data.load_split(split_folder, name).frame(manifest["label"]) for name in data.SPLITS}
+    tracking.log_dataset(tracking.get_client(), parent_run_id, manifest, frames)
+
+
+@flow(name="ingest")
+def ingest(config: PipelineConfig, parent_run_id: str) -> str:
+    """Returns the folder holding the train / validation / test Parquet files and manifest."""
+    split_folder = prepare_splits(config)
+    manifest = data.read_manifest(split_folder)
+    sizes = ", ".join(f"{name} {part['rows']}" for name, part in manifest["splits"].items())
+    get_run_logger().info(
+        "Data %s (sha256 %s…): %d rows, %d features; splits: %s",
+        manifest["source"], manifest["sha256"][:12], manifest["rows"], len(manifest["features"]), sizes,
+    )
+    log_dataset(parent_run_id, split_folder)
+    return split_folder

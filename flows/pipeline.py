@@ -1,0 +1,122 @@
+"""Prefect flow ``weight-decay-pipeline``: ingest → train-grid → evaluate → register.
+
+Its parameters are the fields of :class:`~wd_pipeline.config.PipelineConfig`, flat and with
+the same constrained types, so the Prefect UI renders a plain form and refuses a bad value
+with pydantic's message before anything runs. ``tests/code/test_flow_parameters.py`` keeps
+the two lists identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from wd_pipeline import tracking
+from wd_pipeline.config import (
+    DEFAULT_DATA,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_GRID,
+    DEFAULT_LABEL,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_POSITIVE_CLASS,
+    BatchSize,
+    ColumnName,
+    Epochs,
+    Fraction,
+    Grid,
+    HiddenUnits,
+    LearningRate,
+    Name,
+    Parallelism,
+    PipelineConfig,
+    Seed,
+    SelectionMetric,
+    format_lambda,
+    make_config,
+)
+from flows.evaluate import evaluate
+from flows.ingest import ingest
+from flows.register import register
+from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from flows.summary import summary_markdown
+from flows.train_grid import train_grid
+
+
+@task(cache_policy=NO_CACHE, name="start-tracking", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+def start_tracking(config: PipelineConfig) -> tuple[str, str]:
+    """Create the parent run; returns (experiment id, run id)."""
+    client = tracking.get_client()
+    experiment_id = tracking.ensure_experiment(client, config.experiment)
+    tags = {
+        "run_name": flow_run.get_name() or "pipeline",
+        tracking.PREFECT_RUN_TAG: str(flow_run.get_id()),
+        tracking.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or "",
+    }
+    return experiment_id, tracking.start_parent_run(client, experiment_id, config, tags)
+
+
+@flow(name="weight-decay-pipeline")
+def weight_decay_pipeline(
+    data: str = DEFAULT_DATA,
+    label: ColumnName = DEFAULT_LABEL,
+    positive_class: str | None = DEFAULT_POSITIVE_CLASS,
+    features: list[ColumnName] | None = None,
+    grid: Grid = list(DEFAULT_GRID),  # noqa: B008 - Prefect stores the default as JSON
+    epochs: Epochs = 100,
+    batch_size: BatchSize = 32,
+    learning_rate: LearningRate = 1e-3,
+    hidden_units: HiddenUnits = [10, 10],  # noqa: B006
+    seed: Seed = 42,
+    val_fraction: Fraction = 0.2,
+    test_fraction: Fraction = 0.2,
+    min_rows_per_class: int = 10,
+    selection_metric: SelectionMetric = "log_loss",
+    gate_metric: SelectionMetric = "log_loss",
+    experiment: Name = DEFAULT_EXPERIMENT,
+    model_name: Name = DEFAULT_MODEL_NAME,
+    max_parallel: Parallelism = 2,
+    work_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train the network over a λ grid, pick λ on validation, register the winner."""
+    settings = {key: value for key, value in locals().items() if value is not None or key == "positive_class"}
+    config = make_config(**settings)
+    return run_pipeline(config)
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """The four steps as subflows, with the MLflow parent run closed FAILED on any error."""
+    logger = get_run_logger()
+    experiment_id, parent_run_id = start_tracking(config)
+    client = tracking.get_client()
+    try:
+        split_folder = ingest(config, parent_run_id)
+        runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)
+        results = train_grid.with_options(task_runner=runner)(config, split_folder, parent_run_id)
+        evaluation = evaluate(config, split_folder, results, parent_run_id)
+        decision = register(config, split_folder, evaluation["chosen_model_path"], parent_run_id)
+    except BaseException:
+        tracking.finish(client, parent_run_id, "FAILED")
+        raise
+    tracking.finish(client, parent_run_id)
+    summary = {
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "run_url": tracking.run_url(client, experiment_id, parent_run_id),
+        "tracking_uri": client.tracking_uri,
+        "chosen_lambda": evaluation["chosen_lambda"],
+        "selection_metric": config.selection_metric,
+        "test_metrics": evaluation["test_metrics"],
+        "registry": decision,
+        "grid": evaluation["table"],
+    }
+    create_markdown_artifact(summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision")
+    logger.info(
+        "Chosen λ=%s; %s v%s → @%s", format_lambda(summary["chosen_lambda"]),
+        decision["model_name"], decision["version"], decision["alias"],
+    )
+    return summary

@@ -1,0 +1,45 @@
+"""Prefect flow ``register``: log the chosen model, register it, gate the champion alias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from wd_pipeline import data, registry, tracking
+from wd_pipeline.config import PipelineConfig
+from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+
+
+@task(cache_policy=NO_CACHE, name="log-model", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
+    manifest = data.read_manifest(split_folder)
+    example = data.load_split(split_folder, "train").features.head(5)
+    model_uri, _ = registry.log_model(parent_run_id, model_path, example, manifest["features"])
+    return model_uri
+
+
+@task(cache_policy=NO_CACHE, name="register-and-gate")
+def register_and_gate(config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str) -> dict[str, Any]:
+    test = data.load_split(split_folder, "test")
+    client = tracking.get_client()
+    decision = registry.register(
+        client, config.model_name, model_uri, parent_run_id, test.features, test.label, config.gate_metric,
+        tags={"data.sha256": data.read_manifest(split_folder)["sha256"]},
+    )
+    tracking.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
+    values = {"gate_new_value": decision.new_value}
+    if decision.champion_value is not None:
+        values["gate_champion_value"] = decision.champion_value
+    tracking.log_metrics(client, parent_run_id, values)
+    return decision.to_dict()
+
+
+@flow(name="register")
+def register(config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str) -> dict[str, Any]:
+    """Returns the registry decision: version, alias and the numbers behind it."""
+    model_uri = log_model(parent_run_id, split_folder, model_path)
+    decision = register_and_gate(config, split_folder, model_uri, parent_run_id)
+    get_run_logger().info("%s v%s → @%s: %s", decision["model_name"], decision["version"], decision["alias"], decision["reason"])
+    return decision

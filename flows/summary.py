@@ -1,0 +1,23 @@
+"""The markdown a person reads in the Prefect UI after a pipeline run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wd_pipeline.config import format_lambda
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    decision = summary["registry"]
+    metrics = " | ".join(f"{name} {value:.4f}" for name, value in summary["test_metrics"].items())
+    return "\n".join(
+        [
+            "# Weight-decay pipeline",
+            "",
+            f"- **Chosen λ**: {format_lambda(summary['chosen_lambda'])} (validation {summary['selection_metric']})",
+            f"- **Test metrics**: {metrics}",
+            f"- **Registry**: `{decision['model_name']}` v{decision['version']} → `@{decision['alias']}` — {decision['reason']}",
+            f"- **MLflow parent run**: {summary['run_url']}",
+            f"- **Model**: `{decision['model_uri']}`",
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Weight-decay study as a library."""

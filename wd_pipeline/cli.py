@@ -1,0 +1,157 @@
+"""``wd-pipeline``: the command line.
+
+Flags, a config file and the defaults all become one :class:`PipelineConfig`; the run
+itself is the Prefect flow, so a CLI run shows up in the Prefect UI like any other.
+Prefect, MLflow and TensorFlow are imported only once a command needs them, which keeps
+``--help`` instant. Errors a user can fix print one line (exit 2 for settings, 1 for the
+run); the full trace goes to the log file, or to the terminal with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wd_pipeline.config import PipelineConfig, load_config_file, make_config, parse_grid
+from wd_pipeline.errors import ConfigError, PipelineError
+
+EXIT_RUN_FAILED = 1
+EXIT_BAD_SETTINGS = 2
+LOG_FILE = "wd-pipeline.log"
+
+# flag name → (config field, parser, help)
+RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--data": ("data", str, "CSV or Parquet file: local path or pyarrow URI (default: the bundled dataset)"),
+    "--label": ("label", str, "binary target column"),
+    "--positive-class": ("positive_class", str, "label value counted as positive, for string labels"),
+    "--features": ("features", lambda s: [c.strip() for c in s.split(",") if c.strip()], "comma-separated feature columns (default: all but the label)"),
+    "--grid": ("grid", parse_grid, "comma-separated λ values, e.g. 0,1e-4,1e-2"),
+    "--epochs": ("epochs", int, "training epochs per grid point"),
+    "--batch-size": ("batch_size", int, "mini-batch size"),
+    "--learning-rate": ("learning_rate", float, "Adam learning rate"),
+    "--hidden-units": ("hidden_units", lambda s: [int(u) for u in s.split(",")], "hidden layer sizes, e.g. 10,10"),
+    "--seed": ("seed", int, "seed of the split, initialisation and shuffling"),
+    "--selection-metric": ("selection_metric", str, "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)"),
+    "--gate-metric": ("gate_metric", str, "test metric the champion gate compares"),
+    "--experiment": ("experiment", str, "MLflow experiment name"),
+    "--model-name": ("model_name", str, "MLflow registered model name"),
+    "--max-parallel": ("max_parallel", int, "grid points trained at once"),
+    "--work-dir": ("work_dir", str, "folder for splits and trained grid points"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wd-pipeline",
+        description="Weight-decay (L2) study as a Prefect + MLflow pipeline.",
+        epilog="Tracking and orchestration follow MLFLOW_TRACKING_URI and PREFECT_API_URL when set.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the whole pipeline: ingest, train the λ grid, evaluate, register")
+    run.add_argument("--config", metavar="FILE", help="TOML or YAML file with the same settings as the flags")
+    for flag, (field, _, text) in RUN_FLAGS.items():
+        run.add_argument(flag, dest=field, metavar=field.upper(), default=None, help=text)
+    run.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Defaults < config file < flags. A new data source drops the bundled positive class."""
+    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for flag, (field, parse, _) in RUN_FLAGS.items():
+        raw = getattr(args, field)
+        if raw is None:
+            continue
+        try:
+            settings[field] = parse(raw)
+        except ValueError:
+            raise ConfigError(f"{flag} {raw!r} is not valid: {RUN_FLAGS[flag][2]}") from None
+    if "data" in settings and "positive_class" not in settings:
+        settings["positive_class"] = None
+    return make_config(**settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    log_path = _configure_logging(Path(config.work_dir), verbose=args.verbose)
+    try:
+        summary = _run(config)
+    except PipelineError as exc:
+        logging.getLogger("wd_pipeline").debug("run failed", exc_info=True)
+        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"(full log: {log_path})", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    print(format_summary(summary))
+    return 0
+
+
+def _run(config: PipelineConfig) -> dict[str, Any]:
+    from flows.pipeline import weight_decay_pipeline
+
+    return weight_decay_pipeline(**config.model_dump())
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """What a person needs at the end: λ, test metrics, registry decision, where to look."""
+    from wd_pipeline.config import format_lambda
+
+    decision = summary["registry"]
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["test_metrics"].items())
+    return "\n".join(
+        [
+            "",
+            f"chosen λ      {format_lambda(summary['chosen_lambda'])}  (best validation {summary['selection_metric']})",
+            f"test metrics  {metrics}",
+            f"registry      {decision['model_name']} v{decision['version']} → @{decision['alias']}: {decision['reason']}",
+            f"MLflow run    {summary['run_url']}",
+            f"model         {decision['model_uri']}",
+        ]
+    )
+
+
+class _HideTracebacks(logging.Filter):
+    """Console only: keep the message, drop exception traces and library warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and record.name != "py.warnings"
+
+
+def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
+    """Prefect's console output stays; traces and warnings go to a log file unless verbose."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = (work_dir / LOG_FILE).resolve()
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not verbose:
+        for console in root.handlers:
+            console.addFilter(_HideTracebacks())
+        logging.captureWarnings(True)
+        warnings.simplefilter("default")
+        import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
+
+        for noisy in ("mlflow", "tensorflow", "absl"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    root.addHandler(handler)
+    logging.getLogger("wd_pipeline").setLevel(logging.DEBUG)
+    return log_path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,345 @@
+"""Ingest: read a CSV or Parquet source, check it fits the configuration, split it.
+
+Sources are opened through ``pyarrow.fs`` so a local path and a URI (``file://``,
+``s3://``, ``gs://`` …) take the same code path. The bytes are read once: the same buffer
+gives the sha256 fingerprint that keys every later result and the table itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from wd_pipeline.config import PROJECT_ROOT, PipelineConfig
+from wd_pipeline.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+PARQUET_MAGIC = b"PAR1"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+MANIFEST = "manifest.json"
+TRUE_NAMES = {"1", "true"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A readable location: the filesystem that holds it and the path within it."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_parquet_by_name(self) -> bool:
+        return self.path.lower().endswith(PARQUET_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """Raw numeric features and a 0/1 label, aligned row for row."""
+
+    features: pd.DataFrame
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def frame(self, label: str) -> pd.DataFrame:
+        """Features and the 0/1 label as one DataFrame (for dataset logging)."""
+        return self.features.assign(**{label: self.label})
+
+    def class_counts(self) -> dict[str, int]:
+        positives = int(self.label.sum())
+        return {"0": len(self.label) - positives, "1": positives}
+
+
+def locate(data: str) -> Source:
+    """Resolve ``data`` to a source that exists, or say what to pass instead.
+
+    A relative path that is not under the working directory is also looked up under the
+    project root, so the bundled default works wherever the command runs.
+    """
+    if "://" in data:
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(data)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise DataError(f"cannot open data URI {data!r}: {exc}") from None
+        uri = data
+    else:
+        candidate = Path(data).expanduser()
+        if not candidate.is_absolute() and not candidate.exists() and (PROJECT_ROOT / candidate).exists():
+            candidate = PROJECT_ROOT / candidate
+        filesystem, path, uri = pafs.LocalFileSystem(), str(candidate.resolve()), str(candidate.resolve())
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"data file not found: {data}. Pass --data with the path of a CSV or Parquet file")
+    if info.type != pafs.FileType.File:
+        raise DataError(f"data source {data} is not a file. Pass --data with the path of a CSV or Parquet file")
+    return Source(filesystem, path, uri)
+
+
+def read_bytes(source: Source) -> bytes:
+    """All bytes of the source; empty sources are refused here, before any parsing."""
+    try:
+        with source.filesystem.open_input_stream(source.path) as stream:
+            raw = stream.read()
+    except OSError as exc:
+        raise DataError(f"cannot read data file {source.uri}: {exc}") from None
+    if not raw:
+        raise DataError(f"data file {source.uri} is empty. Pass a CSV with a header row or a Parquet file")
+    return raw
+
+
+def fingerprint(raw: bytes) -> str:
+    """sha256 of the source bytes: the identity of the data everywhere downstream."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse_table(raw: bytes, source: Source) -> pa.Table:
+    """Parse Parquet (by magic bytes) or CSV into an Arrow table."""
+    looks_parquet = raw[:4] == PARQUET_MAGIC
+    if source.is_parquet_by_name or looks_parquet:
+        if not (looks_parquet and raw[-4:] == PARQUET_MAGIC):
+            raise DataError(f"data file {source.uri} is not a valid Parquet file (truncated or another format)")
+        try:
+            return pq.read_table(pa.BufferReader(raw))
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"data file {source.uri} is not a readable Parquet file: {exc}") from None
+    try:
+        return pacsv.read_csv(pa.BufferReader(raw))
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"data file {source.uri} is neither Parquet nor readable CSV: {_first_line(exc)}. "
+            "Pass a comma-separated file with a header row, or a Parquet file"
+        ) from None
+
+
+def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
+    """Check the table against the configured columns and turn it into features and 0/1 label."""
+    names = table.column_names
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataError(f"data has duplicate columns {duplicates}: give every column a unique name")
+    if table.num_rows == 0:
+        raise DataError("data holds a header but no rows")
+    if config.label not in names:
+        raise DataError(
+            f"label column {config.label!r} not found; columns are {_preview(names)}. "
+            "Pass --label with the name of the binary target column"
+        )
+    features = _feature_columns(names, config)
+    label = encode_label(table.column(config.label), config.label, config.positive_class)
+    frame = _numeric_features(table, features)
+    data = LabeledData(frame, label)
+    _check_class_sizes(data, config)
+    return data
+
+
+def _feature_columns(names: list[str], config: PipelineConfig) -> list[str]:
+    if config.features is None:
+        features = [name for name in names if name != config.label]
+    else:
+        missing = [name for name in config.features if name not in names]
+        if missing:
+            raise DataError(f"feature columns {missing} not found; columns are {_preview(names)}")
+        if config.label in config.features:
+            raise DataError(f"label column {config.label!r} is also listed as a feature: remove it from features")
+        features = list(config.features)
+    if not features:
+        raise DataError("data has no feature columns besides the label")
+    return features
+
+
+def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None) -> np.ndarray:
+    """Map a binary label (0/1, booleans, or two strings) to 0/1 with the positive class as 1."""
+    if column.null_count:
+        raise DataError(f"label column {name!r} has {column.null_count} missing values: drop or fill those rows")
+    kind = column.type
+    values = pc.unique(column).to_pylist()
+    if pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        if not set(values) <= {0, 1}:
+            raise DataError(
+                f"label column {name!r} must be binary (0/1, booleans or two strings); "
+                f"it holds {_preview(sorted(values))}"
+            )
+        if positive_class is not None and positive_class.lower() not in TRUE_NAMES:
+            raise DataError(
+                f"label column {name!r} holds 0/1 values, so the positive class is 1; "
+                f"positive class {positive_class!r} only applies to string labels: leave it empty"
+            )
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int8)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+        strings = sorted(str(v) for v in values)
+        if len(strings) > 2:
+            raise DataError(
+                f"label column {name!r} must be binary; it holds {len(strings)} classes {_preview(strings)}"
+            )
+        if positive_class is None:
+            raise DataError(
+                f"label column {name!r} holds strings {strings}: name the positive class, "
+                f"e.g. --positive-class {strings[-1]!r}"
+            )
+        if positive_class not in strings:
+            raise DataError(
+                f"positive class {positive_class!r} is not a value of label column {name!r}; it holds {strings}"
+            )
+        return np.asarray(pc.equal(column.cast(pa.string()), positive_class).to_numpy(zero_copy_only=False), dtype=np.int8)
+    raise DataError(f"label column {name!r} has type {kind}; it must be 0/1, booleans or two strings")
+
+
+def _numeric_features(table: pa.Table, features: list[str]) -> pd.DataFrame:
+    non_numeric = [
+        f"{name} ({table.schema.field(name).type})"
+        for name in features
+        if not _is_numeric(table.schema.field(name).type)
+    ]
+    if non_numeric:
+        raise DataError(
+            f"features must be numeric; non-numeric columns: {_preview(non_numeric)}. "
+            "Encode them, or leave them out with --features"
+        )
+    frame = table.select(features).to_pandas().astype("float64")
+    values = frame.to_numpy()
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = {name: int((~finite[:, i]).sum()) for i, name in enumerate(features) if not finite[:, i].all()}
+        raise DataError(
+            f"features hold missing or infinite values (column: count) {bad}: clean, impute or drop those rows"
+        )
+    return frame
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    # An all-empty CSV column arrives as the null type: let it through so the finite-value
+    # check reports it as missing values rather than as a type problem.
+    checks = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null)
+    return any(check(kind) for check in checks)
+
+
+def _check_class_sizes(data: LabeledData, config: PipelineConfig) -> None:
+    counts = data.class_counts()
+    if min(counts.values()) == 0:
+        only = "1 (positive)" if counts["0"] == 0 else "0 (negative)"
+        raise DataError(f"label column {config.label!r} has a single class, {only}: a classifier needs both")
+    smallest = min(config.val_fraction, config.test_fraction)
+    needed = max(config.min_rows_per_class, math.ceil(2 / smallest))
+    if min(counts.values()) < needed:
+        raise DataError(
+            f"too few rows per class {counts}: each class needs at least {needed} rows so every split holds both"
+        )
+
+
+def split(data: LabeledData, config: PipelineConfig) -> dict[str, LabeledData]:
+    """Seeded, stratified train / validation / test split."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(data))
+    rest, test = train_test_split(
+        index, test_size=config.test_fraction, stratify=data.label, random_state=config.seed
+    )
+    val_share = config.val_fraction / (1.0 - config.test_fraction)
+    train, validation = train_test_split(
+        rest, test_size=val_share, stratify=data.label[rest], random_state=config.seed
+    )
+    return {name: _take(data, rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
+
+
+def _take(data: LabeledData, rows: np.ndarray) -> LabeledData:
+    rows = np.sort(rows)
+    return LabeledData(data.features.iloc[rows].reset_index(drop=True), data.label[rows])
+
+
+def split_key(config: PipelineConfig, sha256: str) -> str:
+    """Folder name for one split of one source: content hash + the settings that shape it."""
+    settings = json.dumps(
+        config.model_dump(include={"label", "positive_class", "features", "val_fraction", "test_fraction", "seed"}),
+        sort_keys=True,
+    )
+    return f"{sha256[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+
+
+def write_splits(splits: dict[str, LabeledData], folder: Path, manifest: dict[str, Any]) -> None:
+    """Write one Parquet file per split, then the manifest last so its presence means complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        table = pa.Table.from_pandas(part.features, preserve_index=False).append_column(
+            manifest["label"], pa.array(part.label, type=pa.int8())
+        )
+        pq.write_table(table, folder / f"{name}.parquet")
+    tmp = folder / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(folder / MANIFEST)
+
+
+def build_manifest(
+    source: Source, sha256: str, table: pa.Table, splits: dict[str, LabeledData], config: PipelineConfig
+) -> dict[str, Any]:
+    """What a reader needs to trust the splits: provenance, sizes, balance, schema."""
+    features = list(splits["train"].features.columns)
+    return {
+        "source": source.uri,
+        "sha256": sha256,
+        "rows": table.num_rows,
+        "label": config.label,
+        "positive_class": config.positive_class,
+        "features": features,
+        "schema": {name: str(table.schema.field(name).type) for name in features},
+        "seed": config.seed,
+        "splits": {
+            name: {"rows": len(part), "classes": part.class_counts(), "positive_rate": round(float(part.label.mean()), 6)}
+            for name, part in splits.items()
+        },
+    }
+
+
+def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
+    """Read, validate, split and write; returns the folder of the splits and manifest.
+
+    Splits already written for the same bytes and settings are reused, which is what lets
+    a rerun after a crash skip straight to the grid points still missing.
+    """
+    source = locate(config.data)
+    raw = read_bytes(source)
+    sha256 = fingerprint(raw)
+    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, sha256)
+    if (folder / MANIFEST).exists():
+        return folder
+    table = parse_table(raw, source)
+    del raw
+    data = validate(table, config)
+    splits = split(data, config)
+    write_splits(splits, folder, build_manifest(source, sha256, table, splits, config))
+    return folder
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def load_split(folder: str | Path, name: str) -> LabeledData:
+    """One split back as raw features and 0/1 label."""
+    manifest = read_manifest(folder)
+    frame = pq.read_table(Path(folder) / f"{name}.parquet").to_pandas()
+    label = frame.pop(manifest["label"]).to_numpy(dtype=np.int8)
+    return LabeledData(frame[manifest["features"]], label)
+
+
+def _preview(items: list[Any], limit: int = 12) -> str:
+    shown = ", ".join(repr(item) if isinstance(item, str) else str(item) for item in items[:limit])
+    more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

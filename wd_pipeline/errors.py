@@ -1,0 +1,24 @@
+"""Errors a user can cause and fix.
+
+Every error raised on purpose by the library derives from :class:`PipelineError`, so the
+CLI can print its message without a traceback and Prefect can end the flow run FAILED
+with the same words. Anything else escaping the library is a bug, not bad input.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class: the message names the problem and how to fix it."""
+
+
+class DataError(PipelineError):
+    """The data source is missing, unreadable or does not fit the configuration."""
+
+
+class ConfigError(PipelineError):
+    """A setting is invalid or inconsistent with another one."""
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking store or model registry cannot be used."""

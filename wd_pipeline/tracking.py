@@ -1,0 +1,201 @@
+"""MLflow tracking: where runs go and how a pipeline run is laid out in them.
+
+Everything goes through an explicit :class:`~mlflow.MlflowClient` and explicit run ids:
+MLflow's "active run" is per thread, and grid points are trained in worker threads.
+
+Layout a user sees in the MLflow UI:
+experiment = the pipeline's name; parent run = one pipeline run (config as params, Prefect
+flow-run id as tag); one nested child run per grid point, named ``l2 λ=1e-03``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wd_pipeline.config import PipelineConfig, format_lambda
+from wd_pipeline.errors import TrackingError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+    from wd_pipeline.train import PointResult
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+PARENT_RUN_TAG = "mlflow.parentRunId"
+PREFECT_RUN_TAG = "prefect.flow_run_id"
+PREFECT_URL_TAG = "prefect.flow_run_url"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def get_client() -> MlflowClient:
+    """A client on the configured store; the fluent API is pointed at the same store."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Id of the experiment ``name``, created on first use.
+
+    With the embedded SQLite store the artifacts go to ``./mlartifacts`` beside it, so
+    ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows plots and models too.
+    """
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments restore) "
+                    "or pass another --experiment"
+                )
+            return experiment.experiment_id
+        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if is_local_store(client.tracking_uri) else None
+        return client.create_experiment(name, artifact_location=location)
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(
+            f"cannot use the MLflow tracking store at {client.tracking_uri}: {_short(exc)}. "
+            "Check MLFLOW_TRACKING_URI and that the server is running"
+        ) from exc
+
+
+def start_parent_run(
+    client: MlflowClient, experiment_id: str, config: PipelineConfig, tags: Mapping[str, str] | None = None
+) -> str:
+    """Create the parent run of one pipeline run, with the whole config as params."""
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=tags.get("run_name") if tags else None, tags=dict(tags or {}))
+    params = [Param(key, value) for key, value in config.params().items()]
+    client.log_batch(run.info.run_id, params=params)
+    return run.info.run_id
+
+
+def start_child_run(client: MlflowClient, parent_run_id: str, lam: float, tags: Mapping[str, str] | None = None) -> str:
+    """A nested run for one grid point, named so the grid point is readable in the UI."""
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=f"l2 λ={format_lambda(lam)}",
+        tags={PARENT_RUN_TAG: parent_run_id, **dict(tags or {})},
+    )
+    return run.info.run_id
+
+
+def log_point(client: MlflowClient, run_id: str, result: PointResult) -> None:
+    """Params, per-epoch curves, final metrics and weight norms of one grid point."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = _now_ms()
+    metrics = [
+        Metric(name, float(value), now, step)
+        for name, series in result.history.items()
+        for step, value in enumerate(series)
+    ]
+    finals = {
+        **{f"train_{k}": v for k, v in result.train_metrics.items()},
+        **{f"val_{k}": v for k, v in result.val_metrics.items()},
+        "weight_norm": result.weight_norm,
+        "penalized_weight_norm": result.penalized_weight_norm,
+        "penalty": result.penalty,
+        "train_seconds": result.train_seconds,
+    }
+    metrics += [Metric(name, float(value), now, 0) for name, value in finals.items()]
+    params = [Param(key, str(value)) for key, value in result.settings.items()]
+    tags = [RunTag("resumed", str(result.resumed).lower()), RunTag("point_key", result.key)]
+    for start in range(0, max(len(metrics), 1), MAX_BATCH):
+        chunk = metrics[start : start + MAX_BATCH]
+        client.log_batch(run_id, metrics=chunk, params=params if start == 0 else [], tags=tags if start == 0 else [])
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dataset(client: MlflowClient, run_id: str, manifest: Mapping[str, Any], splits: Mapping[str, Any]) -> None:
+    """Record the splits as MLflow dataset inputs (digest = source sha256) and the manifest."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for name, frame in splits.items():
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=manifest["source"] if "://" in manifest["source"] else str(manifest["source"]),
+            targets=manifest["label"],
+            name=f"{Path(manifest['source']).name}:{name}",
+            digest=f"{manifest['sha256'][:12]}-{name}",
+        )
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, name)]))
+    client.log_inputs(run_id, datasets=inputs)
+    log_text(client, run_id, json.dumps(manifest, indent=2), "data/manifest.json")
+    set_tags(client, run_id, {"data.sha256": manifest["sha256"], "data.source": manifest["source"]})
+
+
+def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
+    client.log_text(run_id, text, artifact_file)
+
+
+def log_figure(client: MlflowClient, run_id: str, figure: Figure, artifact_file: str) -> None:
+    client.log_figure(run_id, figure, artifact_file)
+
+
+def log_table_csv(client: MlflowClient, run_id: str, rows: Iterable[Mapping[str, Any]], artifact_file: str) -> None:
+    import pandas as pd
+
+    buffer = io.StringIO()
+    pd.DataFrame(list(rows)).to_csv(buffer, index=False)
+    client.log_text(run_id, buffer.getvalue(), artifact_file)
+
+
+def finish(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=status)
+
+
+def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str:
+    """Where a person opens this run: a UI link for servers, the run id for local stores."""
+    base = client.tracking_uri
+    if base.startswith("http"):
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {base}  →  experiment {experiment_id}, run {run_id}"
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
