@@ -87,7 +87,7 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None
 
@@ -109,6 +109,7 @@ def register(
 
     _ensure_registered_model(client, name)
     created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    version_number = str(created.version)
     try:
         if champion_version is None:
             alias, reason = CHAMPION, "first version: becomes champion"
@@ -123,16 +124,16 @@ def register(
                 f"test {gate_metric} {new_value:.5f} does not beat champion v{champion_version} "
                 f"({champion_value:.5f}); champion kept"
             )
-        _wait_ready(client, name, created.version)
+        _wait_ready(client, name, version_number)
         decision = RegistryDecision(
-            name, created.version, alias, gate_metric, new_value, champion_version, champion_value, reason,
-            f"models:/{name}/{created.version}",
+            name, version_number, alias, gate_metric, new_value, champion_version, champion_value, reason,
+            f"models:/{name}/{version_number}",
         )
         for key, value in decision.to_dict().items():
-            client.set_model_version_tag(name, created.version, f"gate.{key}", "" if value is None else str(value))
-        client.set_registered_model_alias(name, alias, created.version)
+            client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
+        client.set_registered_model_alias(name, alias, version_number)
     except BaseException:
-        client.delete_model_version(name, created.version)
+        client.delete_model_version(name, version_number)
         raise
     return decision
 

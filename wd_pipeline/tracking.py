@@ -120,7 +120,8 @@ def log_point(client: MlflowClient, run_id: str, result: PointResult) -> None:
         "penalty": result.penalty,
         "train_seconds": result.train_seconds,
     }
-    metrics += [Metric(name, float(value), now, 0) for name, value in finals.items()]
+    # ``val_accuracy`` is also a per-epoch series; its last epoch is the final value already.
+    metrics += [Metric(name, float(value), now, 0) for name, value in finals.items() if name not in result.history]
     params = [Param(key, str(value)) for key, value in result.settings.items()]
     tags = [RunTag("resumed", str(result.resumed).lower()), RunTag("point_key", result.key)]
     for start in range(0, max(len(metrics), 1), MAX_BATCH):

@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated working folder and MLflow store per test, one Prefect API per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory holding its own MLflow SQLite store and work folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("WD_PIPELINE_WORK_DIR", str(tmp_path / "work"))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect API with its own database, shared by the flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def bundled() -> pd.DataFrame:
+    return pd.read_csv(BUNDLED)
+
+
+@pytest.fixture
+def tiny_frame() -> pd.DataFrame:
+    """60 rows, 3 numeric features, a 0/1 label that depends on them: fast to train."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 3))
+    label = (features @ np.array([1.5, -1.0, 0.5]) + rng.normal(scale=0.3, size=60) > 0).astype(int)
+    return pd.DataFrame(features, columns=["a", "b", "c"]).assign(y=label)

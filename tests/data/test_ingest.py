@@ -1,0 +1,161 @@
+"""Ingest: every bad source ends in one clear DataError; good sources split as promised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from wd_pipeline import data
+from wd_pipeline.config import make_config
+from wd_pipeline.errors import DataError
+
+
+def prepare(path: Path, tmp_path: Path, **settings) -> Path:
+    settings = {"label": "y", "positive_class": None, "min_rows_per_class": 5, **settings}
+    return data.prepare(make_config(data=str(path), work_dir=str(tmp_path / "work"), **settings))
+
+
+def write_csv(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+BAD_FRAMES = {
+    "missing label": (lambda f: f.drop(columns="y"), "label column 'y' not found; columns are ['a', 'b', 'c']"),
+    "three classes": (lambda f: f.assign(y=np.arange(len(f)) % 3), "label column 'y' must be binary"),
+    "one class": (lambda f: f.assign(y=1), "has a single class, 1 (positive)"),
+    "nan feature": (lambda f: f.assign(a=[np.nan] + list(f.a[1:])), "missing or infinite values (column: count) {'a': 1}"),
+    "inf feature": (lambda f: f.assign(b=[np.inf] * 2 + list(f.b[2:])), "missing or infinite values (column: count) {'b': 2}"),
+    "text feature": (lambda f: f.assign(c=["x"] * len(f)), "non-numeric columns: ['c (string)']"),
+    "missing label value": (lambda f: f.assign(y=[None] + list(f.y[1:])), "has 1 missing values"),
+    "too few rows": (lambda f: f.assign(y=[1] * 3 + [0] * (len(f) - 3)), "too few rows per class"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_bad_frames_are_refused(case: str, tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    mutate, message = BAD_FRAMES[case]
+    path = write_csv(tmp_path, mutate(tiny_frame))
+    with pytest.raises(DataError) as caught:
+        prepare(path, tmp_path)
+    assert message in str(caught.value)
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").rglob("manifest.json"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data file not found: .*nope\.csv\. Pass --data"):
+        prepare(tmp_path / "nope.csv", tmp_path)
+
+
+def test_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is not a file"):
+        prepare(tmp_path, tmp_path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="is empty"):
+        prepare(path, tmp_path)
+
+
+def test_header_only(tmp_path: Path) -> None:
+    path = tmp_path / "header.csv"
+    path.write_text("a,b,y\n")
+    with pytest.raises(DataError, match="holds a header but no rows"):
+        prepare(path, tmp_path)
+
+
+def test_truncated_parquet(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    tiny_frame.to_parquet(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match="not a valid Parquet file"):
+        prepare(path, tmp_path)
+
+
+def test_binary_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match="neither Parquet nor readable CSV"):
+        prepare(path, tmp_path)
+
+
+def test_duplicate_columns(tmp_path: Path) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text("a,a,y\n" + "\n".join(f"{i},{i},{i % 2}" for i in range(40)))
+    with pytest.raises(DataError, match=r"duplicate columns \['a'\]"):
+        prepare(path, tmp_path)
+
+
+def test_string_label_needs_positive_class(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, tiny_frame.assign(y=tiny_frame.y.map({0: "no", 1: "yes"})))
+    with pytest.raises(DataError, match=r"holds strings \['no', 'yes'\]: name the positive class"):
+        prepare(path, tmp_path)
+    with pytest.raises(DataError, match="positive class 'maybe' is not a value"):
+        prepare(path, tmp_path, positive_class="maybe")
+    folder = prepare(path, tmp_path, positive_class="no")
+    assert data.load_split(folder, "train").label.mean() == pytest.approx(1 - tiny_frame.y.mean(), abs=0.05)
+
+
+def test_numeric_label_refuses_a_string_positive_class(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, tiny_frame)
+    with pytest.raises(DataError, match="only applies to string labels: leave it empty"):
+        prepare(path, tmp_path, positive_class="malignant")
+
+
+def test_boolean_label(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    tiny_frame.assign(y=tiny_frame.y.astype(bool)).to_parquet(path)
+    folder = prepare(path, tmp_path)
+    assert data.read_manifest(folder)["rows"] == len(tiny_frame)
+
+
+def test_missing_feature_column(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"feature columns \['z'\] not found"):
+        prepare(write_csv(tmp_path, tiny_frame), tmp_path, features=["a", "z"])
+
+
+def test_csv_parquet_and_uri_give_the_same_splits(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, tiny_frame)
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pandas(tiny_frame, preserve_index=False), parquet)
+    splits = [
+        data.load_split(prepare(source, tmp_path / name), "test")
+        for name, source in [("csv", csv), ("parquet", parquet), ("uri", parquet.as_uri())]
+    ]
+    for other in splits[1:]:
+        pd.testing.assert_frame_equal(splits[0].features, other.features)
+        np.testing.assert_array_equal(splits[0].label, other.label)
+
+
+def test_bundled_default_splits_stratified_and_seeded(tmp_path: Path) -> None:
+    config = make_config(work_dir=str(tmp_path))
+    folder = data.prepare(config)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["rows"] == 569
+    assert manifest["sha256"] == data.fingerprint(Path(manifest["source"]).read_bytes())
+    assert {name: part["rows"] for name, part in manifest["splits"].items()} == {
+        "train": 341, "validation": 114, "test": 114,
+    }
+    rates = [part["positive_rate"] for part in manifest["splits"].values()]
+    assert max(rates) - min(rates) < 0.01  # 212 / 569 malignant in every split
+    assert len(manifest["features"]) == 30 and manifest["schema"]["mean_radius"] == "double"
+    again = data.prepare(make_config(work_dir=str(tmp_path / "again")))
+    pd.testing.assert_frame_equal(data.load_split(folder, "train").features, data.load_split(again, "train").features)
+    other_seed = data.prepare(make_config(work_dir=str(tmp_path / "seed"), seed=7))
+    assert not data.load_split(folder, "train").features.equals(data.load_split(other_seed, "train").features)
+
+
+def test_splits_are_disjoint_and_complete(bundled: pd.DataFrame, tmp_path: Path) -> None:
+    folder = data.prepare(make_config(work_dir=str(tmp_path)))
+    parts = [data.load_split(folder, name).features for name in data.SPLITS]
+    combined = pd.concat(parts).round(8).drop_duplicates()
+    assert len(combined) == sum(len(p) for p in parts) == len(bundled.drop_duplicates())
