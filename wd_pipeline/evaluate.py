@@ -64,7 +64,9 @@ def select_lambda(table: pd.DataFrame, metric: str) -> float:
 def _lambda_axis(ax, lambdas: np.ndarray) -> None:
     """Log axis that still shows λ = 0: linear in the first decade below the smallest λ > 0."""
     positive = lambdas[lambdas > 0]
-    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1e-5)
+    linthresh = float(positive.min()) if positive.size else 1e-5
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_xlim(-0.3 * linthresh, float(lambdas.max()) * 1.5 if positive.size else linthresh)
     ax.set_xlabel("λ (weight decay, symlog scale)")
     ax.grid(True, which="major", alpha=0.3)
 
