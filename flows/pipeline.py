@@ -27,13 +27,17 @@ from wd_pipeline.config import (
     BatchSize,
     ColumnName,
     Epochs,
+    Folds,
     Fraction,
     Grid,
     HiddenUnits,
     LearningRate,
+    Modes,
     Name,
     Parallelism,
+    Patience,
     PipelineConfig,
+    Rule,
     Seed,
     SelectionMetric,
     format_lambda,
@@ -75,6 +79,10 @@ def weight_decay_pipeline(
     val_fraction: Fraction = 0.2,
     test_fraction: Fraction = 0.2,
     min_rows_per_class: int = 10,
+    folds: Folds = 5,
+    rule: Rule = "one-se",
+    modes: Modes = ["l2"],  # noqa: B006
+    patience: Patience = 20,
     selection_metric: SelectionMetric = "log_loss",
     gate_metric: SelectionMetric = "log_loss",
     experiment: Name = DEFAULT_EXPERIMENT,
@@ -108,7 +116,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         "parent_run_id": parent_run_id,
         "run_url": tracking.run_url(client, experiment_id, parent_run_id),
         "tracking_uri": client.tracking_uri,
+        "chosen_mode": evaluation["chosen_mode"],
         "chosen_lambda": evaluation["chosen_lambda"],
+        "rule": evaluation["rule"],
+        "per_mode": evaluation["per_mode"],
         "selection_metric": config.selection_metric,
         "test_metrics": evaluation["test_metrics"],
         "registry": decision,
@@ -116,7 +127,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     }
     create_markdown_artifact(summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision")
     logger.info(
-        "Chosen λ=%s; %s v%s → @%s", format_lambda(summary["chosen_lambda"]),
+        "Chosen %s λ=%s; %s v%s → @%s", summary["chosen_mode"], format_lambda(summary["chosen_lambda"]),
         decision["model_name"], decision["version"], decision["alias"],
     )
     return summary

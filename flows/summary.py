@@ -14,7 +14,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         [
             "# Weight-decay pipeline",
             "",
-            f"- **Chosen λ**: {format_lambda(summary['chosen_lambda'])} (validation {summary['selection_metric']})",
+            f"- **Chosen**: {summary['chosen_mode']} λ = {format_lambda(summary['chosen_lambda'])} "
+            f"(rule {summary['rule']} on validation {summary['selection_metric']}; per mode: "
+            + ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in summary["per_mode"].items())
+            + ")",
             f"- **Test metrics**: {metrics}",
             f"- **Registry**: `{decision['model_name']}` v{decision['version']} → `@{decision['alias']}` — {decision['reason']}",
             f"- **MLflow parent run**: {summary['run_url']}",

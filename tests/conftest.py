@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -16,13 +17,24 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
 
 
+@contextmanager
+def isolated_store(folder: Path) -> Iterator[Path]:
+    """Run inside ``folder`` with its own MLflow SQLite store and work folder, restored on exit."""
+    patch = pytest.MonkeyPatch()
+    patch.chdir(folder)
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    patch.setenv("WD_PIPELINE_WORK_DIR", str(folder / "work"))
+    try:
+        yield folder
+    finally:
+        patch.undo()
+
+
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workspace(tmp_path: Path) -> Iterator[Path]:
     """A fresh working directory holding its own MLflow SQLite store and work folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("WD_PIPELINE_WORK_DIR", str(tmp_path / "work"))
-    return tmp_path
+    with isolated_store(tmp_path) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="session")

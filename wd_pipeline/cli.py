@@ -37,6 +37,10 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--learning-rate": ("learning_rate", float, "Adam learning rate"),
     "--hidden-units": ("hidden_units", lambda s: [int(u) for u in s.split(",")], "hidden layer sizes, e.g. 10,10"),
     "--seed": ("seed", int, "seed of the split, initialisation and shuffling"),
+    "--folds": ("folds", int, "stratified cross-validation folds (1 = the plain validation split)"),
+    "--rule": ("rule", str, "selection rule: one-se (largest λ within one standard error of the best) or best"),
+    "--modes": ("modes", lambda s: [m.strip() for m in s.split(",") if m.strip()], "weight-decay modes: l2, decoupled or l2,decoupled"),
+    "--patience": ("patience", int, "early-stopping patience in epochs (0 = off)"),
     "--selection-metric": ("selection_metric", str, "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)"),
     "--gate-metric": ("gate_metric", str, "test metric the champion gate compares"),
     "--experiment": ("experiment", str, "MLflow experiment name"),
@@ -111,7 +115,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(
         [
             "",
-            f"chosen λ      {format_lambda(summary['chosen_lambda'])}  (best validation {summary['selection_metric']})",
+            f"chosen        {summary['chosen_mode']} λ={format_lambda(summary['chosen_lambda'])}  "
+            f"(rule {summary['rule']} on validation {summary['selection_metric']})",
             f"test metrics  {metrics}",
             f"registry      {decision['model_name']} v{decision['version']} → @{decision['alias']}: {decision['reason']}",
             f"MLflow run    {summary['run_url']}",

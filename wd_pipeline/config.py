@@ -42,6 +42,11 @@ Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$"
 ColumnName = Annotated[str, Field(min_length=1, max_length=500)]
 Parallelism = Annotated[int, Field(ge=1, le=64)]
 SelectionMetric = Literal["log_loss", "roc_auc", "accuracy", "f1", "brier"]
+Mode = Literal["l2", "decoupled"]
+Modes = Annotated[list[Mode], Field(min_length=1, max_length=2)]
+Rule = Literal["one-se", "best"]
+Folds = Annotated[int, Field(ge=1, le=20)]
+Patience = Annotated[int, Field(ge=0, le=10_000)]
 
 # Whether a larger value of a metric is better; used by selection and by the gate.
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -76,6 +81,10 @@ class PipelineConfig(BaseModel):
     val_fraction: Fraction = 0.2
     test_fraction: Fraction = 0.2
     min_rows_per_class: Annotated[int, Field(ge=2, le=1_000_000)] = 10
+    folds: Folds = Field(5, description="Stratified CV folds over train + validation; 1 = the plain validation split")
+    rule: Rule = Field("one-se", description="best mean, or the largest λ within one standard error of it")
+    modes: Modes = Field(default_factory=lambda: ["l2"], description="l2 penalty, decoupled (AdamW) decay, or both")
+    patience: Patience = Field(20, description="early-stopping patience on validation cross-entropy; 0 = off")
     selection_metric: SelectionMetric = "log_loss"
     gate_metric: SelectionMetric = "log_loss"
     experiment: Name = DEFAULT_EXPERIMENT
@@ -91,6 +100,11 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _sorted_unique(cls, grid: list[float]) -> list[float]:
         return sorted(set(grid))
+
+    @field_validator("modes")
+    @classmethod
+    def _unique_modes(cls, modes: list[str]) -> list[str]:
+        return list(dict.fromkeys(modes))
 
     @field_validator("positive_class")
     @classmethod
@@ -115,7 +129,7 @@ class PipelineConfig(BaseModel):
     def training_key(self) -> dict[str, Any]:
         """Settings that change a trained grid point (not where results are recorded)."""
         return self.model_dump(
-            include={"epochs", "batch_size", "learning_rate", "hidden_units", "seed"}
+            include={"epochs", "batch_size", "learning_rate", "hidden_units", "seed", "folds", "patience"}
         )
 
 

@@ -252,12 +252,36 @@ def split(data: LabeledData, config: PipelineConfig) -> dict[str, LabeledData]:
     train, validation = train_test_split(
         rest, test_size=val_share, stratify=data.label[rest], random_state=config.seed
     )
-    return {name: _take(data, rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
+    return {name: take(data, rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
 
 
-def _take(data: LabeledData, rows: np.ndarray) -> LabeledData:
+def take(data: LabeledData, rows: np.ndarray) -> LabeledData:
+    """The given rows, in ascending order."""
     rows = np.sort(rows)
     return LabeledData(data.features.iloc[rows].reset_index(drop=True), data.label[rows])
+
+
+def concat(parts: list[LabeledData]) -> LabeledData:
+    """Rows of several parts, one after the other (train + validation for CV and refit)."""
+    features = pd.concat([part.features for part in parts], ignore_index=True)
+    return LabeledData(features, np.concatenate([part.label for part in parts]))
+
+
+def check_folds(folder: str | Path, folds: int) -> None:
+    """Stratified k-fold needs at least k rows of each class in the training data."""
+    if folds == 1:
+        return
+    manifest = read_manifest(folder)
+    per_class = {
+        label: sum(manifest["splits"][name]["classes"][label] for name in ("train", "validation"))
+        for label in ("0", "1")
+    }
+    smallest = min(per_class.values())
+    if smallest < folds:
+        raise DataError(
+            f"{folds} folds need at least {folds} rows of each class in the training data; "
+            f"the smallest class has {smallest}: lower --folds"
+        )
 
 
 def split_key(config: PipelineConfig, sha256: str) -> str:
@@ -313,13 +337,13 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     raw = read_bytes(source)
     sha256 = fingerprint(raw)
     folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, sha256)
-    if (folder / MANIFEST).exists():
-        return folder
-    table = parse_table(raw, source)
-    del raw
-    data = validate(table, config)
-    splits = split(data, config)
-    write_splits(splits, folder, build_manifest(source, sha256, table, splits, config))
+    if not (folder / MANIFEST).exists():
+        table = parse_table(raw, source)
+        del raw
+        data = validate(table, config)
+        splits = split(data, config)
+        write_splits(splits, folder, build_manifest(source, sha256, table, splits, config))
+    check_folds(folder, config.folds)
     return folder
 
 

@@ -19,8 +19,6 @@ from wd_pipeline.config import HIGHER_IS_BETTER, format_lambda
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from wd_pipeline.train import PointResult
-
 METRICS = ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier")
 PROBABILITY_CLIP = 1e-7
 
@@ -48,17 +46,76 @@ def is_better(candidate: float, reference: float, metric: str) -> bool:
     return candidate > reference if HIGHER_IS_BETTER[metric] else candidate < reference
 
 
-def grid_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
-    """One row per λ, sorted by λ."""
-    return pd.DataFrame(list(rows)).sort_values("lambda").reset_index(drop=True)
+def fold_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
+    """One row per trained (mode, λ, fold)."""
+    return pd.DataFrame(list(rows)).sort_values(["mode", "lambda", "fold"]).reset_index(drop=True)
 
 
-def select_lambda(table: pd.DataFrame, metric: str) -> float:
-    """λ with the best validation ``metric``; among equals, the largest (the simpler model)."""
+def aggregate(folds: pd.DataFrame) -> pd.DataFrame:
+    """One row per (mode, λ): fold means, and for validation metrics their std and standard error."""
+    groups = folds.groupby(["mode", "lambda"], sort=True)
+    table = groups.mean(numeric_only=True).drop(columns="fold")
+    count = groups.size()
+    for metric in METRICS:
+        std = groups[f"val_{metric}"].std(ddof=1).fillna(0.0)
+        table[f"val_{metric}_std"] = std
+        table[f"val_{metric}_se"] = std / np.sqrt(count)
+    table["n_folds"] = count
+    return table.reset_index()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen (mode, λ), how it was chosen, and what each mode would have chosen."""
+
+    mode: str
+    lam: float
+    rule: str
+    metric: str
+    best_mode: str
+    best_lambda: float
+    per_mode: dict[str, float]
+
+
+def select(table: pd.DataFrame, metric: str, rule: str) -> Selection:
+    """Pick the best mean validation ``metric``; with ``one-se``, back off to the largest λ within one SE.
+
+    The one-standard-error rule prefers the most regularised model the data cannot tell
+    apart from the best one. λ values of different modes are not on one scale, so the rule
+    runs inside each mode and the mode holding the overall best mean wins.
+    """
+    per_mode = {mode: _select_in_mode(rows, metric, rule) for mode, rows in table.groupby("mode", sort=False)}
+    best = _best_row(table, metric)
+    return Selection(
+        mode=best["mode"], lam=per_mode[best["mode"]], rule=rule, metric=metric,
+        best_mode=best["mode"], best_lambda=float(best["lambda"]), per_mode=per_mode,
+    )
+
+
+def _best_row(table: pd.DataFrame, metric: str) -> pd.Series:
+    """Best mean; among equals, the largest λ (the simpler model)."""
     column = table[f"val_{metric}"].to_numpy()
-    best = np.nanmax(column) if HIGHER_IS_BETTER[metric] else np.nanmin(column)
-    tied = table.loc[np.isclose(column, best, rtol=0, atol=1e-12), "lambda"]
-    return float(tied.max())
+    target = np.nanmax(column) if HIGHER_IS_BETTER[metric] else np.nanmin(column)
+    tied = table[np.isclose(column, target, rtol=0, atol=1e-12)]
+    return tied.sort_values("lambda").iloc[-1]
+
+
+def _select_in_mode(rows: pd.DataFrame, metric: str, rule: str) -> float:
+    best = _best_row(rows, metric)
+    if rule == "best":
+        return float(best["lambda"])
+    mean, se = float(best[f"val_{metric}"]), float(best[f"val_{metric}_se"])
+    means = rows[f"val_{metric}"]
+    close = means >= mean - se if HIGHER_IS_BETTER[metric] else means <= mean + se
+    return float(rows.loc[close, "lambda"].max())
+
+
+def refit_epochs(folds: pd.DataFrame, selection: Selection, default: int) -> int:
+    """Epochs for the refit on all training data: the mean best epoch of the chosen point's folds."""
+    chosen = folds[(folds["mode"] == selection.mode) & (folds["lambda"] == selection.lam)]
+    if chosen.empty or "stopped_epoch" not in chosen:
+        return default
+    return max(1, int(round(float(chosen["stopped_epoch"].mean()))))
 
 
 def _lambda_axis(ax, lambdas: np.ndarray) -> None:
@@ -105,30 +162,12 @@ def weight_norm_figure(table: pd.DataFrame, chosen: float) -> Figure:
     return figure
 
 
-@dataclass
-class Evaluation:
-    """The grid's verdict: the table, the chosen λ and how it does on the test split."""
-
-    table: pd.DataFrame
-    metric: str
-    chosen_lambda: float
-    chosen_model_path: str
-    test_metrics: dict[str, float]
-
-    def summary(self) -> dict[str, float]:
-        """Metrics for the parent run: chosen λ and test_* metrics."""
-        return {"chosen_lambda": self.chosen_lambda, **{f"test_{k}": v for k, v in self.test_metrics.items()}}
-
-
-def evaluate_grid(results: Sequence[PointResult], split_folder: str | Path, metric: str) -> Evaluation:
-    """Choose λ on validation ``metric`` and score that model, once, on the test split."""
+def score_on_test(model_path: str, split_folder: str | Path) -> dict[str, float]:
+    """The chosen, refit model's metrics on the test split: computed once, reported, never tuned on."""
     from wd_pipeline import data as data_lib
     from wd_pipeline.model import load
 
-    table = grid_table(result.row() for result in results)
-    chosen = select_lambda(table, metric)
-    winner = next(result for result in results if result.lam == chosen)
     test = data_lib.load_split(split_folder, "test")
-    network = load(winner.model_path)
+    network = load(model_path)
     probability = np.asarray(network.predict(test.features.to_numpy(np.float32), batch_size=4096, verbose=0)).ravel()
-    return Evaluation(table, metric, chosen, winner.model_path, classification_metrics(test.label, probability))
+    return classification_metrics(test.label, probability)

@@ -1,9 +1,15 @@
-"""The reference network and the λ convention.
+"""The reference network, the λ convention and the two kinds of weight decay.
 
-We write the objective as J(θ) = L(θ) + λ/2 · Σ w² over the kernels of the hidden layers
-(biases and the output layer are not penalised). Keras' ``L2(l2)`` adds ``l2 · Σ w²``,
-without the ½, so the layer gets ``l2 = λ / 2``. :func:`keras_l2` is the only place that
-conversion happens; ``tests/model/test_penalty.py`` checks it against a hand computation.
+Mode ``l2`` (the reference) writes the objective as J(θ) = L(θ) + λ/2 · Σ w² over the
+kernels of the hidden layers (biases and the output layer are not penalised). Keras'
+``L2(l2)`` adds ``l2 · Σ w²``, without the ½, so the layer gets ``l2 = λ / 2``.
+:func:`keras_l2` is the only place that conversion happens.
+
+Mode ``decoupled`` (AdamW, Loshchilov & Hutter) leaves the loss alone and shrinks the same
+kernels after every step: w ← w − lr · λ · w. With plain SGD both modes give the same update;
+with Adam the penalty's gradient λw is divided by Adam's running scale like any gradient, so
+weights with large gradients are barely decayed, whereas decoupled decay hits every weight
+at the same rate. ``tests/model/test_penalty.py`` checks both against hand computations.
 
 TensorFlow is imported inside the functions: importing this module must stay cheap so the
 CLI's ``--help`` and Prefect's flow registration don't pay several seconds for it.
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
     import keras
 
 PENALIZED_LAYER_PREFIX = "hidden_"
+MODES = ("l2", "decoupled")
 
 
 def keras_l2(lam: float) -> float:
@@ -31,6 +38,7 @@ def build_model(
     train_features: np.ndarray,
     *,
     lam: float,
+    mode: str = "l2",
     hidden_units: Sequence[int] = (10, 10),
     learning_rate: float = 1e-3,
     seed: int = 0,
@@ -55,7 +63,7 @@ def build_model(
             units,
             activation="relu",
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
-            kernel_regularizer=keras.regularizers.L2(keras_l2(lam)) if lam > 0 else None,
+            kernel_regularizer=keras.regularizers.L2(keras_l2(lam)) if mode == "l2" and lam > 0 else None,
             name=f"{PENALIZED_LAYER_PREFIX}{i + 1}",
         )(x)
     outputs = keras.layers.Dense(
@@ -66,7 +74,7 @@ def build_model(
     )(x)
     model = keras.Model(inputs, outputs, name="weight_decay_mlp")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=_optimizer(model, mode, lam, learning_rate),
         loss="binary_crossentropy",
         # The penalty is part of ``loss``/``val_loss``; ``bce`` is the data term alone,
         # which is what λ must be selected on.
@@ -76,6 +84,20 @@ def build_model(
         ],
     )
     return model
+
+
+def _optimizer(model: keras.Model, mode: str, lam: float, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam for ``l2``; AdamW decaying only the hidden kernels for ``decoupled``."""
+    import keras
+
+    if mode not in MODES:
+        raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
+    if mode == "l2" or lam == 0:
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=lam)
+    penalized = {id(layer.kernel) for layer in model.layers if layer.name.startswith(PENALIZED_LAYER_PREFIX)}
+    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in penalized])
+    return optimizer
 
 
 def kernels(model: keras.Model, *, penalized_only: bool = False) -> list[np.ndarray]:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
-    from wd_pipeline.train import PointResult
+    from wd_pipeline.train import FitResult
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -91,19 +91,22 @@ def start_parent_run(
     return run.info.run_id
 
 
-def start_child_run(client: MlflowClient, parent_run_id: str, lam: float, tags: Mapping[str, str] | None = None) -> str:
-    """A nested run for one grid point, named so the grid point is readable in the UI."""
+def point_run_name(mode: str, lam: float) -> str:
+    """``l2 λ=1e-03``: readable in the MLflow UI's run list."""
+    return f"{mode} λ={format_lambda(lam)}"
+
+
+def start_child_run(client: MlflowClient, parent_run_id: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """A run nested under ``parent_run_id`` (MLflow nests through the parentRunId tag)."""
     parent = client.get_run(parent_run_id)
     run = client.create_run(
-        parent.info.experiment_id,
-        run_name=f"l2 λ={format_lambda(lam)}",
-        tags={PARENT_RUN_TAG: parent_run_id, **dict(tags or {})},
+        parent.info.experiment_id, run_name=name, tags={PARENT_RUN_TAG: parent_run_id, **dict(tags or {})}
     )
     return run.info.run_id
 
 
-def log_point(client: MlflowClient, run_id: str, result: PointResult) -> None:
-    """Params, per-epoch curves, final metrics and weight norms of one grid point."""
+def log_fit(client: MlflowClient, run_id: str, result: FitResult) -> None:
+    """Params, per-epoch curves, final metrics, stopped epoch and weight norms of one trained unit."""
     from mlflow.entities import Metric, Param, RunTag
 
     now = _now_ms()
@@ -118,15 +121,23 @@ def log_point(client: MlflowClient, run_id: str, result: PointResult) -> None:
         "weight_norm": result.weight_norm,
         "penalized_weight_norm": result.penalized_weight_norm,
         "penalty": result.penalty,
+        "stopped_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
         "train_seconds": result.train_seconds,
     }
-    # ``val_accuracy`` is also a per-epoch series; its last epoch is the final value already.
+    # Per-epoch series such as ``val_accuracy`` already end with their final value.
     metrics += [Metric(name, float(value), now, 0) for name, value in finals.items() if name not in result.history]
     params = [Param(key, str(value)) for key, value in result.settings.items()]
-    tags = [RunTag("resumed", str(result.resumed).lower()), RunTag("point_key", result.key)]
+    tags = [RunTag("resumed", str(result.resumed).lower()), RunTag("unit_key", result.key)]
     for start in range(0, max(len(metrics), 1), MAX_BATCH):
         chunk = metrics[start : start + MAX_BATCH]
         client.log_batch(run_id, metrics=chunk, params=params if start == 0 else [], tags=tags if start == 0 else [])
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:

@@ -34,6 +34,10 @@ def test_grid_is_sorted_and_deduplicated() -> None:
         ({"selection_metric": "val_loss"}, "selection_metric: Input should be 'log_loss', 'roc_auc'"),
         ({"val_fraction": 0.45, "test_fraction": 0.45}, "val_fraction + test_fraction must stay below 0.8"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+        ({"modes": ["l1"]}, "modes.0: Input should be 'l2' or 'decoupled'"),
+        ({"modes": []}, "modes: List should have at least 1 item"),
+        ({"folds": 0}, "folds: Input should be greater than or equal to 1"),
+        ({"rule": "median"}, "rule: Input should be 'one-se' or 'best'"),
     ],
 )
 def test_bad_settings_name_the_field(settings: dict, message: str) -> None:

@@ -159,3 +159,11 @@ def test_splits_are_disjoint_and_complete(bundled: pd.DataFrame, tmp_path: Path)
     parts = [data.load_split(folder, name).features for name in data.SPLITS]
     combined = pd.concat(parts).round(8).drop_duplicates()
     assert len(combined) == sum(len(p) for p in parts) == len(bundled.drop_duplicates())
+
+
+def test_more_folds_than_rows_of_a_class(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=140), "y": [1] * 20 + [0] * 120})
+    with pytest.raises(DataError, match=r"19 folds need at least 19 rows of each class in the training data; "
+                       r"the smallest class has 18: lower --folds"):
+        prepare(write_csv(tmp_path, frame), tmp_path, folds=19, val_fraction=0.1, test_fraction=0.1)

@@ -59,3 +59,59 @@ def test_same_seed_same_initial_weights(features: np.ndarray) -> None:
     first, second = build_model(features, lam=0.1, seed=7), build_model(features, lam=0.1, seed=7)
     for a, b in zip(kernels(first), kernels(second), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _adam_first_step(gradient: np.ndarray, learning_rate: float) -> np.ndarray:
+    """Adam's first update by hand: m = (1-β1)g, v = (1-β2)g², bias-corrected, ε = 1e-7."""
+    beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
+    m, v = (1 - beta_1) * gradient, (1 - beta_2) * gradient**2
+    alpha = learning_rate * np.sqrt(1 - beta_2) / (1 - beta_1)
+    return alpha * m / (np.sqrt(v) + epsilon)
+
+
+def _one_step(mode: str, lam: float, features: np.ndarray) -> tuple[dict, dict, dict]:
+    """Weights before, data-term gradients, and weights after one full-batch training step."""
+    import keras
+    import tensorflow as tf
+
+    labels = (features[:, :1] > 5).astype("float32")
+    model = build_model(features, lam=lam, mode=mode, learning_rate=0.01, seed=5)
+    before = {v.path: np.array(v) for v in model.trainable_variables}
+    with tf.GradientTape() as tape:
+        data_loss = keras.losses.BinaryCrossentropy()(labels, model(features, training=True))
+    grads = tape.gradient(data_loss, [v.value for v in model.trainable_variables])
+    data_grads = {v.path: np.array(g) for v, g in zip(model.trainable_variables, grads, strict=True)}
+    model.train_on_batch(features, labels)
+    after = {v.path: np.array(v) for v in model.trainable_variables}
+    return before, data_grads, after
+
+
+@pytest.mark.parametrize("lam", [0.5, 2.0])
+def test_l2_update_is_adam_on_gradient_plus_lambda_w(features: np.ndarray, lam: float) -> None:
+    """The penalty enters the gradient as λ·w (so the loss holds λ/2·Σw²), then Adam rescales it."""
+    before, data_grads, after = _one_step("l2", lam, features)
+    for path, w0 in before.items():
+        penalised = path.startswith("hidden_") and path.endswith("kernel")
+        gradient = data_grads[path] + (lam * w0 if penalised else 0.0)
+        np.testing.assert_allclose(after[path], w0 - _adam_first_step(gradient, 0.01), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.5, 2.0])
+def test_decoupled_update_shrinks_hidden_kernels_by_lr_times_lambda(features: np.ndarray, lam: float) -> None:
+    """AdamW: w ← w − lr·λ·w − Adam(data gradient); biases and the output layer are not decayed."""
+    before, data_grads, after = _one_step("decoupled", lam, features)
+    for path, w0 in before.items():
+        penalised = path.startswith("hidden_") and path.endswith("kernel")
+        decay = 0.01 * lam * w0 if penalised else 0.0
+        np.testing.assert_allclose(
+            after[path], w0 - decay - _adam_first_step(data_grads[path], 0.01), rtol=1e-4, atol=1e-6
+        )
+
+
+def test_decoupled_mode_adds_no_penalty_to_the_loss(features: np.ndarray) -> None:
+    assert penalty(build_model(features, lam=1.0, mode="decoupled", seed=3)) == 0.0
+
+
+def test_unknown_mode_is_refused(features: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unknown weight-decay mode 'l1'"):
+        build_model(features, lam=0.1, mode="l1")

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.pipeline import weight_decay_pipeline
+from tests.conftest import isolated_store
 from wd_pipeline.config import DEFAULT_EXPERIMENT
 
 pytestmark = pytest.mark.slow
@@ -20,25 +21,24 @@ MODEL = "wd-test-model"
 
 
 def run(**overrides):
-    params = {"grid": GRID, "epochs": 30, "batch_size": 32, "model_name": MODEL, "max_parallel": 2, **overrides}
+    params = {
+        "grid": GRID, "epochs": 30, "batch_size": 32, "model_name": MODEL, "max_parallel": 2,
+        "folds": 1, "patience": 0, **overrides,
+    }
     return weight_decay_pipeline(**params, return_state=True)
 
 
-def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+def children(client: MlflowClient, experiment_id: str, parent_run_id: str, prefix: str = "l2 ") -> list:
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return [run for run in runs if run.info.run_name.startswith(prefix)]
 
 
 @pytest.fixture(scope="module")
 def three_runs(prefect_api, tmp_path_factory):
     """A weak model (2 epochs), a better one (30 epochs), then the same again (resumed)."""
-    folder = tmp_path_factory.mktemp("pipeline")
-    patch = pytest.MonkeyPatch()
-    patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    patch.setenv("WD_PIPELINE_WORK_DIR", str(folder / "work"))
-    states = [run(epochs=2), run(), run()]
-    yield folder, states
-    patch.undo()
+    with isolated_store(tmp_path_factory.mktemp("pipeline")) as folder:
+        states = [run(epochs=2), run(), run()]
+        yield folder, states
 
 
 def test_every_run_completes(three_runs) -> None:
@@ -98,6 +98,7 @@ def test_one_child_run_per_grid_point(three_runs) -> None:
             assert len(client.get_metric_history(child.info.run_id, series)) == 30
         assert {"val_log_loss", "val_accuracy", "val_roc_auc", "weight_norm", "train_log_loss"} <= set(child.data.metrics)
         point = next(p for p in summary["grid"] if p["lambda"] == lam)
+        assert point["mode"] == "l2" and point["n_folds"] == 1
         assert child.data.metrics["val_accuracy"] == pytest.approx(point["val_accuracy"], abs=1e-6)
         assert child.data.metrics["val_log_loss"] == pytest.approx(point["val_log_loss"])
     norms = {float(r.data.params["lambda"]): r.data.metrics["weight_norm"] for r in runs}
@@ -111,6 +112,8 @@ def test_rerun_resumes_finished_grid_points(three_runs) -> None:
     resumed = [r.data.tags["resumed"] for r in children(client, again["experiment_id"], again["parent_run_id"])]
     trained = [r.data.tags["resumed"] for r in children(client, first["experiment_id"], first["parent_run_id"])]
     assert resumed == ["true"] * 3 and trained == ["false"] * 3
+    refit = children(client, again["experiment_id"], again["parent_run_id"], prefix="refit ")
+    assert [r.data.tags["resumed"] for r in refit] == ["true"]
 
 
 def test_champion_predicts_probabilities_from_raw_features(three_runs, bundled: pd.DataFrame) -> None:
@@ -125,9 +128,13 @@ def test_champion_predicts_probabilities_from_raw_features(three_runs, bundled: 
 
 
 def test_prefect_artifacts_published(three_runs) -> None:
+    import json
+
     from prefect.artifacts import Artifact
 
     table = Artifact.get("grid-results")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [row["lambda"] for row in rows] == ["0", "1e-02", "1e-01"]
+    assert sum(row["chosen"] == "✔" for row in rows) == 1
     summary = Artifact.get("pipeline-summary")
-    assert table is not None and "l" in str(table.data)
-    assert summary is not None and "Chosen λ" in str(summary.data)
+    assert "**Chosen**: l2 λ = " in summary.data and "@challenger" in summary.data
