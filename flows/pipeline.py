@@ -25,6 +25,7 @@ from wd_pipeline.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_POSITIVE_CLASS,
     BatchSize,
+    ChunkSize,
     ColumnName,
     Epochs,
     Folds,
@@ -83,6 +84,7 @@ def weight_decay_pipeline(
     rule: Rule = "one-se",
     modes: Modes = ["l2"],  # noqa: B006
     patience: Patience = 20,
+    chunk_size: ChunkSize = 0,
     selection_metric: SelectionMetric = "log_loss",
     gate_metric: SelectionMetric = "log_loss",
     experiment: Name = DEFAULT_EXPERIMENT,

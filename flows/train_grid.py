@@ -1,8 +1,10 @@
-"""Prefect flow ``train-grid``: one task per (mode, λ, fold), run concurrently.
+"""Prefect flow ``train-grid``: one task per (mode, fold, chunk of λ), run concurrently.
 
-MLflow layout: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent run, and
-with k > 1 folds a nested run per fold (``fold 2/5``) under it; the grid point's run holds
-the fold means, standard deviations and standard errors.
+A chunk's λ values train together as one packed model (see ``wd_pipeline/packed.py``);
+``chunk_size`` 1 gives one task per grid point, so a cluster can spread them. MLflow layout
+is the same either way: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent
+run, and with k > 1 folds a nested run per fold (``fold 2/5``) under it; the grid point's
+run holds the fold means, standard deviations and standard errors.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
 from wd_pipeline import evaluate as evaluate_lib
@@ -36,29 +38,34 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
 
 
 @task(
-    name="train-fold",
-    task_run_name="train {mode} λ={lam:g} fold {fold}",
+    name="train-chunk",
+    task_run_name="train {mode} fold {fold} λ={lams}",
     cache_policy=NO_CACHE,
     retries=TRACKING_RETRIES,
     retry_delay_seconds=TRACKING_RETRY_DELAYS,
 )
-def train_fold(
-    split_folder: str, config: PipelineConfig, mode: str, lam: float, fold: int, point_run_id: str
-) -> dict[str, Any]:
-    """Train (or resume) one fold and record it; a retry after a tracking error reuses the trained model."""
-    result = train.train_unit(split_folder, config, mode, lam, fold)
+def train_chunk(
+    split_folder: str, config: PipelineConfig, mode: str, lams: list[float], fold: int, point_runs: dict[float, str]
+) -> list[dict[str, Any]]:
+    """Train (or resume) a chunk and record each unit; a retry after a tracking error reuses the trained models."""
+    results = train.train_chunk(split_folder, config, mode, lams, fold)
     client = tracking.get_client()
+    for result in results:
+        _record_unit(client, config, result, point_runs[result.lam])
+    return [result.to_dict() for result in results]
+
+
+def _record_unit(client: Any, config: PipelineConfig, result: train.FitResult, point_run_id: str) -> None:
     if config.folds == 1:
         tracking.log_fit(client, point_run_id, result)
-        return result.to_dict()
-    run_id = tracking.start_child_run(client, point_run_id, f"fold {fold + 1}/{config.folds}", _prefect_tags())
+        return
+    run_id = tracking.start_child_run(client, point_run_id, f"fold {result.fold + 1}/{config.folds}", _prefect_tags())
     try:
         tracking.log_fit(client, run_id, result)
     except BaseException:
         tracking.finish(client, run_id, "FAILED")
         raise
     tracking.finish(client, run_id)
-    return result.to_dict()
 
 
 @task(name="close-point-run", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
@@ -75,6 +82,12 @@ def point_summary(fold_results: list[dict[str, Any]]) -> dict[str, float]:
     return {name: float(value) for name, value in row.items()}
 
 
+def chunks(grid: list[float], size: int) -> list[list[float]]:
+    """The grid cut into runs of ``size`` λ values (0 = one chunk)."""
+    size = size or len(grid)
+    return [grid[i : i + size] for i in range(0, len(grid), size)]
+
+
 @flow(name="train-grid")
 def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) -> list[dict[str, Any]]:
     """Every fold of every grid point; the caller picks the task runner (and so the parallelism)."""
@@ -82,32 +95,7 @@ def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) ->
     points: list[Point] = [(mode, lam) for mode in config.modes for lam in config.grid]
     point_runs = {point: open_point_run(parent_run_id, *point) for point in points}
     try:
-        futures = {
-            train_fold.submit(split_folder, config, mode, lam, fold, point_runs[(mode, lam)]): (mode, lam)
-            for mode, lam in points
-            for fold in range(config.folds)
-        }
-        done: dict[Point, list[dict[str, Any]]] = defaultdict(list)
-        finished_points = 0
-        for future in as_completed(list(futures)):
-            point = futures[future]
-            done[point].append(future.result())
-            if len(done[point]) < config.folds:
-                continue
-            finished_points += 1
-            summary = point_summary(done[point])
-            # With one fold the point's run already holds the per-epoch series; don't append to them.
-            logged = summary if config.folds > 1 else {k: v for k, v in summary.items() if k not in train.HISTORY_KEYS}
-            close_point_run(point_runs[point], logged)
-            metric = config.selection_metric
-            resumed = sum(r["resumed"] for r in done[point])
-            logger.info(
-                "%s done (%d/%d): val %s %.4f ± %.4f (SE), val accuracy %.4f, ‖w‖ %.3f, stopped at epoch %.0f%s",
-                tracking.point_run_name(*point), finished_points, len(points), metric,
-                summary[f"val_{metric}"], summary[f"val_{metric}_se"], summary["val_accuracy"],
-                summary["weight_norm"], summary["stopped_epoch"],
-                f" [{resumed}/{config.folds} folds resumed]" if resumed else "",
-            )
+        done = _train_all(config, split_folder, point_runs, logger)
     except BaseException:
         client = tracking.get_client()
         for run_id in point_runs.values():
@@ -116,3 +104,48 @@ def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) ->
         raise
     results = [result for fold_results in done.values() for result in fold_results]
     return sorted(results, key=lambda r: (r["mode"], r["lam"], r["fold"]))
+
+
+def _train_all(
+    config: PipelineConfig, split_folder: str, point_runs: dict[Point, str], logger: Any
+) -> dict[Point, list[dict[str, Any]]]:
+    first_mode_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
+    futures: list[PrefectFuture] = []
+    for mode in config.modes:
+        runs = {lam: point_runs[(mode, lam)] for lam in config.grid}
+        for fold in range(config.folds):
+            for lams in chunks(config.grid, config.chunk_size):
+                # λ = 0 is one model in every mode: later modes wait and load the first mode's.
+                wait = first_mode_chunks[fold] if mode != config.modes[0] and 0.0 in lams else []
+                future = train_chunk.submit(split_folder, config, mode, lams, fold, runs, wait_for=wait)
+                futures.append(future)
+                if mode == config.modes[0]:
+                    first_mode_chunks[fold].append(future)
+    done: dict[Point, list[dict[str, Any]]] = defaultdict(list)
+    finished_points = 0
+    for future in as_completed(futures):
+        for result in future.result():
+            point = (result["mode"], result["lam"])
+            done[point].append(result)
+            if len(done[point]) == config.folds:
+                finished_points += 1
+                _close_point(config, point, done[point], point_runs[point], finished_points, len(point_runs), logger)
+    return done
+
+
+def _close_point(
+    config: PipelineConfig, point: Point, results: list[dict[str, Any]], run_id: str, done: int, total: int, logger: Any
+) -> None:
+    summary = point_summary(results)
+    # With one fold the point's run already holds the per-epoch series; don't append to them.
+    logged = summary if config.folds > 1 else {k: v for k, v in summary.items() if k not in train.HISTORY_KEYS}
+    close_point_run(run_id, logged)
+    metric = config.selection_metric
+    resumed = sum(r["resumed"] for r in results)
+    logger.info(
+        "%s done (%d/%d): val %s %.4f ± %.4f (SE), val accuracy %.4f, ‖w‖ %.3f, stopped at epoch %.0f%s",
+        tracking.point_run_name(*point), done, total, metric,
+        summary[f"val_{metric}"], summary[f"val_{metric}_se"], summary["val_accuracy"],
+        summary["weight_norm"], summary["stopped_epoch"],
+        f" [{resumed}/{config.folds} folds resumed]" if resumed else "",
+    )

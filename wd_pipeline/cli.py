@@ -41,11 +41,12 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--rule": ("rule", str, "selection rule: one-se (largest λ within one standard error of the best) or best"),
     "--modes": ("modes", lambda s: [m.strip() for m in s.split(",") if m.strip()], "weight-decay modes: l2, decoupled or l2,decoupled"),
     "--patience": ("patience", int, "early-stopping patience in epochs (0 = off)"),
+    "--chunk-size": ("chunk_size", int, "λ values trained together per task (0 = whole grid, 1 = one task per λ)"),
     "--selection-metric": ("selection_metric", str, "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)"),
     "--gate-metric": ("gate_metric", str, "test metric the champion gate compares"),
     "--experiment": ("experiment", str, "MLflow experiment name"),
     "--model-name": ("model_name", str, "MLflow registered model name"),
-    "--max-parallel": ("max_parallel", int, "grid points trained at once"),
+    "--max-parallel": ("max_parallel", int, "training tasks run at once"),
     "--work-dir": ("work_dir", str, "folder for splits and trained grid points"),
 }
 

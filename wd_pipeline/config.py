@@ -47,6 +47,7 @@ Modes = Annotated[list[Mode], Field(min_length=1, max_length=2)]
 Rule = Literal["one-se", "best"]
 Folds = Annotated[int, Field(ge=1, le=20)]
 Patience = Annotated[int, Field(ge=0, le=10_000)]
+ChunkSize = Annotated[int, Field(ge=0, le=256)]
 
 # Whether a larger value of a metric is better; used by selection and by the gate.
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -85,6 +86,7 @@ class PipelineConfig(BaseModel):
     rule: Rule = Field("one-se", description="best mean, or the largest λ within one standard error of it")
     modes: Modes = Field(default_factory=lambda: ["l2"], description="l2 penalty, decoupled (AdamW) decay, or both")
     patience: Patience = Field(20, description="early-stopping patience on validation cross-entropy; 0 = off")
+    chunk_size: ChunkSize = Field(0, description="λ values trained together per task; 0 = the whole grid, 1 = one task per λ")
     selection_metric: SelectionMetric = "log_loss"
     gate_metric: SelectionMetric = "log_loss"
     experiment: Name = DEFAULT_EXPERIMENT

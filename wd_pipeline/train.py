@@ -1,4 +1,7 @@
-"""Train one unit of the grid — (mode, λ, fold) — or find it already trained.
+"""Train units of the grid — (mode, λ, fold) — or find them already trained.
+
+The λ values of one (mode, fold) train together as one packed model (``packed.py``); each
+is still saved, keyed and reported as its own unit.
 
 A unit's result is stored under a key made of the split folder (itself keyed by the data's
 sha256 and split settings), the training settings, the mode, λ and the fold. The result
@@ -17,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,12 +28,14 @@ from wd_pipeline import data as data_lib
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.evaluate import classification_metrics
 
+if TYPE_CHECKING:
+    from wd_pipeline.packed import MemberFit
+
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
 REFIT = -1
 # Per-epoch series Keras reports; ``bce`` is the data term alone, ``loss`` adds the penalty.
 HISTORY_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "bce", "val_bce")
-EARLY_STOPPING_MONITOR = "val_bce"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -133,6 +138,45 @@ def fold_data(
     return data_lib.take(development, train_rows), data_lib.take(development, val_rows)
 
 
+def train_chunk(
+    split_folder: str | Path,
+    config: PipelineConfig,
+    mode: str,
+    lams: list[float],
+    fold: int,
+    *,
+    epochs: int | None = None,
+    work_dir: str | Path | None = None,
+) -> list[FitResult]:
+    """Train the λ values of one (mode, fold) together; units already trained are loaded instead."""
+    epochs = epochs or config.epochs
+    keys = [unit_key(split_folder, config, mode, lam, fold, epochs) for lam in lams]
+    results: dict[float, FitResult] = {}
+    for lam, key in zip(lams, keys, strict=True):
+        finished = load_finished(unit_folder(config, key, work_dir), mode)
+        if finished is not None:
+            results[lam] = finished
+    missing = [(lam, key) for lam, key in zip(lams, keys, strict=True) if lam not in results]
+    if missing:
+        from wd_pipeline.packed import train_packed
+
+        train, validation = fold_data(split_folder, config.folds, fold, config.seed)
+        x_train, y_train = _arrays(train)
+        val_arrays = _arrays(validation) if validation is not None else None
+        started = time.perf_counter()
+        members = train_packed(
+            x_train, y_train, val_arrays,
+            lams=[lam for lam, _ in missing], mode=mode, hidden_units=config.hidden_units,
+            learning_rate=config.learning_rate, seed=config.seed + max(fold, 0) * 101,
+            batch_size=config.batch_size, epochs=epochs, patience=config.patience,
+        )
+        share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
+        for (lam, key), member in zip(missing, members, strict=True):
+            folder = unit_folder(config, key, work_dir)
+            results[lam] = _record(member, share, (x_train, y_train), val_arrays, config, mode, lam, fold, key, epochs, folder)
+    return [results[lam] for lam in lams]
+
+
 def train_unit(
     split_folder: str | Path,
     config: PipelineConfig,
@@ -143,44 +187,41 @@ def train_unit(
     epochs: int | None = None,
     work_dir: str | Path | None = None,
 ) -> FitResult:
-    """Train the reference network for one (mode, λ, fold) unless it was already trained."""
-    epochs = epochs or config.epochs
-    key = unit_key(split_folder, config, mode, lam, fold, epochs)
-    folder = unit_folder(config, key, work_dir)
-    finished = load_finished(folder, mode)
-    if finished is not None:
-        return finished
+    """One (mode, λ, fold): a chunk of one."""
+    return train_chunk(split_folder, config, mode, [lam], fold, epochs=epochs, work_dir=work_dir)[0]
 
+
+def _record(
+    member: MemberFit,
+    seconds: float,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    config: PipelineConfig,
+    mode: str,
+    lam: float,
+    fold: int,
+    key: str,
+    epochs: int,
+    folder: Path,
+) -> FitResult:
+    """Score a trained member, then save model and result (result last: it marks completion)."""
     from wd_pipeline import model as model_lib
 
-    train, validation = fold_data(split_folder, config.folds, fold, config.seed)
-    x_train, y_train = _arrays(train)
-    started = time.perf_counter()
-    network = model_lib.build_model(
-        x_train, lam=lam, mode=mode, hidden_units=config.hidden_units,
-        learning_rate=config.learning_rate, seed=config.seed + max(fold, 0) * 101,
-    )
-    history, best_epoch = _fit(network, x_train, y_train, validation, config, epochs)
-    seconds = time.perf_counter() - started
-
-    val_metrics = {}
-    if validation is not None:
-        x_val, y_val = _arrays(validation)
-        val_metrics = classification_metrics(y_val, _predict(network, x_val))
+    network = member.model
     result = FitResult(
         mode=mode,
         lam=float(lam),
         fold=fold,
         key=key,
         model_path=str((folder / MODEL_FILE).resolve()),
-        history=history,
-        train_metrics=classification_metrics(y_train, _predict(network, x_train)),
-        val_metrics=val_metrics,
+        history=member.history,
+        train_metrics=classification_metrics(train[1], _predict(network, train[0])),
+        val_metrics=classification_metrics(validation[1], _predict(network, validation[0])) if validation else {},
         weight_norm=model_lib.weight_norm(network),
         penalized_weight_norm=model_lib.weight_norm(network, penalized_only=True),
         penalty=model_lib.penalty(network),
-        best_epoch=best_epoch,
-        epochs_run=len(history.get("loss", [])),
+        best_epoch=member.best_epoch,
+        epochs_run=len(member.history.get("loss", [])),
         train_seconds=seconds,
         settings={
             "mode": mode,
@@ -196,40 +237,6 @@ def train_unit(
     return result
 
 
-def _fit(
-    network: Any,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    validation: data_lib.LabeledData | None,
-    config: PipelineConfig,
-    epochs: int,
-) -> tuple[dict[str, list[float]], int]:
-    """Fit with early stopping on validation cross-entropy (penalty excluded), best weights kept."""
-    import keras
-    import tensorflow as tf
-
-    batches = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    callbacks = []
-    validation_batches = None
-    if validation is not None:
-        x_val, y_val = _arrays(validation)
-        validation_batches = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(4096).cache()
-        if config.patience > 0:
-            stopper = keras.callbacks.EarlyStopping(
-                monitor=EARLY_STOPPING_MONITOR, mode="min", patience=config.patience, restore_best_weights=True
-            )
-            callbacks.append(stopper)
-    fitted = network.fit(batches, validation_data=validation_batches, epochs=epochs, callbacks=callbacks, verbose=0)
-    history = {k: [float(v) for v in fitted.history[k]] for k in HISTORY_KEYS if k in fitted.history}
-    best_epoch = callbacks[0].best_epoch + 1 if callbacks else len(history["loss"])
-    return history, best_epoch
-
-
 def _arrays(part: data_lib.LabeledData) -> tuple[np.ndarray, np.ndarray]:
     return part.features.to_numpy(dtype=np.float32), part.label.astype(np.float32).reshape(-1, 1)
 
@@ -239,8 +246,21 @@ def _predict(network: Any, features: np.ndarray) -> np.ndarray:
 
 
 def _save(network: Any, result: FitResult, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    network.save(folder / MODEL_FILE)
-    tmp = folder / f"{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(result.to_dict()))
-    tmp.replace(folder / RESULT_FILE)
+    """Write into a private folder, then rename it into place: a unit appears whole or not at all.
+
+    Two workers may train the same unit (λ = 0 of two modes); the second rename finds the
+    folder present and its copy is dropped.
+    """
+    import shutil
+    import uuid
+
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    network.save(staging / MODEL_FILE)
+    (staging / RESULT_FILE).write_text(json.dumps(result.to_dict()))
+    try:
+        staging.rename(folder)
+    except OSError:
+        if not (folder / RESULT_FILE).exists():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,262 @@
+"""Train many λ of one (mode, fold) at once: the grid packed into one set of stacked weights.
+
+The reference network has about 400 weights, so Keras' ``fit`` spends nearly all its time
+in per-step Python overhead. Here G members (one per λ) share each batch: every kernel gets
+a leading member axis, the loss is the *sum* of the members' losses, and a whole epoch runs
+inside one ``tf.function``. Because the members share no weights, each member's gradient is
+exactly the gradient of its own loss, and Adam is elementwise, so every member follows the
+same trajectory as the model trained alone with the same seed and batches — up to float
+rounding. ``tests/model/test_packed.py`` checks that against independent ``model.fit`` runs.
+
+Early stopping is per member: the epoch loop runs until every member has run out of
+patience, and each member keeps the weights of its own best epoch, as
+``EarlyStopping(restore_best_weights=True)`` would. Members are then unpacked into ordinary
+reference models, so saving, serving and the registry never see the packing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wd_pipeline.model import MODES, build_model
+
+HIDDEN = "hidden"
+
+
+@dataclass
+class MemberFit:
+    """One unpacked member: its Keras model, per-epoch history and best epoch (1-based)."""
+
+    model: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+
+
+def train_packed(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    lams: Sequence[float],
+    mode: str,
+    hidden_units: Sequence[int],
+    learning_rate: float,
+    seed: int,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+) -> list[MemberFit]:
+    """Train one member per λ on the same batches; returns them in the order of ``lams``."""
+    import keras
+    import tensorflow as tf
+
+    if mode not in MODES:
+        raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
+    lams = [float(lam) for lam in lams]
+    reference = build_model(x_train, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
+    stack = _Stack(reference, len(lams))
+    lam_vector = tf.constant(lams, dtype=tf.float32)
+    penalty_coef = lam_vector / 2.0 if mode == "l2" else tf.zeros_like(lam_vector)
+    decay_coef = learning_rate * lam_vector if mode == "decoupled" else tf.zeros_like(lam_vector)
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    optimizer.build(stack.variables)
+
+    order = epoch_order(len(x_train), epochs, seed)
+
+    @tf.function
+    def run_epoch(xs: Any, ys: Any) -> tuple[Any, Any, Any, Any]:
+        sums = tf.zeros([3, len(lams)])  # loss, bce, accuracy: batch-size-weighted, as Keras reports
+        seen = tf.constant(0.0)
+        rows = tf.shape(xs)[0]
+        for start in tf.range(0, rows, batch_size):
+            x, y = xs[start : start + batch_size], ys[start : start + batch_size]
+            with tf.GradientTape() as tape:
+                logits = stack.logits(x)
+                bce = _bce(y, logits)  # (G,)
+                penalty = penalty_coef * stack.hidden_squared_norms()
+                total = tf.reduce_sum(bce + penalty)
+            grads = tape.gradient(total, [v.value for v in stack.variables])
+            stack.decay_hidden(decay_coef)  # before the update, as Keras' AdamW does
+            optimizer.apply(grads, stack.variables)
+            n = tf.cast(tf.shape(x)[0], tf.float32)
+            accuracy = _accuracy(y, logits)
+            sums += tf.stack([bce + penalty, bce, accuracy]) * n
+            seen += n
+        penalty_after = penalty_coef * stack.hidden_squared_norms()
+        return sums[0] / seen, sums[1] / seen, sums[2] / seen, penalty_after
+
+    @tf.function
+    def evaluate(x: Any, y: Any) -> tuple[Any, Any]:
+        logits = stack.logits(x)
+        return _bce(y, logits), _accuracy(y, logits)
+
+    keys = ("loss", "bce", "accuracy") + (("val_loss", "val_bce", "val_accuracy") if validation else ())
+    history: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    tracker = _BestTracker(len(lams), patience if validation is not None else 0, stack)
+    for epoch in range(epochs):
+        rows = order[epoch]
+        loss, bce, accuracy, penalty = (t.numpy() for t in run_epoch(x_train[rows], y_train[rows]))
+        history["loss"].append(loss)
+        history["bce"].append(bce)
+        history["accuracy"].append(accuracy)
+        if validation is not None:
+            val_bce, val_accuracy = (t.numpy() for t in evaluate(*validation))
+            history["val_loss"].append(val_bce + penalty)
+            history["val_bce"].append(val_bce)
+            history["val_accuracy"].append(val_accuracy)
+            if tracker.update(epoch, val_bce):
+                break
+    tracker.restore()
+    return [
+        MemberFit(
+            model=stack.unpack(g, reference, lam, mode, hidden_units, learning_rate, seed, x_train),
+            history={key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]] for key, series in history.items()},
+            best_epoch=tracker.best_epoch(g, len(history["loss"])),
+        )
+        for g, lam in enumerate(lams)
+    ]
+
+
+def epoch_order(rows: int, epochs: int, seed: int) -> np.ndarray:
+    """Row order of every epoch, (epochs, rows): shared by packed and one-model training so both see the same batches."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(rows) for _ in range(epochs)])
+
+
+def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch_size: int) -> Any:
+    """A ``tf.data`` pipeline of every epoch's batches in :func:`epoch_order` (for ``model.fit``)."""
+    import tensorflow as tf
+
+    order = epoch_order(len(x), epochs, seed)
+    x_all, y_all = tf.constant(x), tf.constant(y)
+    return (
+        tf.data.Dataset.from_tensor_slices(order)
+        .flat_map(lambda rows: tf.data.Dataset.from_tensor_slices(rows).batch(batch_size))
+        .map(lambda rows: (tf.gather(x_all, rows), tf.gather(y_all, rows)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _bce(y: Any, logits: Any) -> Any:
+    """Mean binary cross-entropy per member, from logits: (G, B, 1) → (G,)."""
+    import tensorflow as tf
+
+    labels = tf.broadcast_to(y[None, :, :], tf.shape(logits))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=[1, 2])
+
+
+def _accuracy(y: Any, logits: Any) -> Any:
+    import tensorflow as tf
+
+    predicted = tf.cast(tf.sigmoid(logits) > 0.5, tf.float32)
+    return tf.reduce_mean(tf.cast(tf.equal(predicted, y[None, :, :]), tf.float32), axis=[1, 2])
+
+
+class _Stack:
+    """Kernels and biases of G copies of the reference network, initialised identically."""
+
+    def __init__(self, reference: Any, members: int) -> None:
+        import keras
+
+        self.normalizer = reference.get_layer("normalize")
+        self.dense = [layer for layer in reference.layers if isinstance(layer, keras.layers.Dense)]
+        self.kernels = [self._tiled(layer.kernel, members, f"{layer.name}_kernel") for layer in self.dense]
+        self.biases = [self._tiled(layer.bias, members, f"{layer.name}_bias") for layer in self.dense]
+        self.variables = [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
+        self.hidden = [k for k, layer in zip(self.kernels, self.dense, strict=True) if layer.name.startswith(HIDDEN)]
+
+    @staticmethod
+    def _tiled(variable: Any, members: int, name: str) -> Any:
+        import keras
+
+        value = np.asarray(variable)
+        return keras.Variable(np.repeat(value[None, ...], members, axis=0), name=name)
+
+    def logits(self, x: Any) -> Any:
+        """(B, F) raw features → (G, B, 1) logits of every member."""
+        import tensorflow as tf
+
+        h = self.normalizer(x)
+        h = tf.einsum("bf,gfh->gbh", h, self.kernels[0].value) + self.biases[0].value[:, None, :]
+        h = tf.nn.relu(h)
+        for kernel, bias in zip(self.kernels[1:-1], self.biases[1:-1], strict=True):
+            h = tf.nn.relu(tf.einsum("gbf,gfh->gbh", h, kernel.value) + bias.value[:, None, :])
+        return tf.einsum("gbf,gfh->gbh", h, self.kernels[-1].value) + self.biases[-1].value[:, None, :]
+
+    def hidden_squared_norms(self) -> Any:
+        """Σ w² of the penalised kernels, per member: (G,)."""
+        import tensorflow as tf
+
+        return tf.add_n([tf.reduce_sum(tf.square(k.value), axis=[1, 2]) for k in self.hidden])
+
+    def decay_hidden(self, coef: Any) -> None:
+        for kernel in self.hidden:
+            kernel.assign(kernel.value - kernel.value * coef[:, None, None])
+
+    def snapshot(self) -> list[np.ndarray]:
+        return [np.array(v.value) for v in self.variables]
+
+    def load(self, values: list[np.ndarray]) -> None:
+        for variable, value in zip(self.variables, values, strict=True):
+            variable.assign(value)
+
+    def unpack(
+        self, g: int, reference: Any, lam: float, mode: str, hidden_units: Sequence[int],
+        learning_rate: float, seed: int, x_train: np.ndarray,
+    ) -> Any:
+        """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
+        model = build_model(x_train, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
+        for layer, kernel, bias in zip(
+            (layer for layer in model.layers if layer.name in {d.name for d in self.dense}),
+            self.kernels, self.biases, strict=True,
+        ):
+            layer.kernel.assign(np.array(kernel.value)[g])
+            layer.bias.assign(np.array(bias.value)[g])
+        del reference
+        return model
+
+
+class _BestTracker:
+    """Per-member early stopping with Keras' semantics: strict improvement, best weights kept."""
+
+    def __init__(self, members: int, patience: int, stack: _Stack) -> None:
+        self.patience = patience
+        self.stack = stack
+        self.best = np.full(members, np.inf)
+        self.best_at = np.zeros(members, dtype=int)
+        self.wait = np.zeros(members, dtype=int)
+        self.stopped_at = np.full(members, -1)
+        self.best_values = stack.snapshot() if patience else None
+
+    def update(self, epoch: int, val_bce: np.ndarray) -> bool:
+        """Record one epoch; True when every member has stopped."""
+        if not self.patience:
+            return False
+        active = self.stopped_at < 0
+        self.wait[active] += 1
+        improved = active & (val_bce < self.best)
+        if improved.any():
+            current = self.stack.snapshot()
+            for best, now in zip(self.best_values, current, strict=True):
+                best[improved] = now[improved]
+            self.best[improved] = val_bce[improved]
+            self.best_at[improved] = epoch
+            self.wait[improved] = 0
+        stopping = active & ~improved & (self.wait >= self.patience) & (epoch > 0)
+        self.stopped_at[stopping] = epoch
+        return bool((self.stopped_at >= 0).all())
+
+    def restore(self) -> None:
+        if self.patience:
+            self.stack.load(self.best_values)
+
+    def epochs_run(self, g: int, total: int) -> int:
+        return int(self.stopped_at[g]) + 1 if self.stopped_at[g] >= 0 else total
+
+    def best_epoch(self, g: int, total: int) -> int:
+        return int(self.best_at[g]) + 1 if self.patience else total
+
