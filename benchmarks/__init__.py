@@ -1,0 +1,1 @@
+"""Benchmarks of wd-pipeline, run with ``python -m benchmarks`` (see ``RESULTS.md``)."""

@@ -1,0 +1,91 @@
+"""The measured workloads: each runs in its own process so peak RSS belongs to it alone."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wd_pipeline import data as data_lib
+from wd_pipeline.config import make_config
+
+
+def load_arrays(source: str, label: str, positive_class: str | None, work: str) -> tuple[np.ndarray, ...]:
+    """Train and validation arrays of ``source``, through the pipeline's own ingest."""
+    config = make_config(data=source, label=label, positive_class=positive_class, work_dir=work, folds=1)
+    folder = data_lib.prepare(config)
+    parts = [data_lib.load_split(folder, name) for name in ("train", "validation")]
+    return tuple(
+        array
+        for part in parts
+        for array in (part.features.to_numpy(np.float32), part.label.astype(np.float32).reshape(-1, 1))
+    )
+
+
+def baseline(arrays: tuple[np.ndarray, ...], lams: list[float], epochs: int, batch_size: int) -> dict[str, Any]:
+    """The reference as a user writes it: one ``model.fit`` per λ, in turn, Keras defaults."""
+    from wd_pipeline.model import build_model
+
+    x_train, y_train, x_val, y_val = arrays
+    accuracies, started = [], time.perf_counter()
+    for lam in lams:
+        model = build_model(x_train, lam=lam, seed=0)
+        model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val), verbose=0)
+        accuracies.append(_accuracy(model, x_val, y_val))
+    return {"seconds": time.perf_counter() - started, "val_accuracy": accuracies}
+
+
+def packed(arrays: tuple[np.ndarray, ...], lams: list[float], epochs: int, batch_size: int) -> dict[str, Any]:
+    """The pipeline's grid training: all λ in one packed model."""
+    from wd_pipeline.packed import train_packed
+
+    x_train, y_train, x_val, y_val = arrays
+    started = time.perf_counter()
+    members = train_packed(
+        x_train, y_train, (x_val, y_val), lams=lams, mode="l2", hidden_units=[10, 10], learning_rate=1e-3,
+        seed=0, batch_size=batch_size, epochs=epochs, patience=0,
+    )
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "val_accuracy": [_accuracy(m.model, x_val, y_val) for m in members]}
+
+
+def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    probability = np.asarray(model.predict(x, batch_size=65536, verbose=0)).ravel()
+    return float(np.mean((probability >= 0.5) == (y.ravel() >= 0.5)))
+
+
+def ingest(source: str, label: str, work: str) -> dict[str, Any]:
+    """The pipeline's ingest (read, validate, split, write) against a bare pyarrow round trip."""
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    frame = pq.read_table(source).to_pandas()
+    pq.write_table(__import__("pyarrow").Table.from_pandas(frame), Path(work) / "bare.parquet")
+    bare = time.perf_counter() - started
+    del frame
+    config = make_config(data=source, label=label, positive_class=None, work_dir=work, folds=1)
+    started = time.perf_counter()
+    data_lib.prepare(config)
+    return {"bare_seconds": bare, "ingest_seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    """``python -m benchmarks.workloads NAME JSON-ARGS``: print the workload's result as JSON."""
+    name, raw = sys.argv[1], json.loads(sys.argv[2])
+    if name == "ingest":
+        result = ingest(raw["source"], raw["label"], raw["work"])
+    else:
+        arrays = load_arrays(raw["source"], raw["label"], raw.get("positive_class"), raw["work"])
+        result = {"baseline": baseline, "packed": packed}[name](arrays, raw["lams"], raw["epochs"], raw["batch_size"])
+        result["train_rows"] = len(arrays[0])
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
