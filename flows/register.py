@@ -25,14 +25,20 @@ def register_and_gate(config: PipelineConfig, split_folder: str, model_uri: str,
     test = data.load_split(split_folder, "test")
     client = tracking.get_client()
     decision = registry.register(
-        client, config.model_name, model_uri, parent_run_id, test.features, test.label, config.gate_metric,
+        client, config.model_name, model_uri, parent_run_id, test.features, test.label,
+        registry.GatePolicy.from_config(config),
         tags={"data.sha256": data.read_manifest(split_folder)["sha256"]},
     )
     tracking.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
-    values = {"gate_new_value": decision.new_value}
-    if decision.champion_value is not None:
-        values["gate_champion_value"] = decision.champion_value
-    tracking.log_metrics(client, parent_run_id, values)
+    numbers = {
+        "gate_new_value": decision.new_value,
+        "gate_champion_value": decision.champion_value,
+        "gate_difference": decision.difference,
+        "gate_ci_low": decision.ci_low,
+        "gate_ci_high": decision.ci_high,
+        "gate_promoted": float(decision.alias == registry.CHAMPION),
+    }
+    tracking.log_metrics(client, parent_run_id, {k: v for k, v in numbers.items() if v is not None})
     return decision.to_dict()
 
 

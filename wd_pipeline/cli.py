@@ -42,6 +42,11 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--experiment": ("experiment", str, "MLflow experiment name"),
     "--model-name": ("model_name", str, "MLflow registered model name"),
     "--max-parallel": ("max_parallel", int, "grid points trained at once"),
+    "--gate-margin": ("gate_margin", float, "improvement over the champion the lower CI bound must exceed (default 0)"),
+    "--min-test-roc-auc": ("min_test_roc_auc", float, "floor: below this test ROC AUC a model is never champion"),
+    "--max-test-log-loss": ("max_test_log_loss", float, "ceiling: above this test log loss a model is never champion"),
+    "--bootstrap-samples": ("bootstrap_samples", int, "bootstrap resamples of the test split for confidence intervals"),
+    "--threshold": ("threshold", float, "probability from which a row is labelled positive"),
     "--work-dir": ("work_dir", str, "folder for splits and trained grid points"),
 }
 
