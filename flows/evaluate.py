@@ -9,21 +9,30 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
 
 from wd_pipeline import evaluate as evaluate_lib
-from wd_pipeline import tracking
+from wd_pipeline import report, tracking
 from wd_pipeline.config import PipelineConfig, format_lambda
 from wd_pipeline.train import PointResult
 from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
 
 
 @task(cache_policy=NO_CACHE, name="log-evaluation", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
-def log_evaluation(parent_run_id: str, evaluation: evaluate_lib.Evaluation) -> None:
+def log_evaluation(
+    parent_run_id: str,
+    evaluation: evaluate_lib.Evaluation,
+    learning_curves: list[tuple[str, dict[str, list[float]]]],
+) -> None:
     client = tracking.get_client()
     tracking.log_metrics(client, parent_run_id, evaluation.summary())
     tracking.log_table_csv(client, parent_run_id, evaluation.table.to_dict("records"), "grid/results.csv")
-    curve = evaluate_lib.validation_curve_figure(evaluation.table, evaluation.metric, evaluation.chosen_lambda)
-    tracking.log_figure(client, parent_run_id, curve, "plots/validation_curve.png")
-    norms = evaluate_lib.weight_norm_figure(evaluation.table, evaluation.chosen_lambda)
-    tracking.log_figure(client, parent_run_id, norms, "plots/weight_norm.png")
+    table, metric, chosen = evaluation.table, evaluation.metric, evaluation.chosen_lambda
+    figures = {
+        "validation_curve.png": report.validation_curve_figure(table, metric, chosen),
+        "weight_norm.png": report.weight_norm_figure(table, chosen),
+        "generalization_gap.png": report.generalization_gap_figure(table, metric, chosen),
+        "learning_curves.png": report.learning_curves_figure(learning_curves),
+    }
+    for file_name, figure in figures.items():
+        tracking.log_figure(client, parent_run_id, figure, f"plots/{file_name}")
 
 
 @flow(name="evaluate")
@@ -33,7 +42,8 @@ def evaluate(
     """Returns the chosen λ, its model path and test metrics."""
     points = [PointResult.from_dict({k: v for k, v in r.items() if k != "run_id"}) for r in results]
     evaluation = evaluate_lib.evaluate_grid(points, split_folder, config.selection_metric)
-    log_evaluation(parent_run_id, evaluation)
+    curves = [(f"l2 λ={format_lambda(point.lam)}", point.history) for point in points]
+    log_evaluation(parent_run_id, evaluation, curves)
     create_table_artifact(
         grid_rows(evaluation),
         key="grid-results",

@@ -1,4 +1,4 @@
-"""Metrics, the choice of λ, and the plots that justify it.
+"""Metrics and the choice of λ (the plots that justify it live in :mod:`wd_pipeline.report`).
 
 All metrics are computed from predicted probabilities with scikit-learn, never read from
 Keras' ``val_loss``: that value includes the L2 penalty and would always favour λ = 0.
@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from wd_pipeline.config import HIGHER_IS_BETTER, format_lambda
+from wd_pipeline.config import HIGHER_IS_BETTER
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from wd_pipeline.train import PointResult
 
 METRICS = ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier")
@@ -59,50 +57,6 @@ def select_lambda(table: pd.DataFrame, metric: str) -> float:
     best = np.nanmax(column) if HIGHER_IS_BETTER[metric] else np.nanmin(column)
     tied = table.loc[np.isclose(column, best, rtol=0, atol=1e-12), "lambda"]
     return float(tied.max())
-
-
-def _lambda_axis(ax, lambdas: np.ndarray) -> None:
-    """Log axis that still shows λ = 0: linear in the first decade below the smallest λ > 0."""
-    positive = lambdas[lambdas > 0]
-    linthresh = float(positive.min()) if positive.size else 1e-5
-    ax.set_xscale("symlog", linthresh=linthresh)
-    ax.set_xlim(-0.3 * linthresh, float(lambdas.max()) * 1.5 if positive.size else linthresh)
-    ax.set_xlabel("λ (weight decay, symlog scale)")
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def validation_curve_figure(table: pd.DataFrame, metric: str, chosen: float) -> Figure:
-    """Train and validation ``metric`` (and accuracy) against λ, with the chosen λ marked."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    lambdas = table["lambda"].to_numpy()
-    for ax, name in zip(figure.subplots(1, 2), dict.fromkeys([metric, "accuracy"]), strict=False):
-        ax.plot(lambdas, table[f"train_{name}"], "o-", label="train")
-        ax.plot(lambdas, table[f"val_{name}"], "s-", label="validation")
-        ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen λ = {format_lambda(chosen)}")
-        ax.set_ylabel(name.replace("_", " "))
-        ax.set_title(f"{name.replace('_', ' ')} vs λ")
-        _lambda_axis(ax, lambdas)
-        ax.legend()
-    return figure
-
-
-def weight_norm_figure(table: pd.DataFrame, chosen: float) -> Figure:
-    """‖w‖₂ of the kernels against λ: the direct effect of weight decay."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5.5, 4), layout="constrained")
-    ax = figure.subplots()
-    lambdas = table["lambda"].to_numpy()
-    ax.plot(lambdas, table["weight_norm"], "o-", label="all kernels")
-    ax.plot(lambdas, table["penalized_weight_norm"], "s--", label="penalised kernels")
-    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen λ = {format_lambda(chosen)}")
-    ax.set_ylabel("‖w‖₂")
-    ax.set_title("weight norm vs λ")
-    _lambda_axis(ax, lambdas)
-    ax.legend()
-    return figure
 
 
 @dataclass
