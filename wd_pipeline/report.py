@@ -334,6 +334,36 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def report_artifacts(
+    *,
+    table: pd.DataFrame,
+    curves: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    metric: str,
+    chosen_mode: str,
+    chosen_lambda: float,
+    card: Mapping[str, Any],
+    threshold: float = 0.5,
+) -> dict[str, Figure | str]:
+    """Every report artifact keyed by its path in the parent run: figures and ``model_card.md``.
+
+    ``card`` holds the remaining :func:`model_card` arguments (model name, data source and
+    sha256, config, rule, test intervals), so a flow logs the whole report in one loop.
+    """
+    artifacts: dict[str, Figure | str] = {
+        "plots/validation_curve.png": validation_curve_figure(table, metric, chosen_lambda, chosen_mode),
+        "plots/weight_norm.png": weight_norm_figure(table, chosen_lambda, chosen_mode),
+        "plots/generalization_gap.png": generalization_gap_figure(table, metric, chosen_lambda, chosen_mode),
+        "plots/learning_curves.png": learning_curves_figure(curves),
+        **{f"plots/{name}": figure for name, figure in diagnostic_figures(y_test, p_test, threshold).items()},
+    }
+    artifacts["model_card.md"] = model_card(
+        table=table, metric=metric, chosen_mode=chosen_mode, chosen_lambda=chosen_lambda, threshold=threshold, **card
+    )
+    return artifacts
+
+
 def _setting(value: Any) -> str:
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:g}"

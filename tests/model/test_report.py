@@ -147,3 +147,25 @@ def test_model_card_refuses_an_unknown_rule(grid: pd.DataFrame) -> None:
             model_name="m", data_source="s", data_sha256=SHA, config={}, chosen_mode="l2", chosen_lambda=0.0,
             metric="log_loss", rule="median", table=grid, test_intervals={},
         )
+
+
+def test_report_artifacts_bundle_every_figure_and_the_card(grid: pd.DataFrame, test_predictions) -> None:
+    from matplotlib.figure import Figure
+
+    y, p = test_predictions
+    curves = [("l2 λ=0", {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]})]
+    card = {
+        "model_name": "m", "data_source": "d.csv", "data_sha256": SHA, "config": {"epochs": 2}, "rule": "best",
+        "test_intervals": bootstrap_cis(y, p, n_resamples=100),
+    }
+    artifacts = report.report_artifacts(
+        table=grid, curves=curves, y_test=y, p_test=p, metric="log_loss", chosen_mode="l2", chosen_lambda=1e-2, card=card,
+    )
+    figures = {path for path, item in artifacts.items() if isinstance(item, Figure)}
+    assert figures == {
+        f"plots/{name}.png" for name in (
+            "validation_curve", "weight_norm", "generalization_gap", "learning_curves", "roc_curve",
+            "confusion_matrix", "calibration",
+        )
+    }
+    assert SHA in artifacts["model_card.md"] and "the best cross-validated log loss" in artifacts["model_card.md"]
