@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 DEFAULT_MODE = "l2"
 MODE_COLORS = {"l2": "C0", "decoupled": "C1"}
 MODE_NAMES = {"l2": "L2 penalty in the loss", "decoupled": "decoupled weight decay (AdamW)"}
+LAMBDA_MEANING = {
+    "l2": "J = L + λ/2 · Σw² over the hidden kernels",
+    "decoupled": "decay applied by the optimizer at each step, not part of the loss",
+}
 RULES = {
     "best": "the best cross-validated {metric}",
     "one-se": "the largest λ whose cross-validated {metric} is within one standard error of the best (one-SE rule)",
@@ -165,6 +169,7 @@ def learning_curves_figure(
     """Per-epoch ``keys`` of every grid point, one panel per key, one line per grid point."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(5.5 * len(keys), 4.5), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(keys), sharey=True))
@@ -174,8 +179,10 @@ def learning_curves_figure(
             series = history.get(key, [])
             ax.plot(np.arange(1, len(series) + 1), series, color=color, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
-        ax.set_title(f"{key} per epoch (includes the L2 penalty)" if "loss" in key else f"{key} per epoch")
+        # Keras adds the L2 penalty to loss/val_loss; decoupled weight decay adds nothing.
+        ax.set_title(f"{key} per epoch (l2 mode: with penalty)" if "loss" in key else f"{key} per epoch")
         ax.grid(True, alpha=0.3)
     axes[-1].legend(fontsize="x-small", ncol=2 if len(curves) > 12 else 1)
     return figure
@@ -311,7 +318,7 @@ def model_card(
         "## Choice of weight decay",
         "",
         f"- **Mode**: {chosen_mode} ({MODE_NAMES.get(chosen_mode, chosen_mode)})",
-        f"- **λ**: {format_lambda(chosen_lambda)} (J = L + λ/2 · Σw² over the hidden kernels)",
+        f"- **λ**: {format_lambda(chosen_lambda)} ({LAMBDA_MEANING.get(chosen_mode, 'weight decay')})",
         f"- **Rule**: `{rule}` — {RULES[rule].format(metric=_title(metric))}",
         "",
         cv_table_markdown(table, card_metrics, chosen_lambda, chosen_mode),
