@@ -117,9 +117,7 @@ def bootstrap_ci(
     threshold: float = 0.5,
 ) -> Interval:
     """``metric`` on all rows with its percentile bootstrap interval."""
-    rows = resample_indices(len(np.ravel(y_true)), n_resamples, seed)
-    estimate = classification_metrics(y_true, probability, threshold)[metric]
-    return _interval(estimate, resampled_metric(y_true, probability, rows, metric, threshold), level)
+    return bootstrap_cis(y_true, probability, (metric,), n_resamples, seed, level, threshold)[metric]
 
 
 def bootstrap_cis(
