@@ -1,4 +1,4 @@
-"""Prefect flow ``evaluate``: choose (mode, λ) by rule, refit it on all training data, test it once."""
+"""Prefect flow ``evaluate``: choose (mode, λ) by rule, refit it on all training data, test it once, report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from wd_pipeline import data, report, stats, tracking, train
 from wd_pipeline import evaluate as evaluate_lib
-from wd_pipeline import tracking, train
 from wd_pipeline.config import PipelineConfig, format_lambda
 from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
 
@@ -36,15 +36,21 @@ def log_evaluation(
     table: pd.DataFrame,
     folds: pd.DataFrame,
     selection: evaluate_lib.Selection,
-    test_metrics: dict[str, float],
+    test_intervals: dict[str, stats.Interval],
     refit_epochs: int,
+    artifacts: dict[str, Any],
 ) -> None:
+    """Selection, test metrics with their bootstrap intervals, tables, plots and the model card."""
     client = tracking.get_client()
     tracking.log_metrics(
         client,
         parent_run_id,
-        {"chosen_lambda": selection.lam, "best_lambda": selection.best_lambda, "refit_epochs": refit_epochs,
-         **{f"test_{k}": v for k, v in test_metrics.items()}},
+        {
+            "chosen_lambda": selection.lam, "best_lambda": selection.best_lambda, "refit_epochs": refit_epochs,
+            **{f"test_{k}": v.estimate for k, v in test_intervals.items()},
+            **{f"test_{k}_ci_low": v.low for k, v in test_intervals.items()},
+            **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
+        },
     )
     tracking.set_tags(
         client,
@@ -55,20 +61,21 @@ def log_evaluation(
     )
     tracking.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
     tracking.log_table_csv(client, parent_run_id, folds.to_dict("records"), "grid/folds.csv")
-    chosen_mode = table[table["mode"] == selection.mode]
-    curve = evaluate_lib.validation_curve_figure(chosen_mode, selection.metric, selection.lam)
-    tracking.log_figure(client, parent_run_id, curve, "plots/validation_curve.png")
-    norms = evaluate_lib.weight_norm_figure(chosen_mode, selection.lam)
-    tracking.log_figure(client, parent_run_id, norms, "plots/weight_norm.png")
+    for path, artifact in artifacts.items():
+        if isinstance(artifact, str):
+            tracking.log_text(client, parent_run_id, artifact, path)
+        else:
+            tracking.log_figure(client, parent_run_id, artifact, path)
 
 
 @flow(name="evaluate")
 def evaluate(
     config: PipelineConfig, split_folder: str, fold_results: list[dict[str, Any]], parent_run_id: str
 ) -> dict[str, Any]:
-    """Returns the selection, the refit model's path and its test metrics."""
+    """Returns the selection, the refit model's path, test metrics with intervals and the model card."""
     logger = get_run_logger()
-    folds = evaluate_lib.fold_table(train.FitResult.from_dict(r).row() for r in fold_results)
+    results = [train.FitResult.from_dict(r) for r in fold_results]
+    folds = evaluate_lib.fold_table(result.row() for result in results)
     table = evaluate_lib.aggregate(folds)
     selection = evaluate_lib.select(table, config.selection_metric, config.rule)
     epochs = evaluate_lib.refit_epochs(folds, selection, config.epochs) if config.patience else config.epochs
@@ -79,15 +86,33 @@ def evaluate(
         ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items()), epochs,
     )
     refitted = refit(split_folder, config, selection, epochs, parent_run_id)
-    test_metrics = evaluate_lib.score_on_test(refitted["model_path"], split_folder)
-    log_evaluation(parent_run_id, table, folds, selection, test_metrics, epochs)
+    y_test, p_test = evaluate_lib.test_predictions(refitted["model_path"], split_folder)
+    intervals = stats.bootstrap_cis(
+        y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
+    )
+    manifest = data.read_manifest(split_folder)
+    artifacts = report.report_artifacts(
+        table=table,
+        curves=learning_curves(results),
+        y_test=y_test,
+        p_test=p_test,
+        metric=selection.metric,
+        chosen_mode=selection.mode,
+        chosen_lambda=selection.lam,
+        threshold=config.threshold,
+        card={
+            "model_name": config.model_name, "data_source": manifest["source"], "data_sha256": manifest["sha256"],
+            "config": config.model_dump(), "rule": selection.rule, "test_intervals": intervals,
+        },
+    )
+    log_evaluation(parent_run_id, table, folds, selection, intervals, epochs, artifacts)
     create_table_artifact(
         grid_rows(table, selection),
         key="grid-results",
         description=f"Cross-validated metrics per (mode, λ); chosen {selection.mode} λ={format_lambda(selection.lam)} "
         f"by rule {selection.rule} on validation {selection.metric}",
     )
-    logger.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+    logger.info("Test: %s", ", ".join(f"{k} {v.format()}" for k, v in intervals.items()))
     return {
         "chosen_mode": selection.mode,
         "chosen_lambda": selection.lam,
@@ -96,9 +121,17 @@ def evaluate(
         "per_mode": selection.per_mode,
         "refit_epochs": epochs,
         "chosen_model_path": refitted["model_path"],
-        "test_metrics": test_metrics,
+        "test_metrics": {k: v.estimate for k, v in intervals.items()},
+        "test_intervals": {k: v.to_dict() for k, v in intervals.items()},
+        "model_card": artifacts["model_card.md"],
         "table": table.to_dict("records"),
     }
+
+
+def learning_curves(results: list[train.FitResult]) -> list[tuple[str, dict[str, list[float]]]]:
+    """First fold's per-epoch curves of every grid point (folds stop at different epochs)."""
+    first = sorted((r for r in results if r.fold == 0), key=lambda r: (r.mode, r.lam))
+    return [(tracking.point_run_name(r.mode, r.lam), r.history) for r in first]
 
 
 def grid_rows(table: pd.DataFrame, selection: evaluate_lib.Selection) -> list[dict[str, Any]]:

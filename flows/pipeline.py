@@ -25,22 +25,27 @@ from wd_pipeline.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_POSITIVE_CLASS,
     BatchSize,
+    BootstrapSamples,
     ChunkSize,
     ColumnName,
     Epochs,
     Folds,
     Fraction,
+    GateMargin,
     Grid,
     HiddenUnits,
     LearningRate,
+    MaxLogLoss,
     Modes,
     Name,
     Parallelism,
     Patience,
     PipelineConfig,
+    Probability,
     Rule,
     Seed,
     SelectionMetric,
+    Threshold,
     format_lambda,
     make_config,
 )
@@ -90,6 +95,11 @@ def weight_decay_pipeline(
     experiment: Name = DEFAULT_EXPERIMENT,
     model_name: Name = DEFAULT_MODEL_NAME,
     max_parallel: Parallelism = 2,
+    gate_margin: GateMargin = 0.0,
+    min_test_roc_auc: Probability = 0.6,
+    max_test_log_loss: MaxLogLoss | None = None,
+    bootstrap_samples: BootstrapSamples = 1000,
+    threshold: Threshold = 0.5,
     work_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train the network over a λ grid, pick λ on validation, register the winner."""
@@ -108,7 +118,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)
         results = train_grid.with_options(task_runner=runner)(config, split_folder, parent_run_id)
         evaluation = evaluate(config, split_folder, results, parent_run_id)
-        decision = register(config, split_folder, evaluation["chosen_model_path"], parent_run_id)
+        decision = register(
+            config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]
+        )
     except BaseException:
         tracking.finish(client, parent_run_id, "FAILED")
         raise
@@ -124,6 +136,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         "per_mode": evaluation["per_mode"],
         "selection_metric": config.selection_metric,
         "test_metrics": evaluation["test_metrics"],
+        "test_intervals": evaluation["test_intervals"],
         "registry": decision,
         "grid": evaluation["table"],
     }

@@ -21,25 +21,36 @@ def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
 
 
 @task(cache_policy=NO_CACHE, name="register-and-gate")
-def register_and_gate(config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str) -> dict[str, Any]:
+def register_and_gate(
+    config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
+) -> dict[str, Any]:
     test = data.load_split(split_folder, "test")
     client = tracking.get_client()
     decision = registry.register(
-        client, config.model_name, model_uri, parent_run_id, test.features, test.label, config.gate_metric,
+        client, config.model_name, model_uri, parent_run_id, test.features, test.label,
+        registry.GatePolicy.from_config(config),
         tags={"data.sha256": data.read_manifest(split_folder)["sha256"]},
+        description=model_card,
     )
     tracking.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
-    values = {"gate_new_value": decision.new_value}
-    if decision.champion_value is not None:
-        values["gate_champion_value"] = decision.champion_value
-    tracking.log_metrics(client, parent_run_id, values)
+    numbers = {
+        "gate_new_value": decision.new_value,
+        "gate_champion_value": decision.champion_value,
+        "gate_difference": decision.difference,
+        "gate_ci_low": decision.ci_low,
+        "gate_ci_high": decision.ci_high,
+        "gate_promoted": float(decision.alias == registry.CHAMPION),
+    }
+    tracking.log_metrics(client, parent_run_id, {k: v for k, v in numbers.items() if v is not None})
     return decision.to_dict()
 
 
 @flow(name="register")
-def register(config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str) -> dict[str, Any]:
+def register(
+    config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
+) -> dict[str, Any]:
     """Returns the registry decision: version, alias and the numbers behind it."""
     model_uri = log_model(parent_run_id, split_folder, model_path)
-    decision = register_and_gate(config, split_folder, model_uri, parent_run_id)
+    decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
     get_run_logger().info("%s v%s → @%s: %s", decision["model_name"], decision["version"], decision["alias"], decision["reason"])
     return decision

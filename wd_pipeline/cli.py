@@ -47,8 +47,22 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--experiment": ("experiment", str, "MLflow experiment name"),
     "--model-name": ("model_name", str, "MLflow registered model name"),
     "--max-parallel": ("max_parallel", int, "training tasks run at once"),
+    "--gate-margin": ("gate_margin", float, "improvement over the champion the lower CI bound must exceed (default 0)"),
+    "--min-test-roc-auc": ("min_test_roc_auc", float, "floor: below this test ROC AUC a model is never champion"),
+    "--max-test-log-loss": ("max_test_log_loss", float, "ceiling: above this test log loss a model is never champion"),
+    "--bootstrap-samples": ("bootstrap_samples", int, "bootstrap resamples of the test split for confidence intervals"),
+    "--threshold": ("threshold", float, "probability from which a row is labelled positive"),
     "--work-dir": ("work_dir", str, "folder for splits and trained grid points"),
 }
+
+SCORE_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--data": ("data", str, "CSV or Parquet file to score: local path or pyarrow URI"),
+    "--output": ("output", str, "Parquet file for the input features plus probability and label"),
+    "--model-name": ("model_name", str, "registered model whose @champion scores the file"),
+    "--experiment": ("experiment", str, "MLflow experiment that records the scoring run"),
+    "--threshold": ("threshold", float, "probability from which a row is labelled positive (default 0.5)"),
+}
+SCORE_REQUIRED = ("--data", "--output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,20 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, _, text) in RUN_FLAGS.items():
         run.add_argument(flag, dest=field, metavar=field.upper(), default=None, help=text)
     run.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
+    score = commands.add_parser("score", help="score a CSV or Parquet file with the registered @champion model")
+    for flag, (field, _, text) in SCORE_FLAGS.items():
+        score.add_argument(flag, dest=field, metavar=field.upper(), default=None, required=flag in SCORE_REQUIRED, help=text)
+    score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Defaults < config file < flags. A new data source drops the bundled positive class."""
-    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for flag, (field, parse, _) in RUN_FLAGS.items():
+def _parse_flags(args: argparse.Namespace, flags: dict[str, tuple[str, Any, str]]) -> dict[str, Any]:
+    """The flags given on the command line, parsed; a value that does not parse is a ConfigError."""
+    settings: dict[str, Any] = {}
+    for flag, (field, parse, text) in flags.items():
         raw = getattr(args, field)
         if raw is None:
             continue
         try:
             settings[field] = parse(raw)
         except ValueError:
-            raise ConfigError(f"{flag} {raw!r} is not valid: {RUN_FLAGS[flag][2]}") from None
+            raise ConfigError(f"{flag} {raw!r} is not valid: {text}") from None
+    return settings
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Defaults < config file < flags. A new data source drops the bundled positive class."""
+    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    settings.update(_parse_flags(args, RUN_FLAGS))
     if "data" in settings and "positive_class" not in settings:
         settings["positive_class"] = None
     return make_config(**settings)
@@ -85,19 +110,26 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
+        if args.command == "score":
+            from wd_pipeline.score import make_score_settings
+
+            settings: Any = make_score_settings(**_parse_flags(args, SCORE_FLAGS))
+            work_dir = os.environ.get("WD_PIPELINE_WORK_DIR", ".wd-pipeline")
+        else:
+            settings = config_from_args(args)
+            work_dir = settings.work_dir
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    log_path = _configure_logging(Path(config.work_dir), verbose=args.verbose)
+    log_path = _configure_logging(Path(work_dir), verbose=args.verbose)
     try:
-        summary = _run(config)
+        summary = _score(settings) if args.command == "score" else _run(settings)
     except PipelineError as exc:
-        logging.getLogger("wd_pipeline").debug("run failed", exc_info=True)
+        logging.getLogger("wd_pipeline").debug("%s failed", args.command, exc_info=True)
         print(f"\nerror: {exc}", file=sys.stderr)
         print(f"(full log: {log_path})", file=sys.stderr)
         return EXIT_RUN_FAILED
-    print(format_summary(summary))
+    print(format_score_summary(summary) if args.command == "score" else format_summary(summary))
     return 0
 
 
@@ -105,6 +137,23 @@ def _run(config: PipelineConfig) -> dict[str, Any]:
     from flows.pipeline import weight_decay_pipeline
 
     return weight_decay_pipeline(**config.model_dump())
+
+
+def _score(settings: Any) -> dict[str, Any]:
+    from flows.score import score
+
+    return score(**settings.model_dump())
+
+
+def format_score_summary(result: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            "",
+            f"scored        {result['rows']} rows with {result['model_uri']} (positive rate {result['positive_rate']:.4f})",
+            f"predictions   {result['output']}",
+            f"MLflow run    {result['run_id']}",
+        ]
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -60,6 +60,12 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "brier": False,
 }
 
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Threshold = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+GateMargin = Annotated[float, Field(ge=0.0, le=1e3, allow_inf_nan=False)]
+MaxLogLoss = Annotated[float, Field(gt=0.0, le=1e3, allow_inf_nan=False)]
+BootstrapSamples = Annotated[int, Field(ge=100, le=100_000)]
+
 
 class PipelineConfig(BaseModel):
     """Everything that decides what a pipeline run computes and where it is recorded."""
@@ -92,6 +98,15 @@ class PipelineConfig(BaseModel):
     experiment: Name = DEFAULT_EXPERIMENT
     model_name: Name = DEFAULT_MODEL_NAME
     max_parallel: Parallelism = 2
+    gate_margin: GateMargin = Field(
+        0.0, description="Improvement over the champion the lower 95 % bootstrap bound must exceed"
+    )
+    min_test_roc_auc: Probability = Field(0.6, description="Floor: a model below this test ROC AUC is never champion")
+    max_test_log_loss: MaxLogLoss | None = Field(
+        None, description="Ceiling: a model above this test log loss is never champion (none when empty)"
+    )
+    bootstrap_samples: BootstrapSamples = Field(1000, description="Resamples of the test split for confidence intervals")
+    threshold: Threshold = Field(0.5, description="Probability from which a row is labelled positive")
     work_dir: str = Field(
         default_factory=lambda: os.environ.get("WD_PIPELINE_WORK_DIR", ".wd-pipeline"),
         min_length=1,

@@ -9,15 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from wd_pipeline.config import HIGHER_IS_BETTER, format_lambda
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from wd_pipeline.config import HIGHER_IS_BETTER
 
 METRICS = ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier")
 PROBABILITY_CLIP = 1e-7
@@ -118,56 +114,15 @@ def refit_epochs(folds: pd.DataFrame, selection: Selection, default: int) -> int
     return max(1, int(round(float(chosen["stopped_epoch"].mean()))))
 
 
-def _lambda_axis(ax, lambdas: np.ndarray) -> None:
-    """Log axis that still shows λ = 0: linear in the first decade below the smallest λ > 0."""
-    positive = lambdas[lambdas > 0]
-    linthresh = float(positive.min()) if positive.size else 1e-5
-    ax.set_xscale("symlog", linthresh=linthresh)
-    ax.set_xlim(-0.3 * linthresh, float(lambdas.max()) * 1.5 if positive.size else linthresh)
-    ax.set_xlabel("λ (weight decay, symlog scale)")
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def validation_curve_figure(table: pd.DataFrame, metric: str, chosen: float) -> Figure:
-    """Train and validation ``metric`` (and accuracy) against λ, with the chosen λ marked."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    lambdas = table["lambda"].to_numpy()
-    for ax, name in zip(figure.subplots(1, 2), dict.fromkeys([metric, "accuracy"]), strict=False):
-        ax.plot(lambdas, table[f"train_{name}"], "o-", label="train")
-        ax.plot(lambdas, table[f"val_{name}"], "s-", label="validation")
-        ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen λ = {format_lambda(chosen)}")
-        ax.set_ylabel(name.replace("_", " "))
-        ax.set_title(f"{name.replace('_', ' ')} vs λ")
-        _lambda_axis(ax, lambdas)
-        ax.legend()
-    return figure
-
-
-def weight_norm_figure(table: pd.DataFrame, chosen: float) -> Figure:
-    """‖w‖₂ of the kernels against λ: the direct effect of weight decay."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5.5, 4), layout="constrained")
-    ax = figure.subplots()
-    lambdas = table["lambda"].to_numpy()
-    ax.plot(lambdas, table["weight_norm"], "o-", label="all kernels")
-    ax.plot(lambdas, table["penalized_weight_norm"], "s--", label="penalised kernels")
-    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen λ = {format_lambda(chosen)}")
-    ax.set_ylabel("‖w‖₂")
-    ax.set_title("weight norm vs λ")
-    _lambda_axis(ax, lambdas)
-    ax.legend()
-    return figure
-
-
-def score_on_test(model_path: str, split_folder: str | Path) -> dict[str, float]:
-    """The chosen, refit model's metrics on the test split: computed once, reported, never tuned on."""
+def test_predictions(model_path: str, split_folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of the chosen, refit model on the test split: computed once, never tuned on."""
     from wd_pipeline import data as data_lib
     from wd_pipeline.model import load
 
     test = data_lib.load_split(split_folder, "test")
     network = load(model_path)
     probability = np.asarray(network.predict(test.features.to_numpy(np.float32), batch_size=4096, verbose=0)).ravel()
-    return classification_metrics(test.label, probability)
+    return test.label, probability
+
+
+test_predictions.__test__ = False  # a library function, not a pytest test

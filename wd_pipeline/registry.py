@@ -1,9 +1,19 @@
 """Log the chosen model, register it, and decide whether it becomes the champion.
 
-The gate compares the new model with the current ``champion`` on *this* run's test split,
-so both are judged on the same rows. A tie keeps the old champion: moving the alias must be
-earned. If anything fails after the version is created, the version is deleted again, so
-the registry never holds a half-registered model.
+The gate is built so that luck, a broken model or changed data cannot take ``@champion``:
+
+- the new model and the current champion are scored on *this* run's test rows, and the
+  difference of the gate metric is bootstrapped over the same resampled rows for both; the
+  new model is promoted only if the lower bound of that interval clears ``margin``, so an
+  identical model (difference exactly 0) is refused and a lucky one usually is too;
+- hard floors (minimum ROC AUC, optional maximum log loss) keep a poor model out even when
+  there is no champion yet;
+- a model whose input columns differ from the champion's is never promoted automatically:
+  the two were trained on different data, so their numbers are not comparable.
+
+A refused model is still registered, as ``@challenger``, with the reason. If anything fails
+after the version is created, the version is deleted again, so the registry never holds a
+half-registered model.
 """
 
 from __future__ import annotations
@@ -17,10 +27,13 @@ import numpy as np
 import pandas as pd
 
 from wd_pipeline.errors import TrackingError
-from wd_pipeline.evaluate import classification_metrics, is_better
+from wd_pipeline.evaluate import classification_metrics
+from wd_pipeline.stats import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from wd_pipeline.config import PipelineConfig
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -29,8 +42,34 @@ SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy")
 
 
 @dataclass(frozen=True)
+class GatePolicy:
+    """What a new version must show on the test split to take ``@champion``."""
+
+    metric: str = "log_loss"
+    margin: float = 0.0
+    min_roc_auc: float | None = 0.6
+    max_log_loss: float | None = None
+    bootstrap_samples: int = 1000
+    threshold: float = 0.5
+    seed: int = 0
+    level: float = DEFAULT_LEVEL
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> GatePolicy:
+        return cls(
+            metric=config.gate_metric,
+            margin=config.gate_margin,
+            min_roc_auc=config.min_test_roc_auc,
+            max_log_loss=config.max_test_log_loss,
+            bootstrap_samples=config.bootstrap_samples,
+            threshold=config.threshold,
+            seed=config.seed,
+        )
+
+
+@dataclass(frozen=True)
 class RegistryDecision:
-    """What the gate decided and the numbers it decided on."""
+    """What the gate decided and the numbers it decided on (all become ``gate.*`` tags)."""
 
     model_name: str
     version: str
@@ -41,6 +80,14 @@ class RegistryDecision:
     champion_value: float | None
     reason: str
     model_uri: str
+    margin: float = 0.0
+    difference: float | None = None  # oriented: positive means the new version is better
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float = DEFAULT_LEVEL
+    test_roc_auc: float | None = None
+    test_log_loss: float | None = None
+    floors: str = ""  # the floors the new version fails, empty when it passes all
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +139,42 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
         return None
 
 
+def input_columns(model_uri: str) -> list[str]:
+    """Feature columns of a logged model's input signature, in order."""
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(model_uri).signature
+    return list(signature.inputs.input_names()) if signature is not None else []
+
+
+def schema_change(new: list[str], champion: list[str]) -> str | None:
+    """Why two input signatures are not the same data, or None when they are."""
+    if new == champion:
+        return None
+    added = [name for name in new if name not in champion]
+    removed = [name for name in champion if name not in new]
+    if added or removed:
+        return f"added {added}, removed {removed}"
+    return "same columns in another order"
+
+
+def floor_violations(metrics: dict[str, float], policy: GatePolicy) -> list[str]:
+    """The hard floors a model fails on the test split; empty when it passes."""
+    failed = []
+    if policy.min_roc_auc is not None and not metrics["roc_auc"] >= policy.min_roc_auc:
+        failed.append(f"test roc_auc {metrics['roc_auc']:.4f} < minimum {policy.min_roc_auc:g}")
+    if policy.max_log_loss is not None and not metrics["log_loss"] <= policy.max_log_loss:
+        failed.append(f"test log_loss {metrics['log_loss']:.4f} > maximum {policy.max_log_loss:g}")
+    return failed
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    champion_value: float | None = None
+    difference: Interval | None = None
+    blocked: str = ""  # why the two versions cannot be compared
+
+
 def register(
     client: MlflowClient,
     name: str,
@@ -99,35 +182,38 @@ def register(
     run_id: str,
     test_features: pd.DataFrame,
     test_label: np.ndarray,
-    gate_metric: str,
+    policy: GatePolicy,
     tags: dict[str, str] | None = None,
+    description: str | None = None,
 ) -> RegistryDecision:
-    """Register ``model_uri`` under ``name`` and move ``champion`` only if it is earned."""
-    new_value = classification_metrics(test_label, score(model_uri, test_features))[gate_metric]
+    """Register ``model_uri`` under ``name`` and move ``champion`` only if it is earned.
+
+    ``description`` (the model card) is attached to the version as it is created.
+    """
+    new_probability = score(model_uri, test_features)
+    new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
+    failed_floors = floor_violations(new_metrics, policy)
     champion_version = current_champion(client, name)
-    champion_value, reason = _champion_value(name, champion_version, test_features, test_label, gate_metric)
+    comparison = _compare(name, champion_version, model_uri, new_probability, test_features, test_label, policy)
 
     _ensure_registered_model(client, name)
-    created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, description=description)
     version_number = str(created.version)
     try:
-        if champion_version is None:
-            alias, reason = CHAMPION, "first version: becomes champion"
-        elif champion_value is None:
-            alias = CHALLENGER
-        elif is_better(new_value, champion_value, gate_metric):
-            alias = CHAMPION
-            reason = f"test {gate_metric} {new_value:.5f} beats champion v{champion_version} ({champion_value:.5f})"
-        else:
-            alias = CHALLENGER
-            reason = (
-                f"test {gate_metric} {new_value:.5f} does not beat champion v{champion_version} "
-                f"({champion_value:.5f}); champion kept"
-            )
+        alias, reason = _verdict(champion_version, new_metrics[policy.metric], comparison, failed_floors, policy)
         _wait_ready(client, name, version_number)
+        difference = comparison.difference
         decision = RegistryDecision(
-            name, version_number, alias, gate_metric, new_value, champion_version, champion_value, reason,
-            f"models:/{name}/{version_number}",
+            name, version_number, alias, policy.metric, new_metrics[policy.metric], champion_version,
+            comparison.champion_value, reason, f"models:/{name}/{version_number}",
+            margin=policy.margin,
+            difference=difference.estimate if difference else None,
+            ci_low=difference.low if difference else None,
+            ci_high=difference.high if difference else None,
+            ci_level=policy.level,
+            test_roc_auc=new_metrics["roc_auc"],
+            test_log_loss=new_metrics["log_loss"],
+            floors="; ".join(failed_floors),
         )
         for key, value in decision.to_dict().items():
             client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
@@ -138,17 +224,60 @@ def register(
     return decision
 
 
-def _champion_value(
-    name: str, champion_version: str | None, features: pd.DataFrame, label: np.ndarray, metric: str
-) -> tuple[float | None, str]:
-    """The champion's gate metric on this test split; None if it cannot score these rows."""
+def _compare(
+    name: str,
+    champion_version: str | None,
+    model_uri: str,
+    new_probability: np.ndarray,
+    features: pd.DataFrame,
+    label: np.ndarray,
+    policy: GatePolicy,
+) -> _Comparison:
+    """The champion's gate metric on these rows and the paired difference, when comparable."""
     if champion_version is None:
-        return None, ""
+        return _Comparison()
+    champion_uri = f"models:/{name}/{champion_version}"
+    change = schema_change(input_columns(model_uri), input_columns(champion_uri))
+    if change is not None:
+        return _Comparison(
+            blocked=f"input columns differ from champion v{champion_version} ({change}): the data schema changed, "
+            "so the two cannot be compared; review it and set the champion alias by hand if the change is intended"
+        )
     try:
-        probability = score(f"models:/{name}@{CHAMPION}", features)
-    except Exception as exc:  # a champion trained on other columns cannot be compared
-        return None, f"champion v{champion_version} cannot score this data ({_short(exc)}); new version is challenger"
-    return classification_metrics(label, probability)[metric], ""
+        champion_probability = score(champion_uri, features)
+    except Exception as exc:  # a champion that cannot score these rows cannot be compared
+        return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({_short(exc)})")
+    difference = paired_bootstrap_difference(
+        label, new_probability, champion_probability, policy.metric,
+        n_resamples=policy.bootstrap_samples, seed=policy.seed, level=policy.level, threshold=policy.threshold,
+    )
+    champion_value = classification_metrics(label, champion_probability, policy.threshold)[policy.metric]
+    return _Comparison(champion_value, difference)
+
+
+def _verdict(
+    champion_version: str | None,
+    new_value: float,
+    comparison: _Comparison,
+    failed_floors: list[str],
+    policy: GatePolicy,
+) -> tuple[str, str]:
+    """(alias, reason): floors first, then comparability, then the bootstrap bound."""
+    if failed_floors:
+        return CHALLENGER, f"below the floor: {'; '.join(failed_floors)}; never champion"
+    if champion_version is None:
+        return CHAMPION, "no champion yet: becomes champion"
+    if comparison.blocked or comparison.difference is None:
+        return CHALLENGER, f"{comparison.blocked}; new version is challenger"
+    difference, metric = comparison.difference, policy.metric
+    numbers = (
+        f"test {metric} {new_value:.5f} vs champion v{champion_version} {comparison.champion_value:.5f}; "
+        f"improvement {difference.estimate:+.5f}, {difference.level:.0%} CI "
+        f"[{difference.low:+.5f}, {difference.high:+.5f}]"
+    )
+    if difference.low > policy.margin:
+        return CHAMPION, f"{numbers} — lower bound above margin {policy.margin:g}: beats champion"
+    return CHALLENGER, f"{numbers} — does not beat champion v{champion_version} by margin {policy.margin:g}; champion kept"
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

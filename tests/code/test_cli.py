@@ -54,3 +54,34 @@ def test_new_data_source_drops_bundled_positive_class(tmp_path) -> None:
     assert config_from_args(args).positive_class is None
     args = build_parser().parse_args(["run", "--data", "other.csv", "--positive-class", "yes"])
     assert config_from_args(args).positive_class == "yes"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threshold", "1.5"], "threshold: Input should be less than 1"),
+        (["--threshold", "high"], "--threshold 'high' is not valid"),
+        (["--model-name", "bad/name"], "model_name: String should match pattern"),
+    ],
+)
+def test_bad_score_flags_exit_2_with_one_line(argv: list[str], message: str, capsys, workspace) -> None:
+    assert main(["score", "--data", "new.csv", "--output", "out.parquet", *argv]) == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_score_needs_data_and_output(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["score", "--data", "new.csv"])
+    assert caught.value.code == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_gate_flags_reach_the_config() -> None:
+    args = build_parser().parse_args(
+        ["run", "--gate-margin", "0.01", "--min-test-roc-auc", "0.7", "--max-test-log-loss", "0.5",
+         "--bootstrap-samples", "500", "--threshold", "0.4"]
+    )
+    config = config_from_args(args)
+    assert (config.gate_margin, config.min_test_roc_auc, config.max_test_log_loss) == (0.01, 0.7, 0.5)
+    assert (config.bootstrap_samples, config.threshold) == (500, 0.4)

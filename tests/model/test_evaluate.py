@@ -6,15 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wd_pipeline.evaluate import (
-    METRICS,
-    aggregate,
-    classification_metrics,
-    is_better,
-    refit_epochs,
-    select,
-    validation_curve_figure,
-)
+from wd_pipeline.evaluate import METRICS, aggregate, classification_metrics, is_better, refit_epochs, select
 
 
 def test_metrics_on_a_hand_made_case() -> None:
@@ -102,12 +94,3 @@ def test_is_better_is_strict_and_knows_direction() -> None:
     assert is_better(0.9, 0.8, "roc_auc") and not is_better(0.8, 0.8, "roc_auc")
     assert is_better(0.1, 0.2, "log_loss") and not is_better(0.2, 0.2, "log_loss")
 
-
-def test_validation_curve_shows_zero_on_a_log_axis() -> None:
-    table = _table([0.3, 0.2, 0.25, 0.4]).assign(
-        train_log_loss=[0.1, 0.15, 0.2, 0.35], train_accuracy=[1.0, 0.99, 0.97, 0.9]
-    )
-    figure = validation_curve_figure(table, "log_loss", 1e-3)
-    ax = figure.axes[0]
-    assert ax.get_xscale() == "symlog"
-    assert ax.get_xlim()[0] <= 0.0

@@ -57,7 +57,9 @@ def test_registry_champion_then_challenger(three_runs) -> None:
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "3"
-    tags = client.get_model_version(MODEL, "3").tags
+    version = client.get_model_version(MODEL, "3")
+    assert "sha256" in version.description and "95% bootstrap confidence intervals" in version.description  # the model card
+    tags = version.tags
     assert tags["gate.alias"] == "challenger" and "does not beat champion v2" in tags["gate.reason"]
 
 
@@ -76,8 +78,12 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
     for name in ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier"):
         assert 0 <= parent.data.metrics[f"test_{name}"] <= 1 or name == "log_loss"
     assert parent.data.metrics["test_accuracy"] > 0.9
-    artifacts = {a.path for folder in ("plots", "grid", "data") for a in client.list_artifacts(parent.info.run_id, folder)}
-    assert artifacts >= {"plots/validation_curve.png", "plots/weight_norm.png", "grid/results.csv", "data/manifest.json"}
+    artifacts = {a.path for folder in ("plots", "grid", "data", "") for a in client.list_artifacts(parent.info.run_id, folder)}
+    plots = {f"plots/{name}.png" for name in (
+        "validation_curve", "weight_norm", "generalization_gap", "learning_curves", "roc_curve", "confusion_matrix",
+        "calibration",
+    )}
+    assert artifacts >= plots | {"grid/results.csv", "grid/folds.csv", "data/manifest.json", "model_card.md"}
     png = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="plots/validation_curve.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     contexts = {tag.value for d in parent.inputs.dataset_inputs for tag in d.tags}
