@@ -74,7 +74,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Returns the selection, the refit model's path, test metrics with intervals and the model card."""
     logger = get_run_logger()
-    results = [train.FitResult.from_dict(r) for r in fold_results]
+    results = [train.load_result(r["result_path"], r["mode"]) for r in fold_results]
     folds = evaluate_lib.fold_table(result.row() for result in results)
     table = evaluate_lib.aggregate(folds)
     selection = evaluate_lib.select(table, config.selection_metric, config.rule)

@@ -47,12 +47,24 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
 def train_chunk(
     split_folder: str, config: PipelineConfig, mode: str, lams: list[float], fold: int, point_runs: dict[float, str]
 ) -> list[dict[str, Any]]:
-    """Train (or resume) a chunk and record each unit; a retry after a tracking error reuses the trained models."""
+    """Train (or resume) a chunk and record each unit; a retry after a tracking error reuses the trained models.
+
+    Returns small summaries (no per-epoch histories): Prefect stores task results and flow
+    parameters, and caps a flow run's parameters at 512 KiB.
+    """
     results = train.train_chunk(split_folder, config, mode, lams, fold)
     client = tracking.get_client()
     for result in results:
         _record_unit(client, config, result, point_runs[result.lam])
-    return [result.to_dict() for result in results]
+    return [unit_summary(result) for result in results]
+
+
+def unit_summary(result: train.FitResult) -> dict[str, Any]:
+    """What the flow needs of a unit: identity, the table row, and where the full result is."""
+    return {
+        "mode": result.mode, "lam": result.lam, "fold": result.fold, "resumed": result.resumed,
+        "row": result.row(), "result_path": result.result_path,
+    }
 
 
 def _record_unit(client: Any, config: PipelineConfig, result: train.FitResult, point_run_id: str) -> None:
@@ -77,7 +89,7 @@ def close_point_run(point_run_id: str, summary: dict[str, float]) -> None:
 
 def point_summary(fold_results: list[dict[str, Any]]) -> dict[str, float]:
     """Fold means and, for validation metrics, std and standard error: what the point's run shows."""
-    rows = evaluate_lib.fold_table(train.FitResult.from_dict(r).row() for r in fold_results)
+    rows = evaluate_lib.fold_table(r["row"] for r in fold_results)
     row = evaluate_lib.aggregate(rows).iloc[0].drop(["mode", "lambda"])
     return {name: float(value) for name, value in row.items()}
 

@@ -68,6 +68,12 @@ class FitResult:
     def from_dict(cls, raw: dict[str, Any]) -> FitResult:
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
+    @property
+    def result_path(self) -> str:
+        """Where this unit's result lives: what flows pass around instead of the (large) result."""
+        return str(Path(self.model_path).with_name(RESULT_FILE))
+
+
     def row(self) -> dict[str, Any]:
         """The per-fold table row: mode, λ, fold, train_* and val_* metrics, norms."""
         return {
@@ -82,6 +88,14 @@ class FitResult:
             "stopped_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
         }
+
+
+def load_result(path: str | Path, mode: str | None = None) -> FitResult:
+    """A stored unit result, relabelled with ``mode`` (λ = 0 units are shared between modes)."""
+    result = FitResult.from_dict(json.loads(Path(path).read_text()))
+    if mode is not None:
+        result.mode = mode
+    return result
 
 
 def effective_mode(mode: str, lam: float) -> str:
@@ -114,9 +128,8 @@ def load_finished(folder: Path, mode: str) -> FitResult | None:
     result_file = folder / RESULT_FILE
     if not (result_file.exists() and (folder / MODEL_FILE).exists()):
         return None
-    result = FitResult.from_dict(json.loads(result_file.read_text()))
+    result = load_result(result_file, mode)  # a λ = 0 unit may have been trained under the other mode's name
     result.resumed = True
-    result.mode = mode  # a λ = 0 unit may have been trained under the other mode's name
     return result
 
 

@@ -77,3 +77,20 @@ def test_lambda_zero_is_trained_once_for_both_modes(cv_run) -> None:
         for run in runs_under(client, summary["experiment_id"], point.info.run_id)
     ]
     assert sorted(resumed) == ["false"] * FOLDS + ["true"] * FOLDS
+
+
+def test_subflow_parameters_stay_small(cv_run) -> None:
+    """Flows pass paths and table rows, not per-epoch histories: Prefect caps parameters at 512 KiB."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        pipeline_run = client.read_flow_run(cv_run.state_details.flow_run_id)
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_run.id]))
+        )
+    assert {run.name for run in subflows} and len(subflows) >= 4
+    sizes = {run.name: len(json.dumps(run.parameters, default=str)) for run in subflows}
+    assert max(sizes.values()) < 64_000, sizes
