@@ -108,7 +108,9 @@ def register(
     champion_value, reason = _champion_value(name, champion_version, test_features, test_label, gate_metric)
 
     _ensure_registered_model(client, name)
-    created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    # A tracking server (unlike a local store) refuses a ``models:/m-…`` source without its model id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id)
     version_number = str(created.version)
     try:
         if champion_version is None:
