@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wd_pipeline import stack_cli
 from wd_pipeline.config import PipelineConfig, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, _, text) in RUN_FLAGS.items():
         run.add_argument(flag, dest=field, metavar=field.upper(), default=None, help=text)
     run.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
+    stack_cli.add_commands(commands)
     return parser
 
 
@@ -79,6 +81,12 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        try:
+            return stack_cli.run_command(args)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUN_FAILED
     try:
         config = config_from_args(args)
     except ConfigError as exc:
