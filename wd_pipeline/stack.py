@@ -65,6 +65,7 @@ class ServiceRecord:
     url: str
     log: str
     command: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # epoch seconds
 
 
 @dataclass
@@ -288,7 +289,7 @@ def _start(state: StackState, state_dir: Path, name: str, command: list[str], en
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=PROJECT_ROOT, start_new_session=True,
         )
-    record = ServiceRecord(name, process.pid, _start_ticks(process.pid) or 0, url, str(log_path), command)
+    record = ServiceRecord(name, process.pid, _start_ticks(process.pid) or 0, url, str(log_path), command, time.time())
     state.services.append(record)
     state.save(state_dir)
     return record
@@ -298,7 +299,7 @@ def _wait(record: ServiceRecord, healthy: Callable[[], bool], timeout: float, ec
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if healthy():
-            echo(f"{record.name:<15} healthy after {time.monotonic() - started:4.1f} s   {record.url}")
+            echo(f"{record.name:<15} healthy {time.time() - record.started_at:5.1f} s after start   {record.url}")
             return
         if not _is_same_process(record):
             raise ServiceStartError(
@@ -316,7 +317,7 @@ def _stop_records(records: Iterable[ServiceRecord]) -> None:
     for record in records:
         if not _is_same_process(record):
             continue
-        groups = {os.getpgid(pid) for pid in [record.pid, *_descendants(record.pid)] if _pid_alive(pid)}
+        groups = {_pgid(pid) for pid in [record.pid, *_descendants(record.pid)]} - {None}
         _signal_groups(groups, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline and _groups_alive(groups):
@@ -334,6 +335,13 @@ def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
             os.killpg(group, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _reap(pid: int) -> None:
