@@ -121,13 +121,22 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     for folder in ("logs", "prefect", "mlartifacts", "work"):
         (state_dir / folder).mkdir(parents=True, exist_ok=True)
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
+    checks = _health_checks(state)
     try:
-        prefect = _start(state, state_dir, "prefect-server", _prefect_server_command(settings), _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}")
-        mlflow = _start(state, state_dir, "mlflow-server", _mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url)
-        _wait(prefect, lambda: _http_ok(f"{settings.prefect_api_url}/health"), settings.timeout, echo)
-        _wait(mlflow, lambda: _http_ok(f"{settings.mlflow_url}/health"), settings.timeout, echo)
-        worker = _start(state, state_dir, "prefect-worker", _worker_command(settings), _worker_env(settings, state_dir), f"{settings.prefect_api_url}/work_pools/{settings.work_pool}")
-        _wait(worker, lambda: worker_online(settings.prefect_api_url, settings.work_pool), settings.timeout, echo)
+        prefect = _start(
+            state, state_dir, "prefect-server", _prefect_server_command(settings),
+            _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}",
+        )
+        mlflow = _start(
+            state, state_dir, "mlflow-server", _mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url
+        )
+        _wait(prefect, checks[prefect.name], settings.timeout, echo)
+        _wait(mlflow, checks[mlflow.name], settings.timeout, echo)
+        worker = _start(
+            state, state_dir, "prefect-worker", _worker_command(settings), _worker_env(settings, state_dir),
+            f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
+        )
+        _wait(worker, checks[worker.name], settings.timeout, echo)
     except BaseException:
         _stop_records(state.services)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -138,11 +147,7 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
 def status(state_dir: Path) -> list[ServiceHealth]:
     """Whether each recorded process still runs and answers its health check."""
     state = StackState.load(state_dir.resolve())
-    checks = {
-        "prefect-server": lambda: _http_ok(f"{state.prefect_api_url}/health"),
-        "mlflow-server": lambda: _http_ok(f"{state.mlflow_url}/health"),
-        "prefect-worker": lambda: worker_online(state.prefect_api_url, state.work_pool),
-    }
+    checks = _health_checks(state)
     report = []
     for record in state.services:
         running = _is_same_process(record)
@@ -234,6 +239,15 @@ def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- health
+
+
+def _health_checks(state: StackState) -> dict[str, Callable[[], bool]]:
+    """Per service: its HTTP health endpoint; for the worker, being online in its pool."""
+    return {
+        "prefect-server": lambda: _http_ok(f"{state.prefect_api_url}/health"),
+        "mlflow-server": lambda: _http_ok(f"{state.mlflow_url}/health"),
+        "prefect-worker": lambda: worker_online(state.prefect_api_url, state.work_pool),
+    }
 
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
