@@ -181,6 +181,9 @@ def venv_bin() -> Path:
 def base_env(**extra: str) -> dict[str, str]:
     """The caller's environment with the venv's ``bin`` first on PATH."""
     env = dict(os.environ)
+    # The stack's registry is its tracking server. A registry URI inherited from the caller
+    # (mlflow.set_registry_uri() writes one into os.environ) would send clients elsewhere.
+    env.pop("MLFLOW_REGISTRY_URI", None)
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.update(extra)

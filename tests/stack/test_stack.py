@@ -143,13 +143,18 @@ def test_served_champion_predicts_probabilities(two_runs, local_stack: LocalStac
         "mlflow", "models", "serve", "-m", f"models:/{DEFAULT_MODEL_NAME}@champion",
         "--env-manager", "local", "-p", str(port), "--host", stack.HOST,
     ]
-    server = subprocess.Popen(
-        command, env=local_stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    SCREENSHOTS.mkdir(exist_ok=True)
+    log = SCREENSHOTS / "mlflow-models-serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            command, env=local_stack.env, cwd=local_stack.state_dir, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while not stack._http_ok(f"http://{stack.HOST}:{port}/ping"):
-            assert server.poll() is None and time.monotonic() < deadline, "model server did not start"
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"model server did not start:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(1)
         rows = bundled.drop(columns="diagnosis").head(20)
         payload = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
