@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wd_pipeline import stack_cli
 from wd_pipeline.config import PipelineConfig, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, _, text) in SCORE_FLAGS.items():
         score.add_argument(flag, dest=field, metavar=field.upper(), default=None, required=flag in SCORE_REQUIRED, help=text)
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
+    stack_cli.add_commands(commands)
     return parser
 
 
@@ -109,6 +111,12 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("run", "score"):
+        try:
+            return stack_cli.run_command(args)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUN_FAILED
     try:
         if args.command == "score":
             from wd_pipeline.score import make_score_settings

@@ -22,3 +22,19 @@ class ConfigError(PipelineError):
 
 class TrackingError(PipelineError):
     """The MLflow tracking store or model registry cannot be used."""
+
+
+class StackError(PipelineError):
+    """The local server stack cannot be started, found or stopped."""
+
+
+class PortInUseError(StackError):
+    """A port the stack needs is already taken by another process."""
+
+
+class ServiceStartError(StackError):
+    """A server of the stack exited or did not become healthy in time."""
+
+
+class StackNotRunningError(StackError):
+    """A command needs the stack (or a server URL) but none is recorded or reachable."""

@@ -197,7 +197,11 @@ def register(
     comparison = _compare(name, champion_version, model_uri, new_probability, test_features, test_label, policy)
 
     _ensure_registered_model(client, name)
-    created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, description=description)
+    # A tracking server (unlike a local store) refuses a ``models:/m-…`` source without its model id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=model_id
+    )
     version_number = str(created.version)
     try:
         alias, reason = _verdict(champion_version, new_metrics[policy.metric], comparison, failed_floors, policy)

@@ -202,6 +202,15 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str:
     return f"mlflow ui --backend-store-uri {base}  →  experiment {experiment_id}, run {run_id}"
 
 
+def model_version_url(tracking_uri: str, name: str, version: str | int) -> str | None:
+    """The MLflow UI page of a registered model version; None when no server serves a UI."""
+    if not tracking_uri.startswith("http"):
+        return None
+    from urllib.parse import quote
+
+    return f"{tracking_uri.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
+
+
 def _now_ms() -> int:
     import time
 

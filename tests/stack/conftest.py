@@ -1,0 +1,53 @@
+"""One local stack (Prefect server, MLflow server, worker) on free ports for the whole module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from wd_pipeline import stack
+from wd_pipeline.deploy import deploy
+
+ADHOC = "weight-decay-pipeline/adhoc"
+NIGHTLY = "weight-decay-pipeline/nightly"
+TINY = {"grid": [0.0, 0.01], "epochs": 3}  # every run here: 2 λ, 3 epochs
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    state_dir: Path
+    prefect_api_url: str
+    mlflow_url: str
+    env: dict[str, str]  # the caller's environment pointed at the stack (for subprocesses)
+
+    @property
+    def prefect_ui(self) -> str:
+        return self.prefect_api_url.removesuffix("/api")
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Started through the same code as `wd-pipeline stack up`, deployed, and torn down after."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    state_dir = tmp_path_factory.mktemp("stack")
+    settings = stack.StackSettings(
+        state_dir=state_dir, prefect_port=stack.free_port(), mlflow_port=stack.free_port(), timeout=180
+    )
+    state = stack.up(settings)
+    patch = pytest.MonkeyPatch()
+    try:
+        deploy(state_dir)
+        exports = state.exports()
+        for key, value in exports.items():
+            patch.setenv(key, value)
+        with temporary_settings({PREFECT_API_URL: exports["PREFECT_API_URL"]}):
+            yield LocalStack(state_dir, state.prefect_api_url, state.mlflow_url, stack.base_env(**exports))
+    finally:
+        patch.undo()
+        recorded = stack.down(state_dir)
+        alive = [r.name for r in recorded if stack.is_alive(r.pid)]
+        assert not alive, f"still running after stack down: {alive}"

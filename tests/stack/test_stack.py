@@ -1,0 +1,254 @@
+"""The pipeline deployed on a local Prefect server, recorded on an MLflow server, served, browsed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tests.stack.conftest import ADHOC, NIGHTLY, TINY, LocalStack
+from wd_pipeline import stack
+from wd_pipeline.cli import main
+from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def read_flow_run(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def read_deployment(name: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+@pytest.fixture(scope="module")
+def two_runs(local_stack: LocalStack) -> list:
+    """`adhoc` triggered once through the Python API and once through the CLI, both watched to the end."""
+    from prefect.deployments import run_deployment
+
+    by_api = run_deployment(ADHOC, parameters=TINY, timeout=600, poll_interval=2)
+    cli = subprocess.run(
+        [
+            "prefect", "deployment", "run", ADHOC,
+            "-p", f"grid={json.dumps(TINY['grid'])}", "-p", f"epochs={TINY['epochs']}",
+            "--watch", "--watch-interval", "2", "--watch-timeout", "600",
+        ],
+        env=local_stack.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=660,
+    )
+    assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
+    by_cli = read_flow_run(UUID.search(cli.stdout).group(0))
+    return [by_api, by_cli]
+
+
+def test_stack_status_reports_every_service_healthy(local_stack: LocalStack, capsys) -> None:
+    assert main(["stack", "status", "--state-dir", str(local_stack.state_dir)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == ["prefect-server", "mlflow-server", "prefect-worker"]
+    assert "NOT" not in out
+
+
+def test_a_second_stack_up_on_the_same_state_dir_is_refused(local_stack: LocalStack, capsys) -> None:
+    assert main(["stack", "up", "--state-dir", str(local_stack.state_dir)]) == 1
+    assert "already running" in capsys.readouterr().err
+
+
+def test_adhoc_runs_from_api_and_cli_complete(two_runs) -> None:
+    assert [run.state.type.value for run in two_runs] == ["COMPLETED", "COMPLETED"]
+    assert all(run.parameters["epochs"] == 3 for run in two_runs)
+
+
+def test_mlflow_server_holds_experiment_child_runs_and_versions(two_runs, local_stack: LocalStack) -> None:
+    client = MlflowClient(tracking_uri=local_stack.mlflow_url, registry_uri=local_stack.mlflow_url)
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    parents = client.search_runs([experiment.experiment_id], "tags.`prefect.flow_run_id` != ''")
+    parents = [p for p in parents if "mlflow.parentRunId" not in p.data.tags]
+    assert sorted(p.data.tags["prefect.flow_run_id"] for p in parents) == sorted(str(r.id) for r in two_runs)
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["prefect.flow_run_url"].startswith(local_stack.prefect_ui)
+        children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        assert sorted(c.info.run_name for c in children) == ["l2 λ=0", "l2 λ=1e-02"]
+        plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+        assert "plots/validation_curve.png" in plots  # proxied through the server's artifact store
+    versions = client.search_model_versions(f"name = '{DEFAULT_MODEL_NAME}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+    assert client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version == "1"
+    assert any((local_stack.state_dir / "mlartifacts").rglob("MLmodel"))
+
+
+def test_summary_artifact_links_the_mlflow_model_version(two_runs, local_stack: LocalStack) -> None:
+    from prefect.artifacts import Artifact
+
+    summary = str(Artifact.get("pipeline-summary").data)
+    assert f"{local_stack.mlflow_url}/#/models/{DEFAULT_MODEL_NAME}/versions/" in summary
+    assert Artifact.get("grid-results") is not None
+
+
+def test_nightly_has_its_cron_schedule_and_a_typed_form(local_stack: LocalStack) -> None:
+    nightly = read_deployment(NIGHTLY)
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 2 * * *", "Europe/Berlin", True)
+    assert not read_deployment(ADHOC).schedules
+    properties = nightly.parameter_openapi_schema["properties"]
+    assert properties["epochs"]["minimum"] == 1 and properties["grid"]["type"] == "array"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"epochs": 0}, "Validation failed for field 'epochs'. Failure reason: 0 is less than the minimum of 1"),
+        ({"grid": [-1.0]}, "Validation failed for field 'grid[0]'. Failure reason: -1.0 is less than the minimum of 0"),
+    ],
+)
+def test_bad_parameters_are_refused_by_the_server_and_register_nothing(
+    two_runs, local_stack: LocalStack, parameters, message
+) -> None:
+    """The deployment enforces the flow's parameter schema: no run is created at all."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    client = MlflowClient(tracking_uri=local_stack.mlflow_url, registry_uri=local_stack.mlflow_url)
+    before = len(client.search_model_versions(f"name = '{DEFAULT_MODEL_NAME}'"))
+    with pytest.raises(PrefectHTTPStatusError, match="409 Conflict") as refused:
+        run_deployment(ADHOC, parameters={**TINY, **parameters}, timeout=300, poll_interval=2)
+    assert message in str(refused.value)
+    assert len(client.search_model_versions(f"name = '{DEFAULT_MODEL_NAME}'")) == before
+
+
+def test_served_champion_predicts_probabilities(two_runs, local_stack: LocalStack, bundled: pd.DataFrame) -> None:
+    port = stack.free_port()
+    command = [
+        "mlflow", "models", "serve", "-m", f"models:/{DEFAULT_MODEL_NAME}@champion",
+        "--env-manager", "local", "-p", str(port), "--host", stack.HOST,
+    ]
+    SCREENSHOTS.mkdir(exist_ok=True)
+    log = SCREENSHOTS / "mlflow-models-serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            command, env=local_stack.env, cwd=local_stack.state_dir, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not stack._http_ok(f"http://{stack.HOST}:{port}/ping"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"model server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)
+        rows = bundled.drop(columns="diagnosis").head(20)
+        payload = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+        request = urllib.request.Request(
+            f"http://{stack.HOST}:{port}/invocations",
+            data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        stack._signal_groups([server.pid], signal.SIGTERM)
+        server.wait(timeout=30)
+    probability = np.array([p["probability"] for p in predictions])
+    assert probability.shape == (20,) and np.all((probability >= 0) & (probability <= 1))
+    mlflow.set_tracking_uri(local_stack.mlflow_url)
+    mlflow.set_registry_uri(local_stack.mlflow_url)
+    champion = mlflow.pyfunc.load_model(f"models:/{DEFAULT_MODEL_NAME}@champion")
+    np.testing.assert_allclose(probability, champion.predict(rows)["probability"], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the UIs, in headless Chromium
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]
+SCREENSHOTS = PROJECT_ROOT / "test-artifacts"
+DOCS_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def show(browser, url: str, expected: list[str], screenshot: str) -> str:
+    """Open ``url``, wait until every expected text is on the page, save a screenshot."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        page.goto(url, wait_until="domcontentloaded")
+        deadline = time.monotonic() + 45
+        text = ""
+        while time.monotonic() < deadline:
+            text = page.inner_text("body")
+            if all(word.lower() in text.lower() for word in expected):
+                break
+            page.wait_for_timeout(500)
+        _close_side_panels(page)
+        page.wait_for_timeout(1000)  # let charts and tables finish drawing for the picture
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / screenshot)
+        if os.environ.get("WD_UPDATE_DOCS_SCREENSHOTS") == "1":
+            DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(SCREENSHOTS / screenshot, DOCS_SCREENSHOTS / screenshot)
+    finally:
+        page.close()
+    missing = [word for word in expected if word.lower() not in text.lower()]
+    assert not missing, f"{url}: {missing} not on the page; see {SCREENSHOTS / screenshot}"
+    return text
+
+
+def _close_side_panels(page) -> None:
+    """Best effort, for a readable picture: MLflow 3.17 opens an assistant panel on every page."""
+    panel_close = page.locator("button[aria-label='Close']").last
+    try:
+        if panel_close.is_visible():
+            panel_close.click(timeout=2000)
+    except Exception:  # a cosmetic step must not fail the test
+        pass
+
+
+def test_prefect_ui_shows_the_adhoc_parameter_form(two_runs, local_stack: LocalStack, browser) -> None:
+    adhoc = read_deployment(ADHOC)
+    url = f"{local_stack.prefect_ui}/deployments/deployment/{adhoc.id}/run"
+    show(browser, url, ["grid", "epochs", "learning_rate", "batch_size"], "prefect-adhoc-run-form.png")
+
+
+def test_prefect_ui_shows_the_flow_runs(two_runs, local_stack: LocalStack, browser) -> None:
+    show(browser, f"{local_stack.prefect_ui}/runs", [run.name for run in two_runs], "prefect-flow-runs.png")
+
+
+def test_mlflow_ui_shows_runs_and_registered_model(two_runs, local_stack: LocalStack, browser) -> None:
+    client = MlflowClient(tracking_uri=local_stack.mlflow_url)
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    show(
+        browser, f"{local_stack.mlflow_url}/#/experiments/{experiment.experiment_id}/runs",
+        [run.name for run in two_runs], "mlflow-experiment-runs.png",
+    )
+    show(browser, f"{local_stack.mlflow_url}/#/models/{DEFAULT_MODEL_NAME}", [DEFAULT_MODEL_NAME, "Version 2"], "mlflow-registered-model.png")

@@ -1,0 +1,444 @@
+"""A local server stack without Docker: Prefect server, MLflow server, Prefect worker.
+
+Each server is a plain subprocess in its own session (so its process group can be killed
+as a whole), bound to 127.0.0.1, logging into and keeping its state under one folder the
+user can delete. What was started is recorded in ``<state dir>/stack.json``; ``down``
+only ever signals the processes recorded there (and what they spawned).
+
+This module only starts subprocesses and speaks HTTP: it never imports Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from wd_pipeline.config import PROJECT_ROOT
+from wd_pipeline.errors import PortInUseError, ServiceStartError, StackNotRunningError
+
+HOST = "127.0.0.1"
+DEFAULT_STATE_DIR = ".wd-stack"
+DEFAULT_PREFECT_PORT = 4200
+DEFAULT_MLFLOW_PORT = 5000
+DEFAULT_WORK_POOL = "wd-process"
+STATE_FILE = "stack.json"
+STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the stack keeps its state and which ports and stores it uses."""
+
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    prefect_port: int = DEFAULT_PREFECT_PORT
+    mlflow_port: int = DEFAULT_MLFLOW_PORT
+    mlflow_backend_uri: str | None = None  # default: SQLite file in the state dir
+    prefect_database_url: str | None = None  # default: Prefect's SQLite in the state dir
+    work_pool: str = DEFAULT_WORK_POOL
+    timeout: float = 120.0
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+
+@dataclass
+class ServiceRecord:
+    """One started process, with its start time so a recycled PID is never signalled."""
+
+    name: str
+    pid: int
+    start_ticks: int
+    url: str
+    log: str
+    command: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # epoch seconds
+
+
+@dataclass
+class StackState:
+    """Contents of ``stack.json``: enough for ``status``, ``down`` and client exports."""
+
+    prefect_api_url: str
+    mlflow_url: str
+    work_pool: str
+    services: list[ServiceRecord] = field(default_factory=list)
+
+    def exports(self) -> dict[str, str]:
+        return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+    def save(self, state_dir: Path) -> None:
+        path = state_dir / STATE_FILE
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackState:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            raise StackNotRunningError(
+                f"no stack recorded in {state_dir}/: start one with `wd-pipeline stack up --state-dir {state_dir}`"
+            )
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        services = [ServiceRecord(**s) for s in raw.pop("services", [])]
+        return cls(**raw, services=services)
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    name: str
+    pid: int
+    running: bool
+    healthy: bool
+    url: str
+
+
+# ---------------------------------------------------------------- up / status / down
+
+
+def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) -> StackState:
+    """Start the three services, each only once the one it needs is healthy.
+
+    On any failure everything already started is stopped again, so a failed ``up`` leaves
+    no process behind and can simply be retried.
+    """
+    state_dir = settings.state_dir.resolve()
+    _refuse_if_running(state_dir)
+    for name, port in (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)):
+        ensure_port_free(port, name)
+    for folder in ("logs", "prefect", "mlartifacts", "work"):
+        (state_dir / folder).mkdir(parents=True, exist_ok=True)
+    state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
+    checks = _health_checks(state)
+    try:
+        prefect = _start(
+            state, state_dir, "prefect-server", _prefect_server_command(settings),
+            _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}",
+        )
+        mlflow = _start(
+            state, state_dir, "mlflow-server", _mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url
+        )
+        _wait(prefect, checks[prefect.name], settings.timeout, echo)
+        _wait(mlflow, checks[mlflow.name], settings.timeout, echo)
+        worker = _start(
+            state, state_dir, "prefect-worker", _worker_command(settings), _worker_env(settings, state_dir),
+            f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
+        )
+        _wait(worker, checks[worker.name], settings.timeout, echo)
+    except BaseException:
+        _stop_records(state.services)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
+    return state
+
+
+def status(state_dir: Path) -> list[ServiceHealth]:
+    """Whether each recorded process still runs and answers its health check."""
+    state = StackState.load(state_dir.resolve())
+    checks = _health_checks(state)
+    report = []
+    for record in state.services:
+        running = _is_same_process(record)
+        healthy = running and checks.get(record.name, lambda: True)()
+        report.append(ServiceHealth(record.name, record.pid, running, healthy, record.url))
+    return report
+
+
+def down(state_dir: Path) -> list[ServiceRecord]:
+    """Stop every recorded process and its descendants; returns what was recorded."""
+    state_dir = state_dir.resolve()
+    state = StackState.load(state_dir)
+    # Worker first, so it does not report crashed flow runs to a server already gone.
+    _stop_records(list(reversed(state.services)))
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return state.services
+
+
+def load_exports(state_dir: Path) -> dict[str, str]:
+    return StackState.load(state_dir.resolve()).exports()
+
+
+# ---------------------------------------------------------------- commands and environments
+
+
+def venv_bin() -> Path:
+    """The folder of this interpreter's console scripts (prefect, mlflow, uvicorn)."""
+    return Path(sys.executable).parent
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The caller's environment with the venv's ``bin`` first on PATH."""
+    env = dict(os.environ)
+    # The stack's registry is its tracking server. A registry URI inherited from the caller
+    # (mlflow.set_registry_uri() writes one into os.environ) would send clients elsewhere.
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.update(extra)
+    return env
+
+
+def _prefect_server_command(settings: StackSettings) -> list[str]:
+    return [str(venv_bin() / "prefect"), "server", "start", "--host", HOST, "--port", str(settings.prefect_port)]
+
+
+def _prefect_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
+    env = base_env(
+        PREFECT_HOME=str(state_dir / "prefect"),
+        # Without it the UI served on another port still calls the API on 4200.
+        PREFECT_UI_API_URL=settings.prefect_api_url,
+        PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
+    )
+    env.pop("PREFECT_API_URL", None)  # the server must not try to be a client of another one
+    if settings.prefect_database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = settings.prefect_database_url
+    return env
+
+
+def _mlflow_command(settings: StackSettings, state_dir: Path) -> list[str]:
+    backend = settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    return [
+        str(venv_bin() / "mlflow"), "server",
+        "--host", HOST, "--port", str(settings.mlflow_port), "--workers", "1",
+        "--backend-store-uri", backend,
+        "--serve-artifacts", "--artifacts-destination", str(state_dir / "mlartifacts"),
+    ]
+
+
+def _mlflow_env() -> dict[str, str]:
+    # The job runner alone costs a few hundred MB and a core at start (see STACK.md).
+    return base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+
+
+def _worker_command(settings: StackSettings) -> list[str]:
+    return [
+        str(venv_bin() / "prefect"), "worker", "start",
+        "--pool", settings.work_pool, "--type", "process", "--name", f"{settings.work_pool}-local",
+    ]
+
+
+def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
+    """Flow runs inherit this: they find the servers, the code and a work folder in the stack."""
+    return base_env(
+        PREFECT_HOME=str(state_dir / "prefect"),
+        PREFECT_API_URL=settings.prefect_api_url,
+        MLFLOW_TRACKING_URI=settings.mlflow_url,
+        WD_PROJECT_ROOT=str(PROJECT_ROOT),
+        WD_PIPELINE_WORK_DIR=str(state_dir / "work"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+
+
+# ---------------------------------------------------------------- health
+
+
+def _health_checks(state: StackState) -> dict[str, Callable[[], bool]]:
+    """Per service: its HTTP health endpoint; for the worker, being online in its pool."""
+    return {
+        "prefect-server": lambda: _http_ok(f"{state.prefect_api_url}/health"),
+        "mlflow-server": lambda: _http_ok(f"{state.mlflow_url}/health"),
+        "prefect-worker": lambda: worker_online(state.prefect_api_url, state.work_pool),
+    }
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def worker_online(prefect_api_url: str, work_pool: str) -> bool:
+    """True once a worker of ``work_pool`` has sent a heartbeat (the pool exists then too)."""
+    request = urllib.request.Request(
+        f"{prefect_api_url}/work_pools/{work_pool}/workers/filter",
+        data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as response:
+            workers = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(w.get("status") == "ONLINE" for w in workers)
+
+
+def ensure_port_free(port: int, service: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise PortInUseError(
+                f"port {port} on {HOST} (for the {service}) is in use: stop what holds it "
+                f"(`ss -ltnp 'sport = :{port}'`) or pick another port with a flag"
+            ) from None
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _start(state: StackState, state_dir: Path, name: str, command: list[str], env: dict[str, str], url: str) -> ServiceRecord:
+    """Launch ``command`` in a new session and record it at once, so ``down`` can always find it."""
+    import subprocess
+
+    log_path = state_dir / "logs" / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=PROJECT_ROOT, start_new_session=True,
+        )
+    record = ServiceRecord(name, process.pid, _start_ticks(process.pid) or 0, url, str(log_path), command, time.time())
+    state.services.append(record)
+    state.save(state_dir)
+    return record
+
+
+def _wait(record: ServiceRecord, healthy: Callable[[], bool], timeout: float, echo: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if healthy():
+            echo(f"{record.name:<15} healthy {time.time() - record.started_at:5.1f} s after start   {record.url}")
+            return
+        if not _is_same_process(record):
+            raise ServiceStartError(
+                f"{record.name} exited during start-up; last log lines from {record.log}:\n{_tail(record.log)}"
+            )
+        time.sleep(0.5)
+    raise ServiceStartError(
+        f"{record.name} did not become healthy within {timeout:.0f} s: see {record.log} "
+        f"(or raise --timeout on a slow machine)\n{_tail(record.log)}"
+    )
+
+
+def _stop_records(records: Iterable[ServiceRecord]) -> None:
+    """SIGTERM each service's process groups (its own and its descendants'), then SIGKILL leftovers."""
+    for record in records:
+        if not _is_same_process(record):
+            continue
+        groups = {_pgid(pid) for pid in [record.pid, *_descendants(record.pid)]} - {None}
+        _signal_groups(groups, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline and _groups_alive(groups):
+            _reap(record.pid)
+            time.sleep(0.2)
+        if _groups_alive(groups):
+            _signal_groups(groups, signal.SIGKILL)
+            time.sleep(0.2)
+        _reap(record.pid)
+
+
+def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the stack was started by this very process (tests)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (which may contain spaces)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _pid_alive(pid: int) -> bool:
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def is_alive(pid: int) -> bool:
+    """Public form for tests and status: a zombie counts as dead."""
+    return _pid_alive(pid)
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _is_same_process(record: ServiceRecord) -> bool:
+    return _pid_alive(record.pid) and (record.start_ticks == 0 or _start_ticks(record.pid) == record.start_ticks)
+
+
+def _all_processes() -> dict[int, tuple[int, int]]:
+    """pid → (parent pid, process group) of every live process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _proc_stat(int(entry.name))
+            if fields and fields[0] not in ("Z", "X"):
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def _descendants(pid: int) -> list[int]:
+    # Prefect starts each flow run in a session of its own: killing the worker's group
+    # alone would orphan a running flow.
+    table = _all_processes()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _groups_alive(groups: set[int]) -> bool:
+    return any(pgid in groups for _, pgid in _all_processes().values())
+
+
+def _refuse_if_running(state_dir: Path) -> None:
+    try:
+        state = StackState.load(state_dir)
+    except StackNotRunningError:
+        return
+    if any(_is_same_process(record) for record in state.services):
+        raise ServiceStartError(
+            f"a stack is already running from {state_dir}/ (Prefect {state.prefect_api_url}, MLflow "
+            f"{state.mlflow_url}): use it, or stop it with `wd-pipeline stack down --state-dir {state_dir}`"
+        )
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
