@@ -12,6 +12,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"

@@ -133,12 +133,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = _score(settings) if args.command == "score" else _run(settings)
     except PipelineError as exc:
-        logging.getLogger("wd_pipeline").debug("%s failed", args.command, exc_info=True)
-        print(f"\nerror: {exc}", file=sys.stderr)
-        print(f"(full log: {log_path})", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        return _report_failure(args.command, str(exc), log_path)
+    except Exception as exc:  # not the user's doing: still one line here, the trace in the log
+        if args.verbose:
+            raise
+        return _report_failure(args.command, f"unexpected {type(exc).__name__}: {_first_line(exc)}", log_path)
     print(format_score_summary(summary) if args.command == "score" else format_summary(summary))
     return 0
+
+
+def _report_failure(command: str, message: str, log_path: Path) -> int:
+    logging.getLogger("wd_pipeline").error("%s failed: %s", command, message, exc_info=True)
+    print(f"\nerror: {message}", file=sys.stderr)
+    print(f"(full log: {log_path})", file=sys.stderr)
+    return EXIT_RUN_FAILED
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _run(config: PipelineConfig) -> dict[str, Any]:
@@ -194,6 +207,8 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
     """Prefect's console output stays; traces and warnings go to a log file unless verbose."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Prefect's ephemeral API gives up after 20 s; a busy 2-core machine needs longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one

@@ -85,3 +85,18 @@ def test_gate_flags_reach_the_config() -> None:
     config = config_from_args(args)
     assert (config.gate_margin, config.min_test_roc_auc, config.max_test_log_loss) == (0.01, 0.7, 0.5)
     assert (config.bootstrap_samples, config.threshold) == (500, 0.4)
+
+
+def test_unexpected_failure_is_one_line_and_logged(capsys, workspace, monkeypatch) -> None:
+    """A bug or an outage we did not foresee still reads as one line; the trace is in the log."""
+    import wd_pipeline.cli as cli
+
+    def explode(config):
+        raise RuntimeError("ephemeral API did not start\nsecond line")
+
+    monkeypatch.setattr(cli, "_run", explode)
+    assert main(["run", "--grid", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "error: unexpected RuntimeError: ephemeral API did not start" in err
+    assert "Traceback" not in err and "second line" not in err
+    assert "Traceback" in (workspace / "work" / "wd-pipeline.log").read_text()
