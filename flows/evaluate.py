@@ -57,6 +57,7 @@ def log_evaluation(
         parent_run_id,
         {"selection.rule": selection.rule, "selection.metric": selection.metric, "selection.mode": selection.mode,
          "selection.lambda": selection.lam, "selection.best_lambda": selection.best_lambda,
+         "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
          **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()}},
     )
     tracking.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
@@ -85,6 +86,11 @@ def evaluate(
         format_lambda(selection.best_lambda),
         ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items()), epochs,
     )
+    if selection.at_grid_edge(config.grid):
+        logger.warning(
+            "The chosen λ=%s is the largest in the grid: the optimum may lie beyond it; extend --grid upwards",
+            format_lambda(selection.lam),
+        )
     refitted = refit(split_folder, config, selection, epochs, parent_run_id)
     y_test, p_test = evaluate_lib.test_predictions(refitted["model_path"], split_folder)
     intervals = stats.bootstrap_cis(

@@ -72,6 +72,10 @@ class Selection:
     best_lambda: float
     per_mode: dict[str, float]
 
+    def at_grid_edge(self, grid: Sequence[float]) -> bool:
+        """The chosen λ is the grid's largest: the best value may lie beyond it, so widen the grid."""
+        return len(grid) > 1 and self.lam == max(grid)
+
 
 def select(table: pd.DataFrame, metric: str, rule: str) -> Selection:
     """Pick the best mean validation ``metric``; with ``one-se``, back off to the largest λ within one SE.
