@@ -209,7 +209,10 @@ def _numeric_features(table: pa.Table, features: list[str]) -> pd.DataFrame:
             f"features must be numeric; non-numeric columns: {_preview(non_numeric)}. "
             "Encode them, or leave them out with --features"
         )
-    frame = table.select(features).to_pandas().astype("float64")
+    frame = table.select(features).to_pandas()
+    # Floats keep their width (a float32 source stays half the size through split and write);
+    # integers, booleans and decimals become float64.
+    frame = frame.astype({name: "float64" for name, kind in frame.dtypes.items() if kind.kind != "f"})
     values = frame.to_numpy()
     finite = np.isfinite(values)
     if not finite.all():
