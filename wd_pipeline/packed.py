@@ -113,7 +113,7 @@ def train_packed(
     tracker.restore()
     return [
         MemberFit(
-            model=stack.unpack(g, reference, lam, mode, hidden_units, learning_rate, seed, x_train),
+            model=stack.unpack(g, lam, mode, hidden_units, learning_rate, seed, x_train),
             history={key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]] for key, series in history.items()},
             best_epoch=tracker.best_epoch(g, len(history["loss"])),
         )
@@ -157,66 +157,80 @@ def _accuracy(y: Any, logits: Any) -> Any:
 
 
 class _Stack:
-    """Kernels and biases of G copies of the reference network, initialised identically."""
+    """All kernels and biases of G copies of the reference network, as one (G, P) variable.
+
+    One flat variable per stack instead of six per network cuts the ops of every step
+    (Adam's update becomes one set of elementwise ops); Adam is elementwise, so the
+    arithmetic per weight is unchanged. Every member starts from the same initial weights.
+    """
 
     def __init__(self, reference: Any, members: int) -> None:
         import keras
 
         self.normalizer = reference.get_layer("normalize")
         self.dense = [layer for layer in reference.layers if isinstance(layer, keras.layers.Dense)]
-        self.kernels = [self._tiled(layer.kernel, members, f"{layer.name}_kernel") for layer in self.dense]
-        self.biases = [self._tiled(layer.bias, members, f"{layer.name}_bias") for layer in self.dense]
-        self.variables = [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
-        self.hidden = [k for k, layer in zip(self.kernels, self.dense, strict=True) if layer.name.startswith(HIDDEN)]
+        pieces = [np.asarray(w) for layer in self.dense for w in (layer.kernel, layer.bias)]
+        self.shapes = [piece.shape for piece in pieces]
+        self.bounds = np.cumsum([0] + [piece.size for piece in pieces]).tolist()
+        flat = np.concatenate([piece.ravel() for piece in pieces])
+        self.theta = keras.Variable(np.repeat(flat[None, :], members, axis=0), name="packed_parameters")
+        self.variables = [self.theta]
+        mask = np.zeros(flat.size, dtype=np.float32)
+        for index, layer in enumerate(self.dense):
+            if layer.name.startswith(HIDDEN):
+                mask[self.bounds[2 * index] : self.bounds[2 * index + 1]] = 1.0
+        self.hidden_mask = mask
 
-    @staticmethod
-    def _tiled(variable: Any, members: int, name: str) -> Any:
-        import keras
+    def _pieces(self) -> list[Any]:
+        import tensorflow as tf
 
-        value = np.asarray(variable)
-        return keras.Variable(np.repeat(value[None, ...], members, axis=0), name=name)
+        theta = self.theta.value
+        members = tf.shape(theta)[0]
+        return [
+            tf.reshape(theta[:, start:end], tf.concat([[members], shape], axis=0))
+            for start, end, shape in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
+        ]
 
     def logits(self, x: Any) -> Any:
         """(B, F) raw features → (G, B, 1) logits of every member."""
         import tensorflow as tf
 
-        h = self.normalizer(x)
-        h = tf.einsum("bf,gfh->gbh", h, self.kernels[0].value) + self.biases[0].value[:, None, :]
-        h = tf.nn.relu(h)
-        for kernel, bias in zip(self.kernels[1:-1], self.biases[1:-1], strict=True):
-            h = tf.nn.relu(tf.einsum("gbf,gfh->gbh", h, kernel.value) + bias.value[:, None, :])
-        return tf.einsum("gbf,gfh->gbh", h, self.kernels[-1].value) + self.biases[-1].value[:, None, :]
+        pieces = self._pieces()
+        kernels, biases = pieces[0::2], pieces[1::2]
+        h = tf.nn.relu(tf.einsum("bf,gfh->gbh", self.normalizer(x), kernels[0]) + biases[0][:, None, :])
+        for kernel, bias in zip(kernels[1:-1], biases[1:-1], strict=True):
+            h = tf.nn.relu(tf.einsum("gbf,gfh->gbh", h, kernel) + bias[:, None, :])
+        return tf.einsum("gbf,gfh->gbh", h, kernels[-1]) + biases[-1][:, None, :]
 
     def hidden_squared_norms(self) -> Any:
         """Σ w² of the penalised kernels, per member: (G,)."""
         import tensorflow as tf
 
-        return tf.add_n([tf.reduce_sum(tf.square(k.value), axis=[1, 2]) for k in self.hidden])
+        return tf.reduce_sum(tf.square(self.theta.value) * self.hidden_mask, axis=1)
 
     def decay_hidden(self, coef: Any) -> None:
-        for kernel in self.hidden:
-            kernel.assign(kernel.value - kernel.value * coef[:, None, None])
+        theta = self.theta.value
+        self.theta.assign(theta - theta * coef[:, None] * self.hidden_mask[None, :])
 
     def snapshot(self) -> list[np.ndarray]:
-        return [np.array(v.value) for v in self.variables]
+        return [np.array(self.theta.value)]
 
     def load(self, values: list[np.ndarray]) -> None:
-        for variable, value in zip(self.variables, values, strict=True):
-            variable.assign(value)
+        self.theta.assign(values[0])
 
     def unpack(
-        self, g: int, reference: Any, lam: float, mode: str, hidden_units: Sequence[int],
+        self, g: int, lam: float, mode: str, hidden_units: Sequence[int],
         learning_rate: float, seed: int, x_train: np.ndarray,
     ) -> Any:
         """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
         model = build_model(x_train, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
-        for layer, kernel, bias in zip(
-            (layer for layer in model.layers if layer.name in {d.name for d in self.dense}),
-            self.kernels, self.biases, strict=True,
-        ):
-            layer.kernel.assign(np.array(kernel.value)[g])
-            layer.bias.assign(np.array(bias.value)[g])
-        del reference
+        flat = np.array(self.theta.value)[g]
+        names = {layer.name for layer in self.dense}
+        layers = [layer for layer in model.layers if layer.name in names]
+        for index, layer in enumerate(layers):
+            for offset, weight in enumerate((layer.kernel, layer.bias)):
+                piece = 2 * index + offset
+                weight.assign(flat[self.bounds[piece] : self.bounds[piece + 1]].reshape(self.shapes[piece]))
         return model
 
 
