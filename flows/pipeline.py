@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from wd_pipeline import tracking
@@ -142,6 +143,12 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     client = tracking.get_client()
     try:
         split_folder = ingest(config, parent_run_id)
+        if (config.dask_address or config.dask_workers) and not PREFECT_API_URL.value():
+            # Not refused: it works, only slowly (each worker starts its own temporary API).
+            logger.warning(
+                "Dask workers need a Prefect server: without PREFECT_API_URL each worker process starts "
+                "its own temporary API. Set PREFECT_API_URL (e.g. `eval \"$(wd-pipeline stack env)\"`)"
+            )
         results = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
         evaluation = evaluate(config, split_folder, results, parent_run_id)
         decision = register(
