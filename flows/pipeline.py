@@ -8,6 +8,7 @@ the two lists identical.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -139,6 +140,10 @@ def grid_task_runner(config: PipelineConfig) -> TaskRunner:
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """The four steps as subflows, with the MLflow parent run closed FAILED on any error."""
     logger = get_run_logger()
+    if config.dask_address or config.dask_workers:
+        # Dask workers need not share this process's working directory (or machine): hand
+        # them absolute paths for the splits and the trained units.
+        config = config.model_copy(update={"work_dir": str(Path(config.work_dir).resolve())})
     experiment_id, parent_run_id = start_tracking(config)
     client = tracking.get_client()
     try:

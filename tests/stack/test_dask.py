@@ -27,7 +27,7 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def run(work_dir: Path, name: str, **extra: Any) -> tuple[Any, float]:
+def run(work_dir: Path | str, name: str, **extra: Any) -> tuple[Any, float]:
     """One pipeline run in this process (the flow, not a deployment); returns its state and seconds."""
     from flows.pipeline import weight_decay_pipeline
 
@@ -63,8 +63,10 @@ def val_metrics(table: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str
     }
 
 
-def test_dask_grid_matches_the_thread_pool(local_stack: LocalStack, tmp_path: Path) -> None:
-    dask_state, dask_seconds = run(tmp_path / "work-dask", "dask-grid", dask_workers=2)
+def test_dask_grid_matches_the_thread_pool(local_stack: LocalStack, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # Relative on purpose: the flow must hand the workers an absolute work folder.
+    dask_state, dask_seconds = run("work-dask", "dask-grid", dask_workers=2)
     assert dask_state.is_completed(), dask_state.message
     deadline = time.monotonic() + 30
     while spawned_children() and time.monotonic() < deadline:
@@ -77,6 +79,9 @@ def test_dask_grid_matches_the_thread_pool(local_stack: LocalStack, tmp_path: Pa
 
     dask_summary, local_summary = dask_state.result(), local_state.result()
     client = MlflowClient(tracking_uri=local_stack.mlflow_url)
+    parent = client.get_run(dask_summary["parent_run_id"])
+    assert parent.data.params["work_dir"] == str(tmp_path.resolve() / "work-dask")
+    assert parent.data.params["dask_workers"] == "2"
     dask_points = point_runs(client, "dask-grid", dask_summary["parent_run_id"])
     assert sorted(dask_points) == ["l2 λ=0", "l2 λ=1e-02"]
     for child in dask_points.values():
