@@ -8,13 +8,15 @@ the two lists identical.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from wd_pipeline import tracking
 from wd_pipeline.config import (
@@ -28,6 +30,8 @@ from wd_pipeline.config import (
     BootstrapSamples,
     ChunkSize,
     ColumnName,
+    DaskAddress,
+    DaskWorkers,
     Epochs,
     Folds,
     Fraction,
@@ -90,6 +94,8 @@ def weight_decay_pipeline(
     modes: Modes = ["l2"],  # noqa: B006
     patience: Patience = 20,
     chunk_size: ChunkSize = 0,
+    dask_address: DaskAddress | None = None,
+    dask_workers: DaskWorkers = 0,
     selection_metric: SelectionMetric = "log_loss",
     gate_metric: SelectionMetric = "log_loss",
     experiment: Name = DEFAULT_EXPERIMENT,
@@ -108,15 +114,47 @@ def weight_decay_pipeline(
     return run_pipeline(config)
 
 
+def grid_task_runner(config: PipelineConfig) -> TaskRunner:
+    """Where the training tasks run: a Dask cluster when configured, else threads here.
+
+    Threads share this process's TensorFlow, which already uses every core, so they mostly
+    overlap waiting; Dask spreads the tasks over processes or machines. Either way a task
+    gets paths and run ids, never Keras objects, so only small picklable values travel.
+    """
+    if not (config.dask_address or config.dask_workers):
+        return ThreadPoolTaskRunner(max_workers=config.max_parallel)
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    # The nanny starts each worker process; forking one after TensorFlow has started can
+    # hang, so insist on Dask's default "spawn" even if a user's Dask config says "fork".
+    dask.config.set({"distributed.worker.multiprocessing-method": "spawn"})
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": config.dask_workers, "threads_per_worker": 1, "processes": True},
+    )
+
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """The four steps as subflows, with the MLflow parent run closed FAILED on any error."""
     logger = get_run_logger()
+    if config.dask_address or config.dask_workers:
+        # Dask workers need not share this process's working directory (or machine): hand
+        # them absolute paths for the splits and the trained units.
+        config = config.model_copy(update={"work_dir": str(Path(config.work_dir).resolve())})
     experiment_id, parent_run_id = start_tracking(config)
     client = tracking.get_client()
     try:
         split_folder = ingest(config, parent_run_id)
-        runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)
-        results = train_grid.with_options(task_runner=runner)(config, split_folder, parent_run_id)
+        if (config.dask_address or config.dask_workers) and not PREFECT_API_URL.value():
+            # Not refused: it works, only slowly (each worker starts its own temporary API).
+            logger.warning(
+                "Dask workers need a Prefect server: without PREFECT_API_URL each worker process starts "
+                "its own temporary API. Set PREFECT_API_URL (e.g. `eval \"$(wd-pipeline stack env)\"`)"
+            )
+        results = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
         evaluation = evaluate(config, split_folder, results, parent_run_id)
         decision = register(
             config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]

@@ -43,6 +43,8 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--modes": ("modes", lambda s: [m.strip() for m in s.split(",") if m.strip()], "weight-decay modes: l2, decoupled or l2,decoupled"),
     "--patience": ("patience", int, "early-stopping patience in epochs (0 = off)"),
     "--chunk-size": ("chunk_size", int, "λ values trained together per task (0 = whole grid, 1 = one task per λ)"),
+    "--dask-address": ("dask_address", str, "train on a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (needs a Prefect server)"),
+    "--dask-workers": ("dask_workers", int, "train on a local Dask cluster of N worker processes (0 = no Dask; needs a Prefect server)"),
     "--selection-metric": ("selection_metric", str, "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)"),
     "--gate-metric": ("gate_metric", str, "test metric the champion gate compares"),
     "--experiment": ("experiment", str, "MLflow experiment name"),

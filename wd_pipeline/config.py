@@ -48,6 +48,9 @@ Rule = Literal["one-se", "best"]
 Folds = Annotated[int, Field(ge=1, le=20)]
 Patience = Annotated[int, Field(ge=0, le=10_000)]
 ChunkSize = Annotated[int, Field(ge=0, le=256)]
+# A running Dask scheduler, as Dask writes it: ``tcp://10.0.0.5:8786`` (the scheme may be left out).
+DaskAddress = Annotated[str, Field(max_length=500, pattern=r"^(\w+://)?[^\s/]+$")]
+DaskWorkers = Annotated[int, Field(ge=0, le=64)]
 
 # Whether a larger value of a metric is better; used by selection and by the gate.
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -93,6 +96,12 @@ class PipelineConfig(BaseModel):
     modes: Modes = Field(default_factory=lambda: ["l2"], description="l2 penalty, decoupled (AdamW) decay, or both")
     patience: Patience = Field(20, description="early-stopping patience on validation cross-entropy; 0 = off")
     chunk_size: ChunkSize = Field(0, description="λ values trained together per task; 0 = the whole grid, 1 = one task per λ")
+    dask_address: DaskAddress | None = Field(
+        None, description="Train on this running Dask scheduler (tcp://host:8786) instead of local threads"
+    )
+    dask_workers: DaskWorkers = Field(
+        0, description="Train on a local Dask cluster of this many single-threaded processes; 0 = no Dask"
+    )
     selection_metric: SelectionMetric = "log_loss"
     gate_metric: SelectionMetric = "log_loss"
     experiment: Name = DEFAULT_EXPERIMENT
@@ -128,10 +137,26 @@ class PipelineConfig(BaseModel):
     def _empty_means_none(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("dask_address", mode="before")
+    @classmethod
+    def _blank_address_means_none(cls, value: Any) -> Any:
+        # Before the pattern check: a form or config file leaves an unused address as "".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> PipelineConfig:
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must stay below 0.8 so training keeps most rows")
+        return self
+
+    @model_validator(mode="after")
+    def _one_dask_cluster(self) -> PipelineConfig:
+        # Both would leave it unclear where the training runs; refuse rather than guess.
+        if self.dask_address and self.dask_workers:
+            raise ValueError(
+                "dask_address and dask_workers are both set: give dask_address to use a running "
+                "Dask scheduler, or dask_workers to start a local cluster, not both"
+            )
         return self
 
     def params(self) -> dict[str, str]:

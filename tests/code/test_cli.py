@@ -31,6 +31,7 @@ def test_help_does_not_import_tensorflow_prefect_or_mlflow() -> None:
         (["--epochs", "many"], "--epochs 'many' is not valid"),
         (["--batch-size", "0"], "batch_size: Input should be greater than or equal to 1"),
         (["--config", "missing.toml"], "config file not found: missing.toml"),
+        (["--dask-workers", "2", "--dask-address", "tcp://10.0.0.5:8786"], "are both set"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str, capsys, workspace) -> None:

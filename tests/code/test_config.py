@@ -38,6 +38,9 @@ def test_grid_is_sorted_and_deduplicated() -> None:
         ({"modes": []}, "modes: List should have at least 1 item"),
         ({"folds": 0}, "folds: Input should be greater than or equal to 1"),
         ({"rule": "median"}, "rule: Input should be 'one-se' or 'best'"),
+        ({"dask_workers": -1}, "dask_workers: Input should be greater than or equal to 0"),
+        ({"dask_address": "tcp://a host:8786"}, "dask_address: String should match pattern"),
+        ({"dask_address": "tcp://10.0.0.5:8786", "dask_workers": 2}, "dask_address and dask_workers are both set"),
     ],
 )
 def test_bad_settings_name_the_field(settings: dict, message: str) -> None:
