@@ -52,14 +52,20 @@ from wd_pipeline.config import (
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.register import register
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS, retry_unless_unreachable
 from flows.summary import summary_markdown
 from flows.train_grid import train_grid
 
 
-@task(cache_policy=NO_CACHE, name="start-tracking", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(
+    cache_policy=NO_CACHE,
+    name="start-tracking",
+    retries=TRACKING_RETRIES,
+    retry_delay_seconds=TRACKING_RETRY_DELAYS,
+    retry_condition_fn=retry_unless_unreachable,
+)
 def start_tracking(config: PipelineConfig) -> tuple[str, str]:
-    """Create the parent run; returns (experiment id, run id)."""
+    """Create the parent run; returns (experiment id, run id). Not retried on an unreachable server."""
     client = tracking.get_client()
     experiment_id = tracking.ensure_experiment(client, config.experiment)
     tags = {

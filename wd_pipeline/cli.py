@@ -194,6 +194,9 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
     """Prefect's console output stays; traces and warnings go to a log file unless verbose."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from wd_pipeline.tracking import bound_http_requests
+
+    bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
@@ -209,7 +212,7 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
         warnings.simplefilter("default")
         import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
 
-        for noisy in ("mlflow", "tensorflow", "absl"):
+        for noisy in ("mlflow", "tensorflow", "absl", "urllib3"):  # urllib3: one line per HTTP retry
             logging.getLogger(noisy).setLevel(logging.ERROR)
     root.addHandler(handler)
     logging.getLogger("wd_pipeline").setLevel(logging.DEBUG)

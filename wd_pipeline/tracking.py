@@ -33,6 +33,17 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 PREFECT_RUN_TAG = "prefect.flow_run_id"
 PREFECT_URL_TAG = "prefect.flow_run_url"
 
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) let one request to a dead
+# server hang for minutes before anything is reported. These bound one request to
+# 3 attempts: a refused connection fails in about 3 s (0 + 2 s backoff + ≤ 1 s jitter),
+# a black-holed host in at most 3 × 10 s + 3 s ≈ 33 s. Set the variables to override.
+HTTP_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+UNREACHABLE_HINT = "Check MLFLOW_TRACKING_URI and that the server is running"
+
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory."""
@@ -43,8 +54,41 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def bound_http_requests() -> None:
+    """Apply :data:`HTTP_DEFAULTS` where the user set nothing; MLflow reads them per request."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why the server could not be talked to at all (refused, no answer, unknown host), else None.
+
+    Walks the cause chain MLflow builds (MlflowException → requests → urllib3 → socket):
+    a server that answered with an error is *not* unreachable, and may deserve a retry.
+    """
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, requests.exceptions.Timeout):
+            return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+        if type(current).__name__ == "NameResolutionError" or isinstance(current, requests.exceptions.ConnectionError):
+            text = str(current)
+            if "Connection refused" in text:
+                return "connection refused"
+            if "NameResolution" in text or "Name or service not known" in text:
+                return "host name not found"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def get_client() -> MlflowClient:
     """A client on the configured store; the fluent API is pointed at the same store."""
+    bound_http_requests()
     import mlflow
 
     uri = tracking_uri()
@@ -73,9 +117,15 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     except TrackingError:
         raise
     except Exception as exc:
+        reason = unreachable_reason(exc)
+        if reason is not None:
+            attempts = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")) + 1
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {client.tracking_uri}: {reason} "
+                f"({attempts} attempts). {UNREACHABLE_HINT}"
+            ) from exc
         raise TrackingError(
-            f"cannot use the MLflow tracking store at {client.tracking_uri}: {_short(exc)}. "
-            "Check MLFLOW_TRACKING_URI and that the server is running"
+            f"cannot use the MLflow tracking store at {client.tracking_uri}: {_short(exc)}. {UNREACHABLE_HINT}"
         ) from exc
 
 
