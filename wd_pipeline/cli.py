@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wd_pipeline import stack_cli
-from wd_pipeline.config import PipelineConfig, load_config_file, make_config, parse_grid
+from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError
 
 EXIT_RUN_FAILED = 1
@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = config_from_args(args)
             work_dir = settings.work_dir
+        check_work_dir(work_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS

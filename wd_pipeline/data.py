@@ -7,6 +7,7 @@ gives the sha256 fingerprint that keys every later result and the table itself.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from wd_pipeline.config import PROJECT_ROOT, PipelineConfig
+from wd_pipeline.config import PROJECT_ROOT, PipelineConfig, check_work_dir
 from wd_pipeline.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -173,18 +174,39 @@ def parse_table(raw: bytes, source: Source) -> pa.Table:
     looks_parquet = raw[:4] == PARQUET_MAGIC
     if source.is_parquet_by_name or looks_parquet:
         if not (looks_parquet and raw[-4:] == PARQUET_MAGIC):
-            raise DataError(f"data file {source.uri} is not a valid Parquet file (truncated or another format)")
+            raise DataError(
+                f"data file {source.uri} is not a valid Parquet file (truncated or another format): "
+                "write it again completely, or pass a CSV"
+            )
         try:
             return pq.read_table(pa.BufferReader(raw))
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"data file {source.uri} is not a readable Parquet file: {exc}") from None
     try:
-        return pacsv.read_csv(pa.BufferReader(raw))
+        table = pacsv.read_csv(pa.BufferReader(raw))
     except (pa.ArrowException, UnicodeDecodeError) as exc:
         raise DataError(
             f"data file {source.uri} is neither Parquet nor readable CSV: {_first_line(exc)}. "
             "Pass a comma-separated file with a header row, or a Parquet file"
         ) from None
+    _refuse_other_delimiters(table, source)
+    return table
+
+
+OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _refuse_other_delimiters(table: pa.Table, source: Source) -> None:
+    """A ``;``-separated file parses as one column named ``a;b;y``: say so instead of 'label not found'."""
+    if table.num_columns != 1:
+        return
+    header = table.column_names[0]
+    for delimiter, name in OTHER_DELIMITERS.items():
+        if delimiter in header:
+            raise DataError(
+                f"data file {source.uri} looks {name}-separated (its one column is {header[:80]!r}): "
+                "save it comma-separated, or as Parquet"
+            )
 
 
 def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
@@ -194,10 +216,14 @@ def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
     if duplicates:
         raise DataError(f"data has duplicate columns {duplicates}: give every column a unique name")
     if table.num_rows == 0:
-        raise DataError("data holds a header but no rows")
+        raise DataError("data holds a header but no rows: pass a file with data rows under the header")
     if config.label not in names:
+        close = difflib.get_close_matches(config.label, names, n=1, cutoff=0.6) or [
+            name for name in names if name.lower() == config.label.lower()
+        ]
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise DataError(
-            f"label column {config.label!r} not found; columns are {_preview(names)}. "
+            f"label column {config.label!r} not found; columns are {_preview(names)}.{hint} "
             "Pass --label with the name of the binary target column"
         )
     features = _feature_columns(names, config)
@@ -233,7 +259,7 @@ def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None)
         if not set(values) <= {0, 1}:
             raise DataError(
                 f"label column {name!r} must be binary (0/1, booleans or two strings); "
-                f"it holds {_preview(sorted(values))}"
+                f"it holds {_preview(sorted(values))}: map it to two classes, or pass --label with another column"
             )
         if positive_class is not None and positive_class.lower() not in TRUE_NAMES:
             raise DataError(
@@ -245,7 +271,8 @@ def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None)
         strings = sorted(str(v) for v in values)
         if len(strings) > 2:
             raise DataError(
-                f"label column {name!r} must be binary; it holds {len(strings)} classes {_preview(strings)}"
+                f"label column {name!r} must be binary; it holds {len(strings)} classes {_preview(strings)}: "
+                "map it to two classes, or pass --label with another column"
             )
         if positive_class is None:
             raise DataError(
@@ -396,6 +423,7 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     a rerun after a crash skip straight to the grid points still missing.
     """
     source = locate(config.data)
+    check_work_dir(work_dir or config.work_dir)
     raw = read_bytes(source)
     sha256 = fingerprint(raw)
     folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, sha256)
