@@ -68,6 +68,11 @@ def start_tracking(config: PipelineConfig) -> tuple[str, str]:
     """Create the parent run; returns (experiment id, run id). Not retried on an unreachable server."""
     client = tracking.get_client()
     experiment_id = tracking.ensure_experiment(client, config.experiment)
+    closed = tracking.close_orphaned_runs(client, experiment_id)
+    if closed:
+        get_run_logger().warning(
+            "Closed %d MLflow run(s) left RUNNING by a pipeline process that no longer exists (KILLED)", len(closed)
+        )
     tags = {
         "run_name": flow_run.get_name() or "pipeline",
         tracking.PREFECT_RUN_TAG: str(flow_run.get_id()),
