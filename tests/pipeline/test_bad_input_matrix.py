@@ -322,6 +322,8 @@ def test_read_only_work_folder_cli(store: Path, capsys: pytest.CaptureFixture[st
 
 def cli(store: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_HOME": str(store / "prefect-cli")}
+    # a busy two-core machine can take longer than Prefect's default 20 s to start the temporary API
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.pop("PREFECT_API_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "wd_pipeline.cli", "run", "--label", "y", "--grid", "0", "--epochs", "1",
@@ -346,6 +348,6 @@ def test_cli_semicolon_file_exits_1_with_one_line(store: Path) -> None:
     assert done.returncode == EXIT_RUN_FAILED
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: data file {path} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
-                      "save it comma-separated, or as Parquet"]
+                      "save it comma-separated, or as Parquet"], done.stderr[-4000:]
     assert "Traceback" not in done.stderr
     assert registry_state() == UNCHANGED
