@@ -56,16 +56,27 @@ from wd_pipeline.config import (
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.register import register
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS, retry_unless_unreachable
 from flows.summary import summary_markdown
 from flows.train_grid import train_grid
 
 
-@task(cache_policy=NO_CACHE, name="start-tracking", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(
+    cache_policy=NO_CACHE,
+    name="start-tracking",
+    retries=TRACKING_RETRIES,
+    retry_delay_seconds=TRACKING_RETRY_DELAYS,
+    retry_condition_fn=retry_unless_unreachable,
+)
 def start_tracking(config: PipelineConfig) -> tuple[str, str]:
-    """Create the parent run; returns (experiment id, run id)."""
+    """Create the parent run; returns (experiment id, run id). Not retried on an unreachable server."""
     client = tracking.get_client()
     experiment_id = tracking.ensure_experiment(client, config.experiment)
+    closed = tracking.close_orphaned_runs(client, experiment_id)
+    if closed:
+        get_run_logger().warning(
+            "Closed %d MLflow run(s) left RUNNING by a pipeline process that no longer exists (KILLED)", len(closed)
+        )
     tags = {
         "run_name": flow_run.get_name() or "pipeline",
         tracking.PREFECT_RUN_TAG: str(flow_run.get_id()),

@@ -31,6 +31,21 @@ def isolated_store(folder: Path) -> Iterator[Path]:
         patch.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def allow_pytest_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests write their data files under pytest's temporary folders: allow those as data roots.
+
+    Only the session's own base folder is added, so the confinement tests still see every
+    other path refused; subprocesses (the real CLI, stack workers) inherit the variable.
+    """
+    patch = pytest.MonkeyPatch()
+    basetemp = str(tmp_path_factory.getbasetemp())
+    existing = os.environ.get("WD_PIPELINE_DATA_ROOTS")
+    patch.setenv("WD_PIPELINE_DATA_ROOTS", os.pathsep.join(filter(None, [existing, basetemp])))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Iterator[Path]:
     """A fresh working directory holding its own MLflow SQLite store and work folder."""

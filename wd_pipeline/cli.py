@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wd_pipeline import stack_cli
-from wd_pipeline.config import PipelineConfig, load_config_file, make_config, parse_grid
+from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError
 
 EXIT_RUN_FAILED = 1
@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = config_from_args(args)
             work_dir = settings.work_dir
+        check_work_dir(work_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
@@ -211,6 +212,9 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Prefect's ephemeral API gives up after 20 s; a busy 2-core machine needs longer.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from wd_pipeline.tracking import bound_http_requests
+
+    bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
@@ -226,7 +230,7 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
         warnings.simplefilter("default")
         import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
 
-        for noisy in ("mlflow", "tensorflow", "absl"):
+        for noisy in ("mlflow", "tensorflow", "absl", "urllib3"):  # urllib3: one line per HTTP retry
             logging.getLogger(noisy).setLevel(logging.ERROR)
     root.addHandler(handler)
     logging.getLogger("wd_pipeline").setLevel(logging.DEBUG)

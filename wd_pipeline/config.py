@@ -221,6 +221,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return raw.get("pipeline", raw)
 
 
+WORK_DIR_FIX = "pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+
+
+def check_work_dir(path: str | Path) -> Path:
+    """Create the work folder if needed and prove it writable, or raise a :class:`ConfigError`.
+
+    Checked up front because a read-only or mistyped work folder would otherwise surface as
+    an ``OSError`` traceback from deep inside ingest, after the tracking run was opened.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"work folder {path} is not writable ({reason}): {WORK_DIR_FIX}") from None
+    return folder
+
+
 def make_config(**settings: Any) -> PipelineConfig:
     """Build a config, turning pydantic's report into one readable :class:`ConfigError`."""
     try:

@@ -7,9 +7,11 @@ gives the sha256 fingerprint that keys every later result and the table itself.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from wd_pipeline.config import PROJECT_ROOT, PipelineConfig
+from wd_pipeline.config import PROJECT_ROOT, PipelineConfig, check_work_dir
 from wd_pipeline.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -64,23 +66,84 @@ class LabeledData:
         return {"0": len(self.label) - positives, "1": positives}
 
 
+DATA_ROOTS_ENV = "WD_PIPELINE_DATA_ROOTS"
+DATA_SCHEMES_ENV = "WD_PIPELINE_DATA_SCHEMES"
+DEFAULT_SCHEMES = ("file", "s3", "gs", "hdfs")
+
+
+def data_roots() -> list[Path]:
+    """Local folders a data source may live in, symlinks and ``..`` already resolved.
+
+    The project's ``data/`` folder, the working directory, and every folder listed in
+    ``WD_PIPELINE_DATA_ROOTS`` (separated by ``os.pathsep``). The confinement exists because
+    the path is a flow parameter: anyone who can trigger a deployment could otherwise make
+    the worker read, fingerprint and upload any file it can see (``/etc/shadow``, keys) as
+    an MLflow dataset. The working directory is skipped when it is the filesystem root,
+    which would allow everything.
+    """
+    roots = [PROJECT_ROOT / "data"]
+    cwd = Path.cwd().resolve()
+    if cwd != Path(cwd.anchor):
+        roots.append(cwd)
+    extra = os.environ.get(DATA_ROOTS_ENV, "")
+    roots += [Path(item).expanduser() for item in extra.split(os.pathsep) if item.strip()]
+    return list(dict.fromkeys(root.resolve() for root in roots))
+
+
+def data_schemes() -> tuple[str, ...]:
+    """URI schemes a data source may use: ``WD_PIPELINE_DATA_SCHEMES`` (comma-separated) replaces the default.
+
+    Replacing rather than extending lets an operator narrow the set (e.g. ``file`` only);
+    ``http`` and the like are refused by default because a worker fetching arbitrary URLs
+    can be turned against services only it can reach.
+    """
+    text = os.environ.get(DATA_SCHEMES_ENV, "")
+    chosen = [item.strip().lower() for item in text.split(",") if item.strip()]
+    return tuple(chosen) or DEFAULT_SCHEMES
+
+
+def check_allowed_path(path: Path, shown: str) -> Path:
+    """The resolved ``path`` if it lies under an allowed root, else a DataError saying how to allow it."""
+    resolved = path.resolve()
+    roots = data_roots()
+    if any(resolved.is_relative_to(root) for root in roots):
+        return resolved
+    raise DataError(
+        f"data source {shown} resolves to {resolved}, outside the allowed data folders "
+        f"{[str(root) for root in roots]}. Move the file under one of them, or allow its folder with "
+        f"{DATA_ROOTS_ENV}=/path/to/folder (several separated by {os.pathsep!r})"
+    )
+
+
 def locate(data: str) -> Source:
     """Resolve ``data`` to a source that exists, or say what to pass instead.
 
     A relative path that is not under the working directory is also looked up under the
-    project root, so the bundled default works wherever the command runs.
+    project root, so the bundled default works wherever the command runs. Confinement
+    (:func:`data_roots`, :func:`data_schemes`) is checked before existence, so a refused
+    path does not reveal whether a file is there.
     """
     if "://" in data:
+        scheme = data.split("://", 1)[0].lower()
+        allowed = data_schemes()
+        if scheme not in allowed:
+            raise DataError(
+                f"data URI scheme {scheme!r} of {data!r} is not allowed; allowed schemes are {list(allowed)}. "
+                f"Copy the file to an allowed location, or set {DATA_SCHEMES_ENV}={','.join((*allowed, scheme))}"
+            )
         try:
             filesystem, path = pafs.FileSystem.from_uri(data)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise DataError(f"cannot open data URI {data!r}: {exc}") from None
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            path = str(check_allowed_path(Path(path), data))
         uri = data
     else:
         candidate = Path(data).expanduser()
         if not candidate.is_absolute() and not candidate.exists() and (PROJECT_ROOT / candidate).exists():
             candidate = PROJECT_ROOT / candidate
-        filesystem, path, uri = pafs.LocalFileSystem(), str(candidate.resolve()), str(candidate.resolve())
+        resolved = str(check_allowed_path(candidate, data))
+        filesystem, path, uri = pafs.LocalFileSystem(), resolved, resolved
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data file not found: {data}. Pass --data with the path of a CSV or Parquet file")
@@ -111,18 +174,39 @@ def parse_table(raw: bytes, source: Source) -> pa.Table:
     looks_parquet = raw[:4] == PARQUET_MAGIC
     if source.is_parquet_by_name or looks_parquet:
         if not (looks_parquet and raw[-4:] == PARQUET_MAGIC):
-            raise DataError(f"data file {source.uri} is not a valid Parquet file (truncated or another format)")
+            raise DataError(
+                f"data file {source.uri} is not a valid Parquet file (truncated or another format): "
+                "write it again completely, or pass a CSV"
+            )
         try:
             return pq.read_table(pa.BufferReader(raw))
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"data file {source.uri} is not a readable Parquet file: {exc}") from None
     try:
-        return pacsv.read_csv(pa.BufferReader(raw))
+        table = pacsv.read_csv(pa.BufferReader(raw))
     except (pa.ArrowException, UnicodeDecodeError) as exc:
         raise DataError(
             f"data file {source.uri} is neither Parquet nor readable CSV: {_first_line(exc)}. "
             "Pass a comma-separated file with a header row, or a Parquet file"
         ) from None
+    _refuse_other_delimiters(table, source)
+    return table
+
+
+OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _refuse_other_delimiters(table: pa.Table, source: Source) -> None:
+    """A ``;``-separated file parses as one column named ``a;b;y``: say so instead of 'label not found'."""
+    if table.num_columns != 1:
+        return
+    header = table.column_names[0]
+    for delimiter, name in OTHER_DELIMITERS.items():
+        if delimiter in header:
+            raise DataError(
+                f"data file {source.uri} looks {name}-separated (its one column is {header[:80]!r}): "
+                "save it comma-separated, or as Parquet"
+            )
 
 
 def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
@@ -132,10 +216,14 @@ def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
     if duplicates:
         raise DataError(f"data has duplicate columns {duplicates}: give every column a unique name")
     if table.num_rows == 0:
-        raise DataError("data holds a header but no rows")
+        raise DataError("data holds a header but no rows: pass a file with data rows under the header")
     if config.label not in names:
+        close = difflib.get_close_matches(config.label, names, n=1, cutoff=0.6) or [
+            name for name in names if name.lower() == config.label.lower()
+        ]
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise DataError(
-            f"label column {config.label!r} not found; columns are {_preview(names)}. "
+            f"label column {config.label!r} not found; columns are {_preview(names)}.{hint} "
             "Pass --label with the name of the binary target column"
         )
     features = _feature_columns(names, config)
@@ -171,7 +259,7 @@ def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None)
         if not set(values) <= {0, 1}:
             raise DataError(
                 f"label column {name!r} must be binary (0/1, booleans or two strings); "
-                f"it holds {_preview(sorted(values))}"
+                f"it holds {_preview(sorted(values))}: map it to two classes, or pass --label with another column"
             )
         if positive_class is not None and positive_class.lower() not in TRUE_NAMES:
             raise DataError(
@@ -183,7 +271,8 @@ def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None)
         strings = sorted(str(v) for v in values)
         if len(strings) > 2:
             raise DataError(
-                f"label column {name!r} must be binary; it holds {len(strings)} classes {_preview(strings)}"
+                f"label column {name!r} must be binary; it holds {len(strings)} classes {_preview(strings)}: "
+                "map it to two classes, or pass --label with another column"
             )
         if positive_class is None:
             raise DataError(
@@ -337,6 +426,7 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     a rerun after a crash skip straight to the grid points still missing.
     """
     source = locate(config.data)
+    check_work_dir(work_dir or config.work_dir)
     raw = read_bytes(source)
     sha256 = fingerprint(raw)
     folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, sha256)

@@ -33,6 +33,19 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 PREFECT_RUN_TAG = "prefect.flow_run_id"
 PREFECT_URL_TAG = "prefect.flow_run_url"
 
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) let one request to a dead
+# server hang for minutes before anything is reported. These bound one request to
+# 3 attempts: a refused connection fails in about 3 s (0 + 2 s backoff + ≤ 1 s jitter),
+# a black-holed host in at most 3 × 10 s + 3 s ≈ 33 s. Set the variables to override.
+HTTP_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+UNREACHABLE_HINT = "Check MLFLOW_TRACKING_URI and that the server is running"
+OWNER_TAG = "wd.owner"
+CLOSED_TAG = "wd.closed_as_orphan"
+
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory."""
@@ -43,8 +56,41 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def bound_http_requests() -> None:
+    """Apply :data:`HTTP_DEFAULTS` where the user set nothing; MLflow reads them per request."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why the server could not be talked to at all (refused, no answer, unknown host), else None.
+
+    Walks the cause chain MLflow builds (MlflowException → requests → urllib3 → socket):
+    a server that answered with an error is *not* unreachable, and may deserve a retry.
+    """
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, requests.exceptions.Timeout):
+            return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+        if type(current).__name__ == "NameResolutionError" or isinstance(current, requests.exceptions.ConnectionError):
+            text = str(current)
+            if "Connection refused" in text:
+                return "connection refused"
+            if "NameResolution" in text or "Name or service not known" in text:
+                return "host name not found"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def get_client() -> MlflowClient:
     """A client on the configured store; the fluent API is pointed at the same store."""
+    bound_http_requests()
     import mlflow
 
     uri = tracking_uri()
@@ -73,9 +119,15 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     except TrackingError:
         raise
     except Exception as exc:
+        reason = unreachable_reason(exc)
+        if reason is not None:
+            attempts = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")) + 1
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {client.tracking_uri}: {reason} "
+                f"({attempts} attempts). {UNREACHABLE_HINT}"
+            ) from exc
         raise TrackingError(
-            f"cannot use the MLflow tracking store at {client.tracking_uri}: {_short(exc)}. "
-            "Check MLFLOW_TRACKING_URI and that the server is running"
+            f"cannot use the MLflow tracking store at {client.tracking_uri}: {_short(exc)}. {UNREACHABLE_HINT}"
         ) from exc
 
 
@@ -85,10 +137,88 @@ def start_parent_run(
     """Create the parent run of one pipeline run, with the whole config as params."""
     from mlflow.entities import Param
 
-    run = client.create_run(experiment_id, run_name=tags.get("run_name") if tags else None, tags=dict(tags or {}))
+    tags = {**dict(tags or {}), OWNER_TAG: process_owner()}
+    run = client.create_run(experiment_id, run_name=tags.get("run_name"), tags=tags)
     params = [Param(key, value) for key, value in config.params().items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
+
+
+def process_owner() -> str:
+    """``host:pid:start`` of this process, so a later run can tell whether it is still alive.
+
+    The start time (clock ticks since boot, from ``/proc``) guards against a recycled pid.
+    """
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
+
+
+def _process_start(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after "pid (comm)"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process that opened a pipeline run still runs; None when it cannot be known here."""
+    import socket
+
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return not start or _process_start(pid) in ("", start)
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark RUNNING runs whose pipeline process is gone as KILLED; returns their ids.
+
+    A ``kill -9``, an OOM kill or a power cut leaves the parent run and its open children
+    RUNNING for ever, which the UI shows as still in progress. Rule: a RUNNING run is closed
+    when the pipeline run at the top of its ``mlflow.parentRunId`` chain was opened by a
+    process (:data:`OWNER_TAG`, host + pid + start time) on *this* host that no longer
+    exists. It is exact where it applies and never touches a live run: runs of other hosts
+    and runs without the tag (scoring, hand-made runs) are left alone. Rejected rules: the
+    Prefect flow run's state (a ``kill -9`` under the ephemeral API leaves it RUNNING too),
+    and an age limit (kills long legitimate runs, misses a crash a minute ago).
+    """
+    runs: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000, page_token=token
+        )
+        runs.update({run.info.run_id: run for run in page})
+        token = page.token
+        if not token:
+            break
+    known = dict(runs)
+    closed = []
+    for run_id, run in runs.items():
+        root = run
+        for _ in range(10):  # pipeline → point → fold: never deeper; guards against a cycle
+            parent_id = root.data.tags.get(PARENT_RUN_TAG)
+            if not parent_id:
+                break
+            if parent_id not in known:
+                known[parent_id] = client.get_run(parent_id)
+            root = known[parent_id]
+        owner = root.data.tags.get(OWNER_TAG)
+        if owner and owner_alive(owner) is False:
+            set_tags(client, run_id, {CLOSED_TAG: f"owner process {owner} is gone"})
+            client.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+    return closed
 
 
 def point_run_name(mode: str, lam: float) -> str:
