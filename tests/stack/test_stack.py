@@ -254,3 +254,35 @@ def test_mlflow_ui_shows_runs_and_registered_model(two_runs, local_stack: LocalS
         [run.name for run in two_runs], "mlflow-experiment-runs.png",
     )
     show(browser, f"{local_stack.mlflow_url}/#/models/{DEFAULT_MODEL_NAME}", [DEFAULT_MODEL_NAME, "Version 2"], "mlflow-registered-model.png")
+
+
+def _listening(port: int) -> set[str]:
+    """Addresses with a socket in LISTEN state on ``port``, from the kernel's own tables."""
+    import ipaddress
+
+    found: set[str] = set()
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        path = Path("/proc/net") / table
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:
+                continue
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
+            found.add(str(ipaddress.ip_address(packed)))
+    return found
+
+
+def test_every_server_listens_on_loopback_only(local_stack: LocalStack) -> None:
+    """Exposure: nothing the stack starts is reachable from another host unless asked."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    for url in (local_stack.prefect_api_url, local_stack.mlflow_url):
+        addresses = _listening(urlparse(url).port)
+        assert addresses, f"nothing listens for {url}"
+        assert all(ipaddress.ip_address(a).is_loopback for a in addresses), (url, addresses)
