@@ -20,7 +20,7 @@ from typing import Any
 
 from wd_pipeline import stack_cli
 from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
-from wd_pipeline.errors import ConfigError, PipelineError
+from wd_pipeline.errors import ConfigError, PipelineError, first_line
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # not the user's doing: still one line here, the trace in the log
         if args.verbose:
             raise
-        return _report_failure(args.command, f"unexpected {type(exc).__name__}: {_first_line(exc)}", log_path)
+        return _report_failure(args.command, f"unexpected {type(exc).__name__}: {first_line(exc)}", log_path)
     print(format_score_summary(summary) if args.command == "score" else format_summary(summary))
     return 0
 
@@ -151,10 +151,6 @@ def _report_failure(command: str, message: str, log_path: Path) -> int:
     print(f"(full log: {log_path})", file=sys.stderr)
     return EXIT_RUN_FAILED
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _run(config: PipelineConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import PROJECT_ROOT, PipelineConfig, check_work_dir
-from wd_pipeline.errors import DataError
+from wd_pipeline.errors import DataError, first_line
 
 SPLITS = ("train", "validation", "test")
 PARQUET_MAGIC = b"PAR1"
@@ -186,7 +186,7 @@ def parse_table(raw: bytes, source: Source) -> pa.Table:
         table = pacsv.read_csv(pa.BufferReader(raw))
     except (pa.ArrowException, UnicodeDecodeError) as exc:
         raise DataError(
-            f"data file {source.uri} is neither Parquet nor readable CSV: {_first_line(exc)}. "
+            f"data file {source.uri} is neither Parquet nor readable CSV: {first_line(exc)}. "
             "Pass a comma-separated file with a header row, or a Parquet file"
         ) from None
     _refuse_other_delimiters(table, source)
@@ -456,7 +456,3 @@ def _preview(items: list[Any], limit: int = 12) -> str:
     shown = ", ".join(repr(item) if isinstance(item, str) else str(item) for item in items[:limit])
     more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
     return f"[{shown}{more}]"
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

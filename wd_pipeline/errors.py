@@ -38,3 +38,9 @@ class ServiceStartError(StackError):
 
 class StackNotRunningError(StackError):
     """A command needs the stack (or a server URL) but none is recorded or reachable."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

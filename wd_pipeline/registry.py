@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from wd_pipeline.errors import TrackingError
+from wd_pipeline.errors import TrackingError, first_line
 from wd_pipeline.evaluate import classification_metrics
 from wd_pipeline.stats import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 
@@ -250,7 +250,7 @@ def _compare(
     try:
         champion_probability = score(champion_uri, features)
     except Exception as exc:  # a champion that cannot score these rows cannot be compared
-        return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({_short(exc)})")
+        return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({first_line(exc, 200)})")
     difference = paired_bootstrap_difference(
         label, new_probability, champion_probability, policy.metric,
         n_resamples=policy.bootstrap_samples, seed=policy.seed, level=policy.level, threshold=policy.threshold,
@@ -296,7 +296,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             )
         except MlflowException as exc:
             if "already exists" not in str(exc).lower():
-                raise TrackingError(f"cannot create registered model {name!r}: {_short(exc)}") from exc
+                raise TrackingError(f"cannot create registered model {name!r}: {first_line(exc, 200)}") from exc
 
 
 def _wait_ready(client: MlflowClient, name: str, version_number: str, attempts: int = 60) -> None:
@@ -310,8 +310,3 @@ def _wait_ready(client: MlflowClient, name: str, version_number: str, attempts: 
             raise TrackingError(f"registration of {name} v{version_number} failed in the model registry")
         time.sleep(0.5)
     raise TrackingError(f"{name} v{version_number} did not become READY in the model registry")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wd_pipeline.config import PipelineConfig, format_lambda
-from wd_pipeline.errors import TrackingError
+from wd_pipeline.errors import TrackingError, first_line
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -127,7 +127,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
                 f"({attempts} attempts). {UNREACHABLE_HINT}"
             ) from exc
         raise TrackingError(
-            f"cannot use the MLflow tracking store at {client.tracking_uri}: {_short(exc)}. {UNREACHABLE_HINT}"
+            f"cannot use the MLflow tracking store at {client.tracking_uri}: {first_line(exc, 300)}. {UNREACHABLE_HINT}"
         ) from exc
 
 
@@ -345,8 +345,3 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
