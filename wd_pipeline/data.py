@@ -8,6 +8,7 @@ gives the sha256 fingerprint that keys every later result and the table itself.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -445,9 +446,35 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def load_split(folder: str | Path, name: str) -> LabeledData:
-    """One split back as raw features and 0/1 label."""
-    manifest = read_manifest(folder)
-    frame = pq.read_table(Path(folder) / f"{name}.parquet").to_pandas()
+    """One split back as raw features and 0/1 label.
+
+    Every training task of a run (one per mode and fold, in threads of one process) reads the
+    same train and validation splits, so the last few reads are kept, keyed by path, size and
+    modification time of the split and its manifest: a rewritten split is read again. Each
+    caller gets its own label array and a copy-on-write view of the features.
+    """
+    split = Path(folder).resolve() / f"{name}.parquet"
+    try:
+        stamp = tuple(value for path in (split, split.parent / MANIFEST) for value in _stamp(path))
+    except OSError:  # let the uncached read raise its usual error
+        return _read_split(split)
+    cached = _cached_split(split, stamp)
+    return LabeledData(cached.features.copy(deep=False), cached.label.copy())
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_split(split: Path, stamp: tuple[int, ...]) -> LabeledData:
+    return _read_split(split)
+
+
+def _read_split(split: Path) -> LabeledData:
+    manifest = read_manifest(split.parent)
+    frame = pq.read_table(split).to_pandas()
     label = frame.pop(manifest["label"]).to_numpy(dtype=np.int8)
     return LabeledData(frame[manifest["features"]], label)
 

@@ -42,6 +42,7 @@ def build_model(
     hidden_units: Sequence[int] = (10, 10),
     learning_rate: float = 1e-3,
     seed: int = 0,
+    normalizer: keras.layers.Normalization | None = None,
 ) -> keras.Model:
     """Build and compile the reference network for one λ.
 
@@ -49,15 +50,22 @@ def build_model(
     model, so the saved model takes raw features and serving cannot forget to scale them.
     Initialisers get explicit seeds instead of ``keras.utils.set_random_seed`` because grid
     points train in parallel threads and a global seed would race between them.
+    ``normalizer``, one already adapted on these same features, is copied instead of adapted
+    again: the packed grid builds one model per λ, and adapting scans every training row.
     """
     import keras
 
     n_features = train_features.shape[1]
-    normalizer = keras.layers.Normalization(axis=-1, name="normalize")
-    normalizer.adapt(train_features.astype("float32"))
+    normalize = keras.layers.Normalization(axis=-1, name="normalize")
+    if normalizer is None:
+        normalize.adapt(train_features.astype("float32"))
+    else:
+        normalize.build((None, n_features))
+        normalize.set_weights(normalizer.get_weights())
+        normalize.finalize_state()
 
     inputs = keras.Input(shape=(n_features,), name="features")
-    x = normalizer(inputs)
+    x = normalize(inputs)
     for i, units in enumerate(hidden_units):
         x = keras.layers.Dense(
             units,

@@ -167,3 +167,17 @@ def test_more_folds_than_rows_of_a_class(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"19 folds need at least 19 rows of each class in the training data; "
                        r"the smallest class has 18: lower --folds"):
         prepare(write_csv(tmp_path, frame), tmp_path, folds=19, val_fraction=0.1, test_fraction=0.1)
+
+
+def test_reread_splits_are_private_copies_and_follow_a_rewritten_file(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    folder = prepare(write_csv(tmp_path, tiny_frame), tmp_path)
+    first = data.load_split(folder, "train")
+    first.label[:] = 7
+    first.features.iloc[0, 0] = 1e9
+    second = data.load_split(folder, "train")
+    assert set(np.unique(second.label)) == {0, 1}
+    assert second.features.iloc[0, 0] != 1e9
+    split = folder / "train.parquet"
+    table = pq.read_table(split)
+    pq.write_table(table.slice(0, 5), split)  # same folder, new content: must not be served from memory
+    assert len(data.load_split(folder, "train")) == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,8 @@ def test_every_member_matches_its_independent_training(arrays, mode: str, patien
             np.testing.assert_allclose(member.history[key], history[key], rtol=1e-4, atol=1e-6, err_msg=f"{lam} {key}")
         for packed_kernel, alone in zip(kernels(member.model), kernels(model), strict=True):
             np.testing.assert_allclose(packed_kernel, alone, rtol=1e-4, atol=1e-5)
+        # The unpacked model, normaliser included, predicts as the independently trained one.
+        np.testing.assert_allclose(member.model.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5)
 
 
 def test_members_differ_only_by_lambda(arrays) -> None:
@@ -66,6 +70,17 @@ def test_members_differ_only_by_lambda(arrays) -> None:
     )
     norm = lambda model: sum(float(np.sum(k**2)) for k in kernels(model, penalized_only=True))  # noqa: E731
     assert norm(big.model) < norm(small.model)
+
+
+@pytest.mark.parametrize("rows", [80, 64])  # a partial last batch, and none
+def test_epoch_function_is_compiled_once_not_per_epoch(arrays, rows: int, caplog) -> None:
+    x_train, y_train, x_val, y_val = arrays
+    with caplog.at_level(logging.DEBUG, logger="wd_pipeline.packed"):
+        train_packed(
+            x_train[:rows], y_train[:rows], (x_val, y_val), lams=LAMS, mode="l2", hidden_units=[10, 10],
+            learning_rate=1e-2, seed=SEED, batch_size=BATCH, epochs=3, patience=0,
+        )
+    assert "packed training: 3 epoch(s), epoch function traced 1 time(s)" in caplog.messages
 
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch() -> None:
