@@ -205,10 +205,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, no GPU; Python {m['python']}, "
         f"TensorFlow {m['tensorflow']}, Keras {m['keras']}; load average at start {m['load_average_at_start']}.",
-        "Reproduce: `./wd python -m benchmarks` (add `--quick` for the bundled data only).",
+        "Reproduce: `./wd python -m benchmarks` (add `--quick` for the bundled data only, or `--only synthetic:16` for one row).",
         "",
         "Baseline: one `model.fit` per λ, one after the other, Keras defaults (batch 32, its own shuffling).",
-        "Packed: the pipeline's grid training (all λ in one stacked model, one `tf.function` per epoch).",
+        "Packed: the pipeline's grid training (all λ in one stacked model, one XLA-compiled function per epoch).",
         f"Accuracy tolerance (seed noise): {report['tolerance']}.",
         "",
         "| data | train rows | epochs | grid | baseline s | packed s | speed-up | packed ex·λ/s | peak RSS base / packed MiB | max Δ val acc | ok |",
