@@ -121,12 +121,10 @@ def refit_epochs(folds: pd.DataFrame, selection: Selection, default: int) -> int
 def test_predictions(model_path: str, split_folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of the chosen, refit model on the test split: computed once, never tuned on."""
     from wd_pipeline import data as data_lib
-    from wd_pipeline.model import load
+    from wd_pipeline.model import load, predict_probability
 
     test = data_lib.load_split(split_folder, "test")
-    network = load(model_path)
-    probability = np.asarray(network.predict(test.features.to_numpy(np.float32), batch_size=4096, verbose=0)).ravel()
-    return test.label, probability
+    return test.label, predict_probability(load(model_path), test.features.to_numpy(np.float32))
 
 
 test_predictions.__test__ = False  # a library function, not a pytest test
