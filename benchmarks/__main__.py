@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -153,7 +154,7 @@ def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None
     parts["other (Prefect, unmeasured)"] = wall - sum(parts.values())
     training = steps["training"]
     return {
-        "name": name, "command": " ".join(["wd-pipeline run", *command[4:]]), "wall_seconds": wall,
+        "name": name, "command": shlex.join(["wd-pipeline", "run", *command[4:]]), "wall_seconds": wall,
         "flow_seconds": flow, "training_seconds": training, "breakdown": parts, "steps": steps,
         "overhead_share": (wall - training) / wall, "flow_overhead_share": (flow - training) / flow,
     }
@@ -254,10 +255,16 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if "ingest" in report:
         i = report["ingest"]
-        lines += ["", f"Ingest of the synthetic Parquet: {i['ingest_seconds']:.1f} s vs bare pyarrow read + to_pandas + write "
-                  f"{i['bare_seconds']:.1f} s: ×{i['ratio']:.2f}."]
+        lines += ["", f"Ingest of the synthetic Parquet (read, sha256, validate, split, write): {i['ingest_seconds']:.1f} s vs "
+                  f"bare `pq.read_table` + `to_pandas` + `Table.from_pandas` + `pq.write_table` {i['bare_seconds']:.1f} s: "
+                  f"×{i['ratio']:.2f} (medians of {i['repeats']} alternating runs; all: ingest "
+                  f"{', '.join(f'{x:.1f}' for x in i['ingest_all'])}, bare {', '.join(f'{x:.1f}' for x in i['bare_all'])}; "
+                  "the first ingest in a process also imports scikit-learn)."]
     lines += ["", "Whole pipeline (`wd-pipeline run`, ephemeral Prefect, SQLite MLflow, fresh stores); seconds per part of its wall time.",
               "Training = union of the time inside `train_packed`, measured by the pipeline (`time_training_seconds` on the parent run).",
+              "Start-up = wall time outside the flow function (imports, temporary Prefect API, teardown). Other rows sum the",
+              "`time_*_seconds` steps; steps of the two training threads overlap each other and training, so \"other\" (what is",
+              "left: Prefect's own work, unmeasured code) comes out negative when they do.",
               ""]
     runs = report["pipeline"]
     lines += ["| part | " + " | ".join(run["name"] for run in runs) + " |", "|---|" + "---|" * len(runs)]
