@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wd_pipeline import data, report, stats, tracking, train
+from wd_pipeline import data, report, stats, timing, tracking, train
 from wd_pipeline import evaluate as evaluate_lib
 from wd_pipeline.config import PipelineConfig, format_lambda
 from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
@@ -22,11 +22,12 @@ def refit(
 ) -> dict[str, Any]:
     """The chosen point retrained on train + validation, recorded as its own child run."""
     result = train.train_unit(split_folder, config, selection.mode, selection.lam, train.REFIT, epochs=epochs)
-    client = tracking.get_client()
-    name = f"refit {tracking.point_run_name(selection.mode, selection.lam)}"
-    run_id = tracking.start_child_run(client, parent_run_id, name, {tracking.PREFECT_RUN_TAG: str(flow_run.get_id())})
-    tracking.log_fit(client, run_id, result)
-    tracking.finish(client, run_id)
+    with timing.measure("tracking_units"):
+        client = tracking.get_client()
+        name = f"refit {tracking.point_run_name(selection.mode, selection.lam)}"
+        run_id = tracking.start_child_run(client, parent_run_id, name, {tracking.PREFECT_RUN_TAG: str(flow_run.get_id())})
+        tracking.log_fit(client, run_id, result)
+        tracking.finish(client, run_id)
     return result.to_dict()
 
 
@@ -41,32 +42,33 @@ def log_evaluation(
     artifacts: dict[str, Any],
 ) -> None:
     """Selection, test metrics with their bootstrap intervals, tables, plots and the model card."""
-    client = tracking.get_client()
-    tracking.log_metrics(
-        client,
-        parent_run_id,
-        {
-            "chosen_lambda": selection.lam, "best_lambda": selection.best_lambda, "refit_epochs": refit_epochs,
-            **{f"test_{k}": v.estimate for k, v in test_intervals.items()},
-            **{f"test_{k}_ci_low": v.low for k, v in test_intervals.items()},
-            **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
-        },
-    )
-    tracking.set_tags(
-        client,
-        parent_run_id,
-        {"selection.rule": selection.rule, "selection.metric": selection.metric, "selection.mode": selection.mode,
-         "selection.lambda": selection.lam, "selection.best_lambda": selection.best_lambda,
-         "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
-         **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()}},
-    )
-    tracking.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
-    tracking.log_table_csv(client, parent_run_id, folds.to_dict("records"), "grid/folds.csv")
-    for path, artifact in artifacts.items():
-        if isinstance(artifact, str):
-            tracking.log_text(client, parent_run_id, artifact, path)
-        else:
-            tracking.log_figure(client, parent_run_id, artifact, path)
+    with timing.measure("tracking_evaluation"):
+        client = tracking.get_client()
+        tracking.log_metrics(
+            client,
+            parent_run_id,
+            {
+                "chosen_lambda": selection.lam, "best_lambda": selection.best_lambda, "refit_epochs": refit_epochs,
+                **{f"test_{k}": v.estimate for k, v in test_intervals.items()},
+                **{f"test_{k}_ci_low": v.low for k, v in test_intervals.items()},
+                **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
+            },
+        )
+        tracking.set_tags(
+            client,
+            parent_run_id,
+            {"selection.rule": selection.rule, "selection.metric": selection.metric, "selection.mode": selection.mode,
+             "selection.lambda": selection.lam, "selection.best_lambda": selection.best_lambda,
+             "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
+             **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()}},
+        )
+        tracking.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
+        tracking.log_table_csv(client, parent_run_id, folds.to_dict("records"), "grid/folds.csv")
+        for path, artifact in artifacts.items():
+            if isinstance(artifact, str):
+                tracking.log_text(client, parent_run_id, artifact, path)
+            else:
+                tracking.log_figure(client, parent_run_id, artifact, path)
 
 
 @flow(name="evaluate")
@@ -92,25 +94,28 @@ def evaluate(
             format_lambda(selection.lam),
         )
     refitted = refit(split_folder, config, selection, epochs, parent_run_id)
-    y_test, p_test = evaluate_lib.test_predictions(refitted["model_path"], split_folder)
-    intervals = stats.bootstrap_cis(
-        y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
-    )
+    with timing.measure("evaluate_predict"):
+        y_test, p_test = evaluate_lib.test_predictions(refitted["model_path"], split_folder)
+    with timing.measure("evaluate_bootstrap"):
+        intervals = stats.bootstrap_cis(
+            y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
+        )
     manifest = data.read_manifest(split_folder)
-    artifacts = report.report_artifacts(
-        table=table,
-        curves=learning_curves(results),
-        y_test=y_test,
-        p_test=p_test,
-        metric=selection.metric,
-        chosen_mode=selection.mode,
-        chosen_lambda=selection.lam,
-        threshold=config.threshold,
-        card={
-            "model_name": config.model_name, "data_source": manifest["source"], "data_sha256": manifest["sha256"],
-            "config": config.model_dump(), "rule": selection.rule, "test_intervals": intervals,
-        },
-    )
+    with timing.measure("evaluate_report"):
+        artifacts = report.report_artifacts(
+            table=table,
+            curves=learning_curves(results),
+            y_test=y_test,
+            p_test=p_test,
+            metric=selection.metric,
+            chosen_mode=selection.mode,
+            chosen_lambda=selection.lam,
+            threshold=config.threshold,
+            card={
+                "model_name": config.model_name, "data_source": manifest["source"], "data_sha256": manifest["sha256"],
+                "config": config.model_dump(), "rule": selection.rule, "test_intervals": intervals,
+            },
+        )
     log_evaluation(parent_run_id, table, folds, selection, intervals, epochs, artifacts)
     create_table_artifact(
         grid_rows(table, selection),

@@ -5,21 +5,23 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from wd_pipeline import data, tracking
+from wd_pipeline import data, timing, tracking
 from wd_pipeline.config import PipelineConfig
 from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
 
 
 @task(cache_policy=NO_CACHE, name="prepare-splits")
 def prepare_splits(config: PipelineConfig) -> str:
-    return str(data.prepare(config))
+    with timing.measure("ingest_prepare"):
+        return str(data.prepare(config))
 
 
 @task(cache_policy=NO_CACHE, name="log-dataset", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
 def log_dataset(parent_run_id: str, split_folder: str) -> None:
-    manifest = data.read_manifest(split_folder)
-    frames = {name: data.load_split(split_folder, name).frame(manifest["label"]) for name in data.SPLITS}
-    tracking.log_dataset(tracking.get_client(), parent_run_id, manifest, frames)
+    with timing.measure("tracking_dataset"):
+        manifest = data.read_manifest(split_folder)
+        frames = {name: data.load_split(split_folder, name).frame(manifest["label"]) for name in data.SPLITS}
+        tracking.log_dataset(tracking.get_client(), parent_run_id, manifest, frames)
 
 
 @flow(name="ingest")

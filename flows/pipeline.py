@@ -18,7 +18,9 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from wd_pipeline import tracking
+import time
+
+from wd_pipeline import timing, tracking
 from wd_pipeline.config import (
     DEFAULT_DATA,
     DEFAULT_EXPERIMENT,
@@ -148,31 +150,55 @@ def grid_task_runner(config: PipelineConfig) -> TaskRunner:
     )
 
 
+def log_timings(client: Any, parent_run_id: str, flow_seconds: float, logger: Any) -> None:
+    """Where this run's time went, as ``time_<step>_seconds`` metrics on the parent run (issue #5).
+
+    ``time_training_seconds`` is the wall time during which at least one packed training
+    call ran; the rest of ``time_flow_seconds`` is ingest, scoring, saving, evaluation,
+    registration, tracking and Prefect's own work. Steps run on Dask workers are missing.
+    """
+    seconds = {"flow": flow_seconds, **timing.snapshot()}
+    tracking.log_metrics(client, parent_run_id, {f"time_{name}_seconds": value for name, value in seconds.items()})
+    training = seconds.get(timing.TRAINING, 0.0)
+    logger.info(
+        "Time: %.1f s in the flow, of which training %.1f s (%.0f %%); %s", flow_seconds, training,
+        100 * training / flow_seconds, ", ".join(f"{k} {v:.1f} s" for k, v in sorted(seconds.items()) if k != "flow"),
+    )
+
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """The four steps as subflows, with the MLflow parent run closed FAILED on any error."""
     logger = get_run_logger()
+    started = time.perf_counter()
+    timing.reset()
     if config.dask_address or config.dask_workers:
         # Dask workers need not share this process's working directory (or machine): hand
         # them absolute paths for the splits and the trained units.
         config = config.model_copy(update={"work_dir": str(Path(config.work_dir).resolve())})
-    experiment_id, parent_run_id = start_tracking(config)
+    with timing.measure("tracking_start"):
+        experiment_id, parent_run_id = start_tracking(config)
     client = tracking.get_client()
     try:
-        split_folder = ingest(config, parent_run_id)
+        with timing.measure("phase_ingest"):
+            split_folder = ingest(config, parent_run_id)
         if (config.dask_address or config.dask_workers) and not PREFECT_API_URL.value():
             # Not refused: it works, only slowly (each worker starts its own temporary API).
             logger.warning(
                 "Dask workers need a Prefect server: without PREFECT_API_URL each worker process starts "
                 "its own temporary API. Set PREFECT_API_URL (e.g. `eval \"$(wd-pipeline stack env)\"`)"
             )
-        results = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
-        evaluation = evaluate(config, split_folder, results, parent_run_id)
-        decision = register(
-            config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]
-        )
+        with timing.measure("phase_train_grid"):
+            results = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
+        with timing.measure("phase_evaluate"):
+            evaluation = evaluate(config, split_folder, results, parent_run_id)
+        with timing.measure("phase_register"):
+            decision = register(
+                config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]
+            )
     except BaseException:
         tracking.finish(client, parent_run_id, "FAILED")
         raise
+    log_timings(client, parent_run_id, time.perf_counter() - started, logger)
     tracking.finish(client, parent_run_id)
     summary = {
         "experiment_id": experiment_id,

@@ -7,21 +7,29 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from wd_pipeline import data, registry, tracking
+from wd_pipeline import data, registry, timing, tracking
 from wd_pipeline.config import PipelineConfig
 from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
 
 
 @task(cache_policy=NO_CACHE, name="log-model", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
 def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
-    manifest = data.read_manifest(split_folder)
-    example = data.load_split(split_folder, "train").features.head(5)
-    model_uri, _ = registry.log_model(parent_run_id, model_path, example, manifest["features"])
+    with timing.measure("register_log_model"):
+        manifest = data.read_manifest(split_folder)
+        example = data.load_split(split_folder, "train").features.head(5)
+        model_uri, _ = registry.log_model(parent_run_id, model_path, example, manifest["features"])
     return model_uri
 
 
 @task(cache_policy=NO_CACHE, name="register-and-gate")
 def register_and_gate(
+    config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
+) -> dict[str, Any]:
+    with timing.measure("register_gate"):
+        return _register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
+
+
+def _register_and_gate(
     config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
 ) -> dict[str, Any]:
     test = data.load_split(split_folder, "test")

@@ -18,7 +18,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
 from wd_pipeline import evaluate as evaluate_lib
-from wd_pipeline import tracking, train
+from wd_pipeline import timing, tracking, train
 from wd_pipeline.config import PipelineConfig
 from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
 
@@ -31,9 +31,10 @@ def _prefect_tags() -> dict[str, str]:
 
 @task(name="open-point-run", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
 def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
-    client = tracking.get_client()
-    run_id = tracking.start_child_run(client, parent_run_id, tracking.point_run_name(mode, lam), _prefect_tags())
-    tracking.log_params(client, run_id, {"mode": mode, "lambda": lam})
+    with timing.measure("tracking_points"):
+        client = tracking.get_client()
+        run_id = tracking.start_child_run(client, parent_run_id, tracking.point_run_name(mode, lam), _prefect_tags())
+        tracking.log_params(client, run_id, {"mode": mode, "lambda": lam})
     return run_id
 
 
@@ -53,9 +54,10 @@ def train_chunk(
     parameters, and caps a flow run's parameters at 512 KiB.
     """
     results = train.train_chunk(split_folder, config, mode, lams, fold)
-    client = tracking.get_client()
-    for result in results:
-        _record_unit(client, config, result, point_runs[result.lam])
+    with timing.measure("tracking_units"):
+        client = tracking.get_client()
+        for result in results:
+            _record_unit(client, config, result, point_runs[result.lam])
     return [unit_summary(result) for result in results]
 
 
@@ -82,9 +84,10 @@ def _record_unit(client: Any, config: PipelineConfig, result: train.FitResult, p
 
 @task(name="close-point-run", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
 def close_point_run(point_run_id: str, summary: dict[str, float]) -> None:
-    client = tracking.get_client()
-    tracking.log_metrics(client, point_run_id, summary)
-    tracking.finish(client, point_run_id)
+    with timing.measure("tracking_points"):
+        client = tracking.get_client()
+        tracking.log_metrics(client, point_run_id, summary)
+        tracking.finish(client, point_run_id)
 
 
 def point_summary(fold_results: list[dict[str, Any]]) -> dict[str, float]:

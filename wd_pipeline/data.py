@@ -3,6 +3,11 @@
 Sources are opened through ``pyarrow.fs`` so a local path and a URI (``file://``,
 ``s3://``, ``gs://`` …) take the same code path. The bytes are read once: the same buffer
 gives the sha256 fingerprint that keys every later result and the table itself.
+
+Ingest stays in Arrow from read to write (validation with ``pyarrow.compute``, the split as
+row indices computed from the label alone, ``Table.take``, ``pq.write_table``): a pandas
+round trip of the features cost more than the read itself on a 1M-row file
+(``benchmarks/``, issue #5).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,8 +216,21 @@ def _refuse_other_delimiters(table: pa.Table, source: Source) -> None:
             )
 
 
-def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
-    """Check the table against the configured columns and turn it into features and 0/1 label."""
+@dataclass(frozen=True)
+class CheckedTable:
+    """A validated source still in Arrow: numeric feature columns and the 0/1 label, row for row."""
+
+    features: pa.Table
+    label: np.ndarray
+
+    def class_counts(self, rows: np.ndarray | None = None) -> dict[str, int]:
+        label = self.label if rows is None else self.label[rows]
+        positives = int(label.sum())
+        return {"0": len(label) - positives, "1": positives}
+
+
+def validate(table: pa.Table, config: PipelineConfig) -> CheckedTable:
+    """Check the table against the configured columns; features become float columns, the label 0/1."""
     names = table.column_names
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -229,9 +248,8 @@ def validate(table: pa.Table, config: PipelineConfig) -> LabeledData:
         )
     features = _feature_columns(names, config)
     label = encode_label(table.column(config.label), config.label, config.positive_class)
-    frame = _numeric_features(table, features)
-    data = LabeledData(frame, label)
-    _check_class_sizes(data, config)
+    data = CheckedTable(_numeric_features(table, features), label)
+    _check_class_sizes(data.class_counts(), config)
     return data
 
 
@@ -288,7 +306,7 @@ def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None)
     raise DataError(f"label column {name!r} has type {kind}; it must be 0/1, booleans or two strings")
 
 
-def _numeric_features(table: pa.Table, features: list[str]) -> pd.DataFrame:
+def _numeric_features(table: pa.Table, features: list[str]) -> pa.Table:
     non_numeric = [
         f"{name} ({table.schema.field(name).type})"
         for name in features
@@ -299,18 +317,25 @@ def _numeric_features(table: pa.Table, features: list[str]) -> pd.DataFrame:
             f"features must be numeric; non-numeric columns: {_preview(non_numeric)}. "
             "Encode them, or leave them out with --features"
         )
-    frame = table.select(features).to_pandas()
     # Floats keep their width (a float32 source stays half the size through split and write);
-    # integers, booleans and decimals become float64.
-    frame = frame.astype({name: "float64" for name, kind in frame.dtypes.items() if kind.kind != "f"})
-    values = frame.to_numpy()
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = {name: int((~finite[:, i]).sum()) for i, name in enumerate(features) if not finite[:, i].all()}
+    # integers, booleans, decimals and all-empty columns become float64. ``safe=False`` rounds
+    # an int64 beyond 2**53 as pandas' astype did, instead of refusing it.
+    columns = [
+        column if pa.types.is_floating(column.type) else pc.cast(column, pa.float64(), safe=False)
+        for column in table.select(features).columns
+    ]
+    bad = {name: count for name, column in zip(features, columns, strict=True) if (count := _not_finite(column))}
+    if bad:
         raise DataError(
             f"features hold missing or infinite values (column: count) {bad}: clean, impute or drop those rows"
         )
-    return frame
+    return pa.table(columns, names=features)
+
+
+def _not_finite(column: pa.ChunkedArray) -> int:
+    """Missing (null or NaN) and infinite values of one float column."""
+    finite = pc.sum(pc.is_finite(column)).as_py() or 0  # nulls are skipped, so they count as not finite
+    return len(column) - finite
 
 
 def _is_numeric(kind: pa.DataType) -> bool:
@@ -320,8 +345,7 @@ def _is_numeric(kind: pa.DataType) -> bool:
     return any(check(kind) for check in checks)
 
 
-def _check_class_sizes(data: LabeledData, config: PipelineConfig) -> None:
-    counts = data.class_counts()
+def _check_class_sizes(counts: dict[str, int], config: PipelineConfig) -> None:
     if min(counts.values()) == 0:
         only = "1 (positive)" if counts["0"] == 0 else "0 (negative)"
         raise DataError(f"label column {config.label!r} has a single class, {only}: a classifier needs both")
@@ -333,19 +357,20 @@ def _check_class_sizes(data: LabeledData, config: PipelineConfig) -> None:
         )
 
 
-def split(data: LabeledData, config: PipelineConfig) -> dict[str, LabeledData]:
-    """Seeded, stratified train / validation / test split."""
+def split_rows(label: np.ndarray, config: PipelineConfig) -> dict[str, np.ndarray]:
+    """Seeded, stratified train / validation / test split: each split's row numbers, ascending.
+
+    Only the label takes part, so the features never leave Arrow (see :func:`write_splits`).
+    """
     from sklearn.model_selection import train_test_split
 
-    index = np.arange(len(data))
-    rest, test = train_test_split(
-        index, test_size=config.test_fraction, stratify=data.label, random_state=config.seed
-    )
+    index = np.arange(len(label))
+    rest, test = train_test_split(index, test_size=config.test_fraction, stratify=label, random_state=config.seed)
     val_share = config.val_fraction / (1.0 - config.test_fraction)
     train, validation = train_test_split(
-        rest, test_size=val_share, stratify=data.label[rest], random_state=config.seed
+        rest, test_size=val_share, stratify=label[rest], random_state=config.seed
     )
-    return {name: take(data, rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
+    return {name: np.sort(rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
 
 
 def take(data: LabeledData, rows: np.ndarray) -> LabeledData:
@@ -386,24 +411,32 @@ def split_key(config: PipelineConfig, sha256: str) -> str:
     return f"{sha256[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
-def write_splits(splits: dict[str, LabeledData], folder: Path, manifest: dict[str, Any]) -> None:
-    """Write one Parquet file per split, then the manifest last so its presence means complete."""
+def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, manifest: dict[str, Any]) -> None:
+    """Write one Parquet file per split, then the manifest last so its presence means complete.
+
+    The three files are written by two threads (Arrow releases the GIL while encoding).
+    Float features are written without dictionary encoding: random-looking floats rarely
+    repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in splits.items():
-        table = pa.Table.from_pandas(part.features, preserve_index=False).append_column(
-            manifest["label"], pa.array(part.label, type=pa.int8())
-        )
-        pq.write_table(table, folder / f"{name}.parquet")
+    label = manifest["label"]
+
+    def write(name: str) -> None:
+        part = data.features.take(rows[name]).append_column(label, pa.array(data.label[rows[name]], type=pa.int8()))
+        pq.write_table(part, folder / f"{name}.parquet", use_dictionary=[label])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(write, SPLITS))
     tmp = folder / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(folder / MANIFEST)
 
 
 def build_manifest(
-    source: Source, sha256: str, table: pa.Table, splits: dict[str, LabeledData], config: PipelineConfig
+    source: Source, sha256: str, table: pa.Table, data: CheckedTable, rows: dict[str, np.ndarray], config: PipelineConfig
 ) -> dict[str, Any]:
     """What a reader needs to trust the splits: provenance, sizes, balance, schema."""
-    features = list(splits["train"].features.columns)
+    features = data.features.column_names
     return {
         "source": source.uri,
         "sha256": sha256,
@@ -414,8 +447,12 @@ def build_manifest(
         "schema": {name: str(table.schema.field(name).type) for name in features},
         "seed": config.seed,
         "splits": {
-            name: {"rows": len(part), "classes": part.class_counts(), "positive_rate": round(float(part.label.mean()), 6)}
-            for name, part in splits.items()
+            name: {
+                "rows": len(part),
+                "classes": data.class_counts(part),
+                "positive_rate": round(float(data.label[part].mean()), 6),
+            }
+            for name, part in rows.items()
         },
     }
 
@@ -435,8 +472,8 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
         table = parse_table(raw, source)
         del raw
         data = validate(table, config)
-        splits = split(data, config)
-        write_splits(splits, folder, build_manifest(source, sha256, table, splits, config))
+        rows = split_rows(data.label, config)
+        write_splits(data, rows, folder, build_manifest(source, sha256, table, data, rows, config))
     check_folds(folder, config.folds)
     return folder
 

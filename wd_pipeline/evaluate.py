@@ -26,13 +26,18 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshol
     y_true = np.asarray(y_true).astype(int).ravel()
     probability = np.clip(np.asarray(probability, dtype=np.float64).ravel(), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
     predicted = (probability >= threshold).astype(int)
+    # One call for the three: precision_score, recall_score and f1_score each run it in full,
+    # and every trained unit is scored on its train and validation rows (800k at 1M rows).
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        y_true, predicted, average="binary", zero_division=0
+    )
     return {
         "accuracy": float(metrics.accuracy_score(y_true, predicted)),
         "roc_auc": float(metrics.roc_auc_score(y_true, probability)),
         "log_loss": float(metrics.log_loss(y_true, probability, labels=[0, 1])),
-        "precision": float(metrics.precision_score(y_true, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(y_true, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(y_true, predicted, zero_division=0)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
         "brier": float(metrics.brier_score_loss(y_true, probability)),
     }
 
@@ -121,12 +126,10 @@ def refit_epochs(folds: pd.DataFrame, selection: Selection, default: int) -> int
 def test_predictions(model_path: str, split_folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of the chosen, refit model on the test split: computed once, never tuned on."""
     from wd_pipeline import data as data_lib
-    from wd_pipeline.model import load
+    from wd_pipeline.model import load, predict_probability
 
     test = data_lib.load_split(split_folder, "test")
-    network = load(model_path)
-    probability = np.asarray(network.predict(test.features.to_numpy(np.float32), batch_size=4096, verbose=0)).ravel()
-    return test.label, probability
+    return test.label, predict_probability(load(model_path), test.features.to_numpy(np.float32))
 
 
 test_predictions.__test__ = False  # a library function, not a pytest test

@@ -283,22 +283,32 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+SCHEMA_SAMPLE_ROWS = 1000
+
+
 def log_dataset(client: MlflowClient, run_id: str, manifest: Mapping[str, Any], splits: Mapping[str, Any]) -> None:
-    """Record the splits as MLflow dataset inputs (digest = source sha256) and the manifest."""
+    """Record the splits as MLflow dataset inputs (digest = source sha256) and the manifest.
+
+    MLflow infers a dataset's schema by testing every value for None/NaN in Python (26 s
+    for 200k rows × 31 columns here). Ingest has already refused missing values, so the
+    schema of the first rows is the schema of the whole split; the profile (row and
+    element counts) is still that of the whole split.
+    """
     import mlflow
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     inputs = []
     for name, frame in splits.items():
         dataset = mlflow.data.from_pandas(
-            frame,
+            frame.head(SCHEMA_SAMPLE_ROWS),
             source=manifest["source"] if "://" in manifest["source"] else str(manifest["source"]),
             targets=manifest["label"],
             name=f"{Path(manifest['source']).name}:{name}",
             digest=f"{manifest['sha256'][:12]}-{name}",
         )
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, name)]))
+        fields = {**dataset.to_dict(), "profile": json.dumps({"num_rows": len(frame), "num_elements": int(frame.size)})}
+        inputs.append(DatasetInput(Dataset(**fields), tags=[InputTag(MLFLOW_DATASET_CONTEXT, name)]))
     client.log_inputs(run_id, datasets=inputs)
     log_text(client, run_id, json.dumps(manifest, indent=2), "data/manifest.json")
     set_tags(client, run_id, {"data.sha256": manifest["sha256"], "data.source": manifest["source"]})

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wd_pipeline import data as data_lib
+from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.evaluate import classification_metrics
 
@@ -173,16 +174,18 @@ def train_chunk(
     if missing:
         from wd_pipeline.packed import train_packed
 
-        train, validation = fold_data(split_folder, config.folds, fold, config.seed)
-        x_train, y_train = _arrays(train)
-        val_arrays = _arrays(validation) if validation is not None else None
+        with timing.measure("unit_load_data"):
+            train, validation = fold_data(split_folder, config.folds, fold, config.seed)
+            x_train, y_train = _arrays(train)
+            val_arrays = _arrays(validation) if validation is not None else None
         started = time.perf_counter()
-        members = train_packed(
-            x_train, y_train, val_arrays,
-            lams=[lam for lam, _ in missing], mode=mode, hidden_units=config.hidden_units,
-            learning_rate=config.learning_rate, seed=config.seed + max(fold, 0) * 101,
-            batch_size=config.batch_size, epochs=epochs, patience=config.patience,
-        )
+        with timing.interval(timing.TRAINING):
+            members = train_packed(
+                x_train, y_train, val_arrays,
+                lams=[lam for lam, _ in missing], mode=mode, hidden_units=config.hidden_units,
+                learning_rate=config.learning_rate, seed=config.seed + max(fold, 0) * 101,
+                batch_size=config.batch_size, epochs=epochs, patience=config.patience,
+            )
         share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
         for (lam, key), member in zip(missing, members, strict=True):
             folder = unit_folder(config, key, work_dir)
@@ -221,6 +224,9 @@ def _record(
     from wd_pipeline import model as model_lib
 
     network = member.model
+    with timing.measure("unit_score"):
+        train_metrics = classification_metrics(train[1], _predict(network, train[0]))
+        val_metrics = classification_metrics(validation[1], _predict(network, validation[0])) if validation else {}
     result = FitResult(
         mode=mode,
         lam=float(lam),
@@ -228,8 +234,8 @@ def _record(
         key=key,
         model_path=str((folder / MODEL_FILE).resolve()),
         history=member.history,
-        train_metrics=classification_metrics(train[1], _predict(network, train[0])),
-        val_metrics=classification_metrics(validation[1], _predict(network, validation[0])) if validation else {},
+        train_metrics=train_metrics,
+        val_metrics=val_metrics,
         weight_norm=model_lib.weight_norm(network),
         penalized_weight_norm=model_lib.weight_norm(network, penalized_only=True),
         penalty=model_lib.penalty(network),
@@ -246,7 +252,8 @@ def _record(
             "epochs": epochs,
         },
     )
-    _save(network, result, folder)
+    with timing.measure("unit_save"):
+        _save(network, result, folder)
     return result
 
 
@@ -255,7 +262,9 @@ def _arrays(part: data_lib.LabeledData) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _predict(network: Any, features: np.ndarray) -> np.ndarray:
-    return np.asarray(network.predict(features, batch_size=4096, verbose=0)).ravel()
+    from wd_pipeline.model import predict_probability
+
+    return predict_probability(network, features)
 
 
 def _save(network: Any, result: FitResult, folder: Path) -> None:

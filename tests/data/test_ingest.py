@@ -181,3 +181,65 @@ def test_reread_splits_are_private_copies_and_follow_a_rewritten_file(tiny_frame
     table = pq.read_table(split)
     pq.write_table(table.slice(0, 5), split)  # same folder, new content: must not be served from memory
     assert len(data.load_split(folder, "train")) == 5
+
+
+PINNED_SPLIT = {  # seed 42, bundled data: first rows and sha256 of each split's source row numbers
+    "train": ([0, 1, 2, 3, 10, 11], "4ebb2b8568336c6c"),
+    "validation": ([6, 8, 9, 16, 19, 26], "144ace3a9e3ac518"),
+    "test": ([4, 5, 7, 14, 20, 22], "f2d2227d00421e31"),
+}
+
+
+def test_split_rows_are_pinned_for_a_fixed_seed(bundled: pd.DataFrame, tmp_path: Path) -> None:
+    """A speed-up of ingest must not move a row: every cached unit and result is keyed on these splits.
+
+    Each split file holds exactly the source rows the seeded split chose, in source order.
+    """
+    import hashlib
+
+    config = make_config(work_dir=str(tmp_path))
+    label = (bundled[config.label] == config.positive_class).to_numpy().astype(np.int8)
+    rows = data.split_rows(label, config)
+    folder = data.prepare(config)
+    features = bundled.drop(columns=config.label)
+    for name, (first, digest) in PINNED_SPLIT.items():
+        assert rows[name][:6].tolist() == first
+        assert hashlib.sha256(rows[name].astype(np.int64).tobytes()).hexdigest()[:16] == digest
+        part = data.load_split(folder, name)
+        pd.testing.assert_frame_equal(part.features, features.iloc[rows[name]].reset_index(drop=True))
+        np.testing.assert_array_equal(part.label, label[rows[name]])
+
+
+def test_feature_types_floats_keep_their_width_others_become_float64(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    size = 200
+    source = pa.table({
+        "f32": pa.array(rng.normal(size=size).astype(np.float32)),
+        "f64": pa.array(rng.normal(size=size)),
+        "i16": pa.array(rng.integers(-9, 9, size).astype(np.int16)),
+        "flag": pa.array(rng.uniform(size=size) > 0.5),
+        "price": pa.array([f"{v / 100:.2f}" for v in rng.integers(0, 10_000, size)]).cast(pa.decimal128(8, 2)),
+        "y": pa.array((np.arange(size) % 3 == 0).astype(np.int64)),
+    })
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(source, path)
+    folder = prepare(path, tmp_path)
+    parts = [data.load_split(folder, name) for name in data.SPLITS]
+    assert {str(t) for t in parts[0].features.dtypes.loc[["f32"]]} == {"float32"}
+    assert set(parts[0].features.drop(columns="f32").dtypes.astype(str)) == {"float64"}
+    combined = pd.concat([p.features for p in parts]).sort_values("f64").reset_index(drop=True)
+    expected = source.drop_columns(["y"]).to_pandas().astype({"i16": float, "flag": float, "price": float})
+    pd.testing.assert_frame_equal(combined, expected.sort_values("f64").reset_index(drop=True))
+    assert data.read_manifest(folder)["schema"] == {
+        "f32": "float", "f64": "double", "i16": "int16", "flag": "bool", "price": "decimal128(8, 2)",
+    }
+
+
+def test_null_in_an_integer_feature_counts_as_missing(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    table = pa.Table.from_pandas(tiny_frame, preserve_index=False).append_column(
+        "n", pa.array([None, None] + list(range(len(tiny_frame) - 2)), type=pa.int32())
+    )
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(DataError, match=r"missing or infinite values \(column: count\) \{'n': 2\}"):
+        prepare(path, tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -88,6 +89,28 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     contexts = {tag.value for d in parent.inputs.dataset_inputs for tag in d.tags}
     assert contexts == {"train", "validation", "test"}
+    train = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "train")
+    assert json.loads(train.profile) == {"num_rows": 341, "num_elements": 341 * 31}  # the whole split, not the sample
+    columns = json.loads(train.schema)["mlflow_colspec"]
+    assert len(columns) == 31 and all(column["required"] for column in columns)
+
+
+def test_parent_run_says_where_its_time_went(three_runs) -> None:
+    """Issue #5: the flow's wall time, the training inside it, and the named steps around it."""
+    _, states = three_runs
+    metrics = MlflowClient().get_run(states[1].result()["parent_run_id"]).data.metrics
+    flow, training = metrics["time_flow_seconds"], metrics["time_training_seconds"]
+    assert 0 < training < flow
+    steps = [
+        "ingest_prepare", "tracking_start", "tracking_dataset", "tracking_points", "tracking_units", "unit_load_data",
+        "unit_score", "unit_save", "evaluate_predict", "evaluate_bootstrap", "evaluate_report", "tracking_evaluation",
+        "register_log_model", "register_gate", "phase_ingest", "phase_train_grid", "phase_evaluate", "phase_register",
+    ]
+    assert all(metrics[f"time_{step}_seconds"] > 0 for step in steps)
+    phases = sum(metrics[f"time_phase_{phase}_seconds"] for phase in ("ingest", "train_grid", "evaluate", "register"))
+    assert phases + metrics["time_tracking_start_seconds"] <= flow
+    resumed = MlflowClient().get_run(states[2].result()["parent_run_id"]).data.metrics
+    assert resumed["time_training_seconds"] == 0  # every unit, the refit too, was found trained
 
 
 def test_one_child_run_per_grid_point(three_runs) -> None:
