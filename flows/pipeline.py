@@ -56,7 +56,7 @@ from wd_pipeline.config import (
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.register import register
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS, retry_unless_unreachable
+from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
 from flows.summary import summary_markdown
 from flows.train_grid import train_grid
 
@@ -64,9 +64,7 @@ from flows.train_grid import train_grid
 @task(
     cache_policy=NO_CACHE,
     name="start-tracking",
-    retries=TRACKING_RETRIES,
-    retry_delay_seconds=TRACKING_RETRY_DELAYS,
-    retry_condition_fn=retry_unless_unreachable,
+    **{**TRACKING_TASK, "retry_condition_fn": retry_unless_unreachable},
 )
 def start_tracking(config: PipelineConfig) -> tuple[str, str]:
     """Create the parent run; returns (experiment id, run id). Not retried on an unreachable server."""
@@ -83,6 +81,12 @@ def start_tracking(config: PipelineConfig) -> tuple[str, str]:
         tracking.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or "",
     }
     return experiment_id, tracking.start_parent_run(client, experiment_id, config, tags)
+
+
+@task(cache_policy=NO_CACHE, name="finish-tracking", **TRACKING_TASK)
+def finish_tracking(parent_run_id: str) -> None:
+    """Close the parent run FINISHED: the last write of a run, retried like every other."""
+    tracking.finish(tracking.get_client(), parent_run_id)
 
 
 @flow(name="weight-decay-pipeline")
@@ -171,9 +175,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]
         )
     except BaseException:
-        tracking.finish(client, parent_run_id, "FAILED")
+        finish_quietly(client, parent_run_id, "FAILED")
         raise
-    tracking.finish(client, parent_run_id)
+    finish_tracking(parent_run_id)
     summary = {
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
