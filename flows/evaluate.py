@@ -13,10 +13,10 @@ from prefect.runtime import flow_run
 from wd_pipeline import data, report, stats, timing, tracking, train
 from wd_pipeline import evaluate as evaluate_lib
 from wd_pipeline.config import PipelineConfig, format_lambda
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from flows.retry import TRACKING_TASK
 
 
-@task(name="refit", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(name="refit", cache_policy=NO_CACHE, **TRACKING_TASK)
 def refit(
     split_folder: str, config: PipelineConfig, selection: evaluate_lib.Selection, epochs: int, parent_run_id: str
 ) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def refit(
     return result.to_dict()
 
 
-@task(name="log-evaluation", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(name="log-evaluation", cache_policy=NO_CACHE, **TRACKING_TASK)
 def log_evaluation(
     parent_run_id: str,
     table: pd.DataFrame,

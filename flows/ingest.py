@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from wd_pipeline import data, timing, tracking
 from wd_pipeline.config import PipelineConfig
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from flows.retry import TRACKING_TASK
 
 
 @task(cache_policy=NO_CACHE, name="prepare-splits")
@@ -16,7 +16,7 @@ def prepare_splits(config: PipelineConfig) -> str:
         return str(data.prepare(config))
 
 
-@task(cache_policy=NO_CACHE, name="log-dataset", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(cache_policy=NO_CACHE, name="log-dataset", **TRACKING_TASK)
 def log_dataset(parent_run_id: str, split_folder: str) -> None:
     with timing.measure("tracking_dataset"):
         manifest = data.read_manifest(split_folder)

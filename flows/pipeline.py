@@ -58,7 +58,7 @@ from wd_pipeline.config import (
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.register import register
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS, retry_unless_unreachable
+from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
 from flows.summary import summary_markdown
 from flows.train_grid import train_grid
 
@@ -66,9 +66,7 @@ from flows.train_grid import train_grid
 @task(
     cache_policy=NO_CACHE,
     name="start-tracking",
-    retries=TRACKING_RETRIES,
-    retry_delay_seconds=TRACKING_RETRY_DELAYS,
-    retry_condition_fn=retry_unless_unreachable,
+    **{**TRACKING_TASK, "retry_condition_fn": retry_unless_unreachable},
 )
 def start_tracking(config: PipelineConfig) -> tuple[str, str]:
     """Create the parent run; returns (experiment id, run id). Not retried on an unreachable server."""
@@ -85,6 +83,14 @@ def start_tracking(config: PipelineConfig) -> tuple[str, str]:
         tracking.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or "",
     }
     return experiment_id, tracking.start_parent_run(client, experiment_id, config, tags)
+
+
+@task(cache_policy=NO_CACHE, name="finish-tracking", **TRACKING_TASK)
+def finish_tracking(parent_run_id: str, metrics: dict[str, float]) -> None:
+    """Log the run's closing metrics and close it FINISHED: the last write of a run, retried like every other."""
+    client = tracking.get_client()
+    tracking.log_metrics(client, parent_run_id, metrics)
+    tracking.finish(client, parent_run_id)
 
 
 @flow(name="weight-decay-pipeline")
@@ -150,20 +156,20 @@ def grid_task_runner(config: PipelineConfig) -> TaskRunner:
     )
 
 
-def log_timings(client: Any, parent_run_id: str, flow_seconds: float, logger: Any) -> None:
-    """Where this run's time went, as ``time_<step>_seconds`` metrics on the parent run (issue #5).
+def timings(flow_seconds: float, logger: Any) -> dict[str, float]:
+    """Where this run's time went, as ``time_<step>_seconds`` metrics for the parent run (issue #5).
 
     ``time_training_seconds`` is the wall time during which at least one packed training
     call ran; the rest of ``time_flow_seconds`` is ingest, scoring, saving, evaluation,
     registration, tracking and Prefect's own work. Steps run on Dask workers are missing.
     """
     seconds = {"flow": flow_seconds, **timing.snapshot()}
-    tracking.log_metrics(client, parent_run_id, {f"time_{name}_seconds": value for name, value in seconds.items()})
     training = seconds.get(timing.TRAINING, 0.0)
     logger.info(
         "Time: %.1f s in the flow, of which training %.1f s (%.0f %%); %s", flow_seconds, training,
         100 * training / flow_seconds, ", ".join(f"{k} {v:.1f} s" for k, v in sorted(seconds.items()) if k != "flow"),
     )
+    return {f"time_{name}_seconds": value for name, value in seconds.items()}
 
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
@@ -196,10 +202,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]
             )
     except BaseException:
-        tracking.finish(client, parent_run_id, "FAILED")
+        finish_quietly(client, parent_run_id, "FAILED")
         raise
-    log_timings(client, parent_run_id, time.perf_counter() - started, logger)
-    tracking.finish(client, parent_run_id)
+    finish_tracking(parent_run_id, timings(time.perf_counter() - started, logger))
     summary = {
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,

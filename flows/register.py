@@ -9,10 +9,10 @@ from prefect.cache_policies import NO_CACHE
 
 from wd_pipeline import data, registry, timing, tracking
 from wd_pipeline.config import PipelineConfig
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from flows.retry import TRACKING_TASK
 
 
-@task(cache_policy=NO_CACHE, name="log-model", retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
 def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
     with timing.measure("register_log_model"):
         manifest = data.read_manifest(split_folder)

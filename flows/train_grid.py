@@ -20,7 +20,8 @@ from prefect.runtime import flow_run
 from wd_pipeline import evaluate as evaluate_lib
 from wd_pipeline import timing, tracking, train
 from wd_pipeline.config import PipelineConfig
-from flows.retry import TRACKING_RETRIES, TRACKING_RETRY_DELAYS
+from wd_pipeline.errors import first_line
+from flows.retry import TRACKING_TASK, finish_quietly
 
 Point = tuple[str, float]
 
@@ -29,7 +30,7 @@ def _prefect_tags() -> dict[str, str]:
     return {tracking.PREFECT_RUN_TAG: str(flow_run.get_id())}
 
 
-@task(name="open-point-run", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(name="open-point-run", cache_policy=NO_CACHE, **TRACKING_TASK)
 def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
     with timing.measure("tracking_points"):
         client = tracking.get_client()
@@ -42,8 +43,7 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
     name="train-chunk",
     task_run_name="train {mode} fold {fold} λ={lams}",
     cache_policy=NO_CACHE,
-    retries=TRACKING_RETRIES,
-    retry_delay_seconds=TRACKING_RETRY_DELAYS,
+    **TRACKING_TASK,
 )
 def train_chunk(
     split_folder: str, config: PipelineConfig, mode: str, lams: list[float], fold: int, point_runs: dict[float, str]
@@ -70,6 +70,7 @@ def unit_summary(result: train.FitResult) -> dict[str, Any]:
 
 
 def _record_unit(client: Any, config: PipelineConfig, result: train.FitResult, point_run_id: str) -> None:
+    """Log one unit; safe to repeat (a retry finds the fold's run again and re-logs nothing twice)."""
     if config.folds == 1:
         tracking.log_fit(client, point_run_id, result)
         return
@@ -77,12 +78,12 @@ def _record_unit(client: Any, config: PipelineConfig, result: train.FitResult, p
     try:
         tracking.log_fit(client, run_id, result)
     except BaseException:
-        tracking.finish(client, run_id, "FAILED")
+        finish_quietly(client, run_id, "FAILED")  # a retry reopens it: FINISHED once logged
         raise
     tracking.finish(client, run_id)
 
 
-@task(name="close-point-run", cache_policy=NO_CACHE, retries=TRACKING_RETRIES, retry_delay_seconds=TRACKING_RETRY_DELAYS)
+@task(name="close-point-run", cache_policy=NO_CACHE, **TRACKING_TASK)
 def close_point_run(point_run_id: str, summary: dict[str, float]) -> None:
     with timing.measure("tracking_points"):
         client = tracking.get_client()
@@ -112,13 +113,23 @@ def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) ->
     try:
         done = _train_all(config, split_folder, point_runs, logger)
     except BaseException:
-        client = tracking.get_client()
-        for run_id in point_runs.values():
-            if client.get_run(run_id).info.status == "RUNNING":
-                tracking.finish(client, run_id, "FAILED")
+        _fail_open_runs(list(point_runs.values()))
         raise
     results = [result for fold_results in done.values() for result in fold_results]
     return sorted(results, key=lambda r: (r["mode"], r["lam"], r["fold"]))
+
+
+def _fail_open_runs(run_ids: list[str]) -> None:
+    """Mark the grid points still RUNNING as FAILED, as far as the server can be reached."""
+    client = tracking.get_client()
+    for run_id in run_ids:
+        try:
+            running = client.get_run(run_id).info.status == "RUNNING"
+        except Exception as exc:
+            get_run_logger().warning("Could not read MLflow run %s: %s", run_id, first_line(exc, 200))
+            return  # the server is gone: the next pipeline run closes these as orphans
+        if running:
+            finish_quietly(client, run_id, "FAILED")
 
 
 def _train_all(

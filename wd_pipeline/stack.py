@@ -118,30 +118,61 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     _refuse_if_running(state_dir)
     for name, port in (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)):
         ensure_port_free(port, name)
-    for folder in ("logs", "prefect", "mlartifacts", "work"):
-        (state_dir / folder).mkdir(parents=True, exist_ok=True)
+    _make_folders(state_dir)
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
     checks = _health_checks(state)
+    specs = _service_specs(settings, state_dir)
     try:
-        prefect = _start(
-            state, state_dir, "prefect-server", _prefect_server_command(settings),
-            _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}",
-        )
-        mlflow = _start(
-            state, state_dir, "mlflow-server", _mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url
-        )
+        prefect = _start(state, state_dir, PREFECT_SERVER, *specs[PREFECT_SERVER])
+        mlflow = _start(state, state_dir, MLFLOW_SERVER, *specs[MLFLOW_SERVER])
         _wait(prefect, checks[prefect.name], settings.timeout, echo)
         _wait(mlflow, checks[mlflow.name], settings.timeout, echo)
-        worker = _start(
-            state, state_dir, "prefect-worker", _worker_command(settings), _worker_env(settings, state_dir),
-            f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
-        )
+        worker = _start(state, state_dir, PREFECT_WORKER, *specs[PREFECT_WORKER])
         _wait(worker, checks[worker.name], settings.timeout, echo)
     except BaseException:
         _stop_records(state.services)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
         raise
     return state
+
+
+def stop_service(state_dir: Path, name: str) -> ServiceRecord:
+    """Stop one recorded service (and what it spawned); it stays recorded, shown as not running.
+
+    With :func:`start_service` this is a restart — or an outage, if you wait in between:
+    what ``tests/stack/test_outages.py`` does to the MLflow and Prefect servers.
+    """
+    record = _record_named(StackState.load(state_dir.resolve()), name)
+    _stop_records([record])
+    return record
+
+
+def start_service(
+    settings: StackSettings, name: str, echo: Callable[[str], None] = lambda _: None
+) -> ServiceRecord:
+    """(Re)start one service with the command, port and store ``up`` gives it, and wait until healthy.
+
+    Without a recorded stack it starts a stack of just this service (``down`` stops it).
+    """
+    state_dir = settings.state_dir.resolve()
+    try:
+        state = StackState.load(state_dir)
+    except StackNotRunningError:
+        state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
+    if any(r.name == name and _is_same_process(r) for r in state.services):
+        raise ServiceStartError(f"{name} is already running from {state_dir}/: stop it first")
+    port = {PREFECT_SERVER: settings.prefect_port, MLFLOW_SERVER: settings.mlflow_port}.get(name)
+    if port is not None:
+        ensure_port_free(port, name)
+    _make_folders(state_dir)
+    order = [r.name for r in state.services]
+    state.services = [r for r in state.services if r.name != name]
+    record = _start(state, state_dir, name, *_service_specs(settings, state_dir)[name])
+    if name in order:  # back in its place: `down` stops in reverse start order, the worker first
+        state.services.sort(key=lambda r: order.index(r.name) if r.name in order else len(order))
+        state.save(state_dir)
+    _wait(record, _health_checks(state)[name], settings.timeout, echo)
+    return record
 
 
 def status(state_dir: Path) -> list[ServiceHealth]:
@@ -171,6 +202,37 @@ def load_exports(state_dir: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- commands and environments
+
+PREFECT_SERVER = "prefect-server"
+MLFLOW_SERVER = "mlflow-server"
+PREFECT_WORKER = "prefect-worker"
+
+
+def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
+    """Per service: command, environment and the URL it answers on."""
+    return {
+        PREFECT_SERVER: (
+            _prefect_server_command(settings), _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}"
+        ),
+        MLFLOW_SERVER: (_mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url),
+        PREFECT_WORKER: (
+            _worker_command(settings), _worker_env(settings, state_dir),
+            f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
+        ),
+    }
+
+
+def _make_folders(state_dir: Path) -> None:
+    for folder in ("logs", "prefect", "mlartifacts", "work"):
+        (state_dir / folder).mkdir(parents=True, exist_ok=True)
+
+
+def _record_named(state: StackState, name: str) -> ServiceRecord:
+    for record in state.services:
+        if record.name == name:
+            return record
+    known = ", ".join(r.name for r in state.services)
+    raise StackNotRunningError(f"no service {name!r} recorded in this stack (it has: {known})")
 
 
 def venv_bin() -> Path:
@@ -247,9 +309,9 @@ def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
 def _health_checks(state: StackState) -> dict[str, Callable[[], bool]]:
     """Per service: its HTTP health endpoint; for the worker, being online in its pool."""
     return {
-        "prefect-server": lambda: _http_ok(f"{state.prefect_api_url}/health"),
-        "mlflow-server": lambda: _http_ok(f"{state.mlflow_url}/health"),
-        "prefect-worker": lambda: worker_online(state.prefect_api_url, state.work_pool),
+        PREFECT_SERVER: lambda: _http_ok(f"{state.prefect_api_url}/health"),
+        MLFLOW_SERVER: lambda: _http_ok(f"{state.mlflow_url}/health"),
+        PREFECT_WORKER: lambda: worker_online(state.prefect_api_url, state.work_pool),
     }
 
 
@@ -277,6 +339,9 @@ def worker_online(prefect_api_url: str, work_pool: str) -> bool:
 
 def ensure_port_free(port: int, service: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers themselves do: connections of a just-stopped server lingering in
+        # TIME_WAIT do not block a restart on its port; a listening socket still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:

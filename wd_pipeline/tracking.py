@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,10 +70,7 @@ def unreachable_reason(exc: BaseException) -> str | None:
     """
     import requests
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _causes(exc):
         if isinstance(current, ConnectionRefusedError):
             return "connection refused"
         if isinstance(current, requests.exceptions.Timeout):
@@ -84,8 +81,43 @@ def unreachable_reason(exc: BaseException) -> str | None:
                 return "connection refused"
             if "NameResolution" in text or "Name or service not known" in text:
                 return "host name not found"
-        current = current.__cause__ or current.__context__
     return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it: MLflow re-raises request failures inside ``except``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+TRANSIENT_TEXT = ("database is locked", "Connection aborted", "RemoteDisconnected")
+TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed tracking call may succeed if simply repeated later.
+
+    True for a server that is down, restarting or overloaded: refused or reset connections,
+    timeouts, HTTP 5xx and 429, SQLite's "database is locked". False for everything else (a
+    bad request, a deleted run, a bug): repeating those only delays the error message.
+    """
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    for current in _causes(exc):
+        if isinstance(current, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+            return True
+        # Only what the server answered: MLflow's own default error code is also 500.
+        answered = isinstance(current, RestException) or str(current).startswith("API request to")
+        if answered and isinstance(current, MlflowException) and current.get_http_status_code() in TRANSIENT_STATUS:
+            return True
+        if any(text in str(current) for text in TRANSIENT_TEXT):
+            return True
+    return False
 
 
 def get_client() -> MlflowClient:
@@ -227,19 +259,48 @@ def point_run_name(mode: str, lam: float) -> str:
 
 
 def start_child_run(client: MlflowClient, parent_run_id: str, name: str, tags: Mapping[str, str] | None = None) -> str:
-    """A run nested under ``parent_run_id`` (MLflow nests through the parentRunId tag)."""
+    """The run ``name`` nested under ``parent_run_id``, created the first time only.
+
+    A task retried after a tracking error calls this again; names are unique under one
+    parent (grid point, fold, refit), so it finds the run its first attempt created instead
+    of adding a twin. MLflow nests runs through the parentRunId tag.
+    """
     parent = client.get_run(parent_run_id)
+    existing = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and attributes.run_name = '{name}'",
+        max_results=1,
+    )
+    if existing:
+        return existing[0].info.run_id
     run = client.create_run(
         parent.info.experiment_id, run_name=name, tags={PARENT_RUN_TAG: parent_run_id, **dict(tags or {})}
     )
     return run.info.run_id
 
 
+def metric_stamp(client: MlflowClient, run_id: str) -> int:
+    """The timestamp every metric of a run carries: the run's start time.
+
+    MLflow's SQL store keys a metric row on (run, key, step, timestamp, value) and skips rows
+    already present, so with a fixed timestamp logging the same values again stores nothing
+    new: a retried ``log_batch`` (whole, or half applied when the server went away) leaves
+    each epoch's step in the history exactly once. Wall-clock time per epoch is not lost:
+    a unit's epochs were always logged together, after training.
+    """
+    return client.get_run(run_id).info.start_time
+
+
 def log_fit(client: MlflowClient, run_id: str, result: FitResult) -> None:
-    """Params, per-epoch curves, final metrics, stopped epoch and weight norms of one trained unit."""
+    """Params, per-epoch curves, final metrics, stopped epoch and weight norms of one trained unit.
+
+    Idempotent (see :func:`metric_stamp`): a retry after a failure part-way re-logs the unit
+    without duplicating a step. MLflow applies params, metrics and tags of one ``log_batch``
+    in separate transactions, and a history over :data:`MAX_BATCH` values takes several calls.
+    """
     from mlflow.entities import Metric, Param, RunTag
 
-    now = _now_ms()
+    now = metric_stamp(client, run_id)
     metrics = [
         Metric(name, float(value), now, step)
         for name, series in result.history.items()
@@ -271,9 +332,10 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
+    """Values at step 0, stamped like :func:`log_fit` so that logging them again adds nothing."""
     from mlflow.entities import Metric
 
-    now = _now_ms()
+    now = metric_stamp(client, run_id)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
 
 
@@ -349,9 +411,3 @@ def model_version_url(tracking_uri: str, name: str, version: str | int) -> str |
     from urllib.parse import quote
 
     return f"{tracking_uri.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from flows.retry import retry_unless_unreachable
+from flows.retry import TRACKING_TASK, retry_if_transient, retry_unless_unreachable
 from wd_pipeline import tracking
 from wd_pipeline.errors import TrackingError
 
@@ -47,3 +47,28 @@ def test_unreachable_reasons() -> None:
 def test_start_tracking_is_not_retried_when_unreachable() -> None:
     assert retry_unless_unreachable(None, None, FailedState(refused())) is False
     assert retry_unless_unreachable(None, None, FailedState(TrackingError("database is locked"))) is True
+
+
+def test_transient_failures_are_retried_mid_run_and_others_fail_at_once() -> None:
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    assert tracking.is_transient(refused())
+    assert tracking.is_transient(requests.exceptions.ReadTimeout("slow"))
+    assert tracking.is_transient(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
+    assert tracking.is_transient(MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code 503 != 200", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not tracking.is_transient(MlflowException("raised here, not by the server"))  # default code is 500 too
+    assert tracking.is_transient(TrackingError("sqlite3.OperationalError: database is locked"))
+    assert not tracking.is_transient(MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE))
+    assert not tracking.is_transient(KeyError("val_log_loss"))
+    assert retry_if_transient(None, None, FailedState(refused())) is True
+    assert retry_if_transient(None, None, FailedState(ValueError("a bug"))) is False
+
+
+def test_backoff_outlasts_a_server_restart() -> None:
+    """Five retries, exponential with ±20 % jitter: at least ~50 s of waiting in all (README)."""
+    from prefect.utilities.math import lower_clamp_multiple
+
+    assert TRACKING_TASK["retry_delay_seconds"] == [2, 4, 8, 16, 32]
+    floor = sum(TRACKING_TASK["retry_delay_seconds"]) * lower_clamp_multiple(1 + TRACKING_TASK["retry_jitter_factor"])
+    assert 50 < floor < sum(TRACKING_TASK["retry_delay_seconds"])

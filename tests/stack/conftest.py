@@ -22,6 +22,7 @@ class LocalStack:
     prefect_api_url: str
     mlflow_url: str
     env: dict[str, str]  # the caller's environment pointed at the stack (for subprocesses)
+    settings: stack.StackSettings | None = None  # what it was started with (to restart one service)
 
     @property
     def prefect_ui(self) -> str:
@@ -45,7 +46,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         for key, value in exports.items():
             patch.setenv(key, value)
         with temporary_settings({PREFECT_API_URL: exports["PREFECT_API_URL"]}):
-            yield LocalStack(state_dir, state.prefect_api_url, state.mlflow_url, stack.base_env(**exports))
+            yield LocalStack(state_dir, state.prefect_api_url, state.mlflow_url, stack.base_env(**exports), settings)
     finally:
         patch.undo()
         recorded = stack.down(state_dir)

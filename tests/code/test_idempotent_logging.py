@@ -1,0 +1,53 @@
+"""Logging a unit again — after a retry, whole or after a half-applied batch — stores nothing twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.entities import Metric
+
+from wd_pipeline import tracking
+from wd_pipeline.train import HISTORY_KEYS, FitResult
+
+EPOCHS = 200  # 6 series × 200 epochs = 1200 values: more than one log_batch (MAX_BATCH = 1000)
+
+
+def fit_result() -> FitResult:
+    history = {key: [1.0 / (epoch + 1) + index for epoch in range(EPOCHS)] for index, key in enumerate(HISTORY_KEYS)}
+    return FitResult(
+        mode="l2", lam=1e-3, fold=0, key="k" * 20, model_path="/nowhere/model.keras", history=history,
+        train_metrics={"log_loss": 0.2}, val_metrics={"log_loss": 0.3}, weight_norm=1.5,
+        penalized_weight_norm=1.2, penalty=0.01, best_epoch=150, epochs_run=EPOCHS, train_seconds=3.0,
+        settings={"mode": "l2", "lambda": 1e-3},
+    )
+
+
+def steps_per_key(client, run_id: str) -> dict[str, list[int]]:
+    return {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in HISTORY_KEYS}
+
+
+def test_a_half_logged_unit_logged_again_has_each_step_once(workspace: Path) -> None:
+    client = tracking.get_client()
+    experiment = tracking.ensure_experiment(client, "idempotent")
+    parent = client.create_run(experiment).info.run_id
+    run_id = tracking.start_child_run(client, parent, "fold 1/2")
+    assert tracking.start_child_run(client, parent, "fold 1/2") == run_id  # a retry finds it again
+    assert tracking.start_child_run(client, parent, "fold 2/2") != run_id
+
+    result = fit_result()
+    # What a first attempt leaves when the server goes away after the first of two batches.
+    stamp = tracking.metric_stamp(client, run_id)
+    first = [Metric(key, value, stamp, step) for key, series in result.history.items() for step, value in enumerate(series)]
+    client.log_batch(run_id, metrics=first[: tracking.MAX_BATCH])
+    assert sum(map(len, steps_per_key(client, run_id).values())) == tracking.MAX_BATCH
+
+    tracking.log_fit(client, run_id, result)
+    tracking.log_fit(client, run_id, result)
+    tracking.log_metrics(client, run_id, {"summary": 0.5})
+    tracking.log_metrics(client, run_id, {"summary": 0.5})
+
+    assert steps_per_key(client, run_id) == {key: list(range(EPOCHS)) for key in HISTORY_KEYS}
+    assert [m.value for m in client.get_metric_history(run_id, "weight_norm")] == [1.5]
+    assert len(client.get_metric_history(run_id, "summary")) == 1
+    children = client.search_runs([experiment], f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent}'")
+    assert sorted(run.info.run_name for run in children) == ["fold 1/2", "fold 2/2"]
