@@ -26,7 +26,7 @@ from tests.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_kera
 from wd_pipeline import registry, tracking
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.promotion_lock import (
-    EXPIRES_TAG, OWNER_TAG, TOKEN_TAG, LockSettings, lock_name, read_holder,
+    EXPIRES_TAG, OWNER_TAG, TOKEN_TAG, LockSettings, lock_name, promotion_lock, read_holder,
 )
 from wd_pipeline.registry import GatePolicy
 
@@ -199,3 +199,35 @@ def test_creating_the_lock_is_atomic_on_a_sqlite_store(module_store: Path) -> No
     outcomes = race(tracking.tracking_uri(), "atomic.promotion-lock", module_store / "race")
     assert outcomes == ["RESOURCE_ALREADY_EXISTS", "RESOURCE_ALREADY_EXISTS", "created"]
 
+
+
+def test_waiters_on_a_stale_lock_break_it_once_and_then_hold_it_one_at_a_time(module_store: Path) -> None:
+    """Four threads find a dead owner's lock at once: exactly one rename wins, and no two ever hold it together."""
+    name = "race-mutex"
+    hold_lock(name, dead_owner(), "dead", time.time() + 3600)
+    inside, most, entries, guard = [0], [0], [], threading.Lock()
+    start = threading.Barrier(4)
+
+    def contend() -> None:
+        client = MlflowClient(tracking_uri=tracking.tracking_uri(), registry_uri=tracking.tracking_uri())
+        start.wait(timeout=60)
+        with promotion_lock(client, name, LockSettings(timeout=120, poll=0.05)) as held:
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                entries.append(held.token)
+            time.sleep(0.3)
+            with guard:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=contend) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert (len(set(entries)), most[0]) == (4, 1)
+    client = tracking.get_client()
+    assert read_holder(client, lock_name(name)) is None
+    assert [m.name for m in client.search_registered_models(f"name LIKE '{lock_name(name)}%'")] == [
+        f"{lock_name(name)}.broken-dead"
+    ]
