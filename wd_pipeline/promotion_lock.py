@@ -73,10 +73,15 @@ class LockSettings:
     def from_env(cls) -> LockSettings:
         """Defaults, overridden by ``WD_PIPELINE_LOCK_TIMEOUT`` / ``WD_PIPELINE_LOCK_TTL`` (seconds)."""
         defaults = cls()
-        return cls(
-            ttl=float(os.environ.get(TTL_ENV, defaults.ttl)),
-            timeout=float(os.environ.get(TIMEOUT_ENV, defaults.timeout)),
-        )
+        return cls(ttl=_seconds(TTL_ENV, defaults.ttl), timeout=_seconds(TIMEOUT_ENV, defaults.timeout))
+
+
+def _seconds(variable: str, default: float) -> float:
+    text = os.environ.get(variable, "")
+    try:
+        return float(text) if text else default
+    except ValueError:
+        raise TrackingError(f"{variable}={text!r} is not a number of seconds") from None
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,11 @@ def test_waiters_on_a_stale_lock_break_it_once_and_then_hold_it_one_at_a_time(mo
     assert [m.name for m in client.search_registered_models(f"name LIKE '{lock_name(name)}%'")] == [
         f"{lock_name(name)}.broken-dead"
     ]
+
+
+def test_lock_settings_come_from_the_environment_and_a_bad_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WD_PIPELINE_LOCK_TIMEOUT", "5")
+    assert LockSettings.from_env() == LockSettings(ttl=300.0, timeout=5.0)
+    monkeypatch.setenv("WD_PIPELINE_LOCK_TTL", "soon")
+    with pytest.raises(TrackingError, match=r"^WD_PIPELINE_LOCK_TTL='soon' is not a number of seconds$"):
+        LockSettings.from_env()
