@@ -13,7 +13,8 @@ The gate is built so that luck, a broken model or changed data cannot take ``@ch
 
 A refused model is still registered, as ``@challenger``, with the reason. If anything fails
 after the version is created, the version is deleted again, so the registry never holds a
-half-registered model.
+half-registered model. Concurrent runs on one model name are serialised where it matters —
+the verdict and the alias move — by a lock in the registry itself (see ``promotion_lock``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pandas as pd
 
 from wd_pipeline.errors import TrackingError, first_line
 from wd_pipeline.evaluate import classification_metrics
+from wd_pipeline.promotion_lock import LockSettings, promotion_lock
 from wd_pipeline.stats import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class RegistryDecision:
     test_roc_auc: float | None = None
     test_log_loss: float | None = None
     floors: str = ""  # the floors the new version fails, empty when it passes all
+    lock_wait: float = 0.0  # seconds spent waiting for the promotion lock (another run was promoting)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,54 +188,95 @@ def register(
     policy: GatePolicy,
     tags: dict[str, str] | None = None,
     description: str | None = None,
+    lock: LockSettings | None = None,
 ) -> RegistryDecision:
     """Register ``model_uri`` under ``name`` and move ``champion`` only if it is earned.
 
-    ``description`` (the model card) is attached to the version as it is created.
+    ``description`` (the model card) is attached to the version as it is created. The
+    version is created first, outside any lock, so concurrent runs all keep theirs. The
+    verdict and the alias move happen under the model's promotion lock
+    (:mod:`wd_pipeline.promotion_lock`, settings ``lock`` or from the environment), against
+    the champion as it is *then*: if another run promoted meanwhile, the comparison is
+    redone against that one, so a race can never put a worse model on ``@champion``.
     """
     new_probability = score(model_uri, test_features)
     new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
-    failed_floors = floor_violations(new_metrics, policy)
-    champion_version = current_champion(client, name)
-    comparison = _compare(name, champion_version, model_uri, new_probability, test_features, test_label, policy)
+    new = _Candidate(model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy))
+    # Compared before the lock too: usually nobody promotes meanwhile, and the lock is then held only briefly.
+    seen = current_champion(client, name)
+    comparison = _compare(name, seen, new, test_features, test_label, policy)
 
-    _ensure_registered_model(client, name)
-    # A tracking server (unlike a local store) refuses a ``models:/m-…`` source without its model id.
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    created = client.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=model_id
-    )
-    version_number = str(created.version)
+    version_number = _create_version(client, name, model_uri, run_id, tags, description)
     try:
-        alias, reason = _verdict(champion_version, new_metrics[policy.metric], comparison, failed_floors, policy)
         _wait_ready(client, name, version_number)
-        difference = comparison.difference
-        decision = RegistryDecision(
-            name, version_number, alias, policy.metric, new_metrics[policy.metric], champion_version,
-            comparison.champion_value, reason, f"models:/{name}/{version_number}",
-            margin=policy.margin,
-            difference=difference.estimate if difference else None,
-            ci_low=difference.low if difference else None,
-            ci_high=difference.high if difference else None,
-            ci_level=policy.level,
-            test_roc_auc=new_metrics["roc_auc"],
-            test_log_loss=new_metrics["log_loss"],
-            floors="; ".join(failed_floors),
-        )
-        for key, value in decision.to_dict().items():
-            client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
-        client.set_registered_model_alias(name, alias, version_number)
+        with promotion_lock(client, name, lock) as held:
+            champion_version = current_champion(client, name)
+            if champion_version != seen:
+                comparison = _compare(name, champion_version, new, test_features, test_label, policy)
+            decision = _decide(name, version_number, champion_version, new, comparison, policy, held.waited)
+            for key, value in decision.to_dict().items():
+                client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
+            held.ensure_held()
+            client.set_registered_model_alias(name, decision.alias, version_number)
     except BaseException:
         client.delete_model_version(name, version_number)
         raise
     return decision
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """The new model and what it scored on the test rows."""
+
+    model_uri: str
+    probability: np.ndarray
+    metrics: dict[str, float]
+    failed_floors: list[str]
+
+
+def _create_version(
+    client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str] | None, description: str | None
+) -> str:
+    _ensure_registered_model(client, name)
+    # A tracking server (unlike a local store) refuses a ``models:/m-…`` source without its model id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=model_id
+    )
+    return str(created.version)
+
+
+def _decide(
+    name: str,
+    version_number: str,
+    champion_version: str | None,
+    new: _Candidate,
+    comparison: _Comparison,
+    policy: GatePolicy,
+    lock_wait: float,
+) -> RegistryDecision:
+    new_value = new.metrics[policy.metric]
+    alias, reason = _verdict(champion_version, new_value, comparison, new.failed_floors, policy)
+    difference = comparison.difference
+    return RegistryDecision(
+        name, version_number, alias, policy.metric, new_value, champion_version,
+        comparison.champion_value, reason, f"models:/{name}/{version_number}",
+        margin=policy.margin,
+        difference=difference.estimate if difference else None,
+        ci_low=difference.low if difference else None,
+        ci_high=difference.high if difference else None,
+        ci_level=policy.level,
+        test_roc_auc=new.metrics["roc_auc"],
+        test_log_loss=new.metrics["log_loss"],
+        floors="; ".join(new.failed_floors),
+        lock_wait=round(lock_wait, 3),
+    )
+
+
 def _compare(
     name: str,
     champion_version: str | None,
-    model_uri: str,
-    new_probability: np.ndarray,
+    new: _Candidate,
     features: pd.DataFrame,
     label: np.ndarray,
     policy: GatePolicy,
@@ -241,7 +285,7 @@ def _compare(
     if champion_version is None:
         return _Comparison()
     champion_uri = f"models:/{name}/{champion_version}"
-    change = schema_change(input_columns(model_uri), input_columns(champion_uri))
+    change = schema_change(input_columns(new.model_uri), input_columns(champion_uri))
     if change is not None:
         return _Comparison(
             blocked=f"input columns differ from champion v{champion_version} ({change}): the data schema changed, "
@@ -252,7 +296,7 @@ def _compare(
     except Exception as exc:  # a champion that cannot score these rows cannot be compared
         return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({first_line(exc, 200)})")
     difference = paired_bootstrap_difference(
-        label, new_probability, champion_probability, policy.metric,
+        label, new.probability, champion_probability, policy.metric,
         n_resamples=policy.bootstrap_samples, seed=policy.seed, level=policy.level, threshold=policy.threshold,
     )
     champion_value = classification_metrics(label, champion_probability, policy.threshold)[policy.metric]

@@ -114,11 +114,7 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     On any failure everything already started is stopped again, so a failed ``up`` leaves
     no process behind and can simply be retried.
     """
-    state_dir = settings.state_dir.resolve()
-    _refuse_if_running(state_dir)
-    for name, port in (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)):
-        ensure_port_free(port, name)
-    _make_folders(state_dir)
+    state_dir = _prepare(settings, (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)))
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
     checks = _health_checks(state)
     specs = _service_specs(settings, state_dir)
@@ -130,8 +126,7 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
         worker = _start(state, state_dir, PREFECT_WORKER, *specs[PREFECT_WORKER])
         _wait(worker, checks[worker.name], settings.timeout, echo)
     except BaseException:
-        _stop_records(state.services)
-        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        _abort(state, state_dir)
         raise
     return state
 
@@ -173,6 +168,39 @@ def start_service(
         state.save(state_dir)
     _wait(record, _health_checks(state)[name], settings.timeout, echo)
     return record
+
+
+def up_mlflow(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) -> StackState:
+    """Only the MLflow server, recorded like a stack (``down`` stops it).
+
+    For pipeline runs that bring their own Prefect API (the CLI's temporary one) but must
+    share one tracking server and registry, e.g. several runs racing for one model name.
+    """
+    state_dir = _prepare(settings, (("MLflow server", settings.mlflow_port),))
+    state = StackState("", settings.mlflow_url, settings.work_pool)
+    try:
+        mlflow = _start(state, state_dir, MLFLOW_SERVER, *_service_specs(settings, state_dir)[MLFLOW_SERVER])
+        _wait(mlflow, _health_checks(state)[mlflow.name], settings.timeout, echo)
+    except BaseException:
+        _abort(state, state_dir)
+        raise
+    return state
+
+
+def _prepare(settings: StackSettings, ports: Iterable[tuple[str, int]]) -> Path:
+    """Refuse a running stack or a taken port, then create the state folders; returns the state dir."""
+    state_dir = settings.state_dir.resolve()
+    _refuse_if_running(state_dir)
+    for name, port in ports:
+        ensure_port_free(port, name)
+    _make_folders(state_dir)
+    return state_dir
+
+
+def _abort(state: StackState, state_dir: Path) -> None:
+    """A failed start leaves no process and no record behind, so it can simply be retried."""
+    _stop_records(state.services)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
 
 
 def status(state_dir: Path) -> list[ServiceHealth]:

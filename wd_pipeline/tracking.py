@@ -147,7 +147,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
                 )
             return experiment.experiment_id
         location = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if is_local_store(client.tracking_uri) else None
-        return client.create_experiment(name, artifact_location=location)
+        return _create_experiment(client, name, location)
     except TrackingError:
         raise
     except Exception as exc:
@@ -161,6 +161,19 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         raise TrackingError(
             f"cannot use the MLflow tracking store at {client.tracking_uri}: {first_line(exc, 300)}. {UNREACHABLE_HINT}"
         ) from exc
+
+
+def _create_experiment(client: MlflowClient, name: str, location: str | None) -> str:
+    """Create ``name``; a concurrent run that created it first is fine: use theirs."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        existing = client.get_experiment_by_name(name) if exc.error_code == "RESOURCE_ALREADY_EXISTS" else None
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def start_parent_run(
