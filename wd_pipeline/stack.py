@@ -10,8 +10,10 @@ This module only starts subprocesses and speaks HTTP: it never imports Prefect o
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -23,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wd_pipeline.config import PROJECT_ROOT
-from wd_pipeline.errors import PortInUseError, ServiceStartError, StackNotRunningError
+from wd_pipeline.errors import ConfigError, PortInUseError, ServiceStartError, StackNotRunningError
+from wd_pipeline.server_auth import AUTH_DATABASE_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = ".wd-stack"
@@ -45,6 +48,7 @@ class StackSettings:
     prefect_database_url: str | None = None  # default: Prefect's SQLite in the state dir
     work_pool: str = DEFAULT_WORK_POOL
     timeout: float = 120.0
+    auth: StackAuth | None = None  # default: from the caller's environment, see StackAuth.from_env
 
     @property
     def prefect_api_url(self) -> str:
@@ -53,6 +57,33 @@ class StackSettings:
     @property
     def mlflow_url(self) -> str:
         return f"http://{HOST}:{self.mlflow_port}"
+
+
+@dataclass(frozen=True)
+class StackAuth:
+    """Credentials the servers demand; each server stays open when its credential is unset.
+
+    Taken from the variables the clients already read, so whoever starts the stack and every
+    flow run the worker starts (it inherits the environment) hold the same credentials.
+    """
+
+    prefect_auth_string: str | None = None  # PREFECT_API_AUTH_STRING, "user:password"
+    mlflow_username: str | None = None  # MLFLOW_TRACKING_USERNAME, becomes MLflow's admin
+    mlflow_password: str | None = None  # MLFLOW_TRACKING_PASSWORD
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StackAuth:
+        env = dict(os.environ if env is None else env)
+        username, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+        if bool(username) != bool(password):
+            raise ConfigError(
+                "set both MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow behind basic auth) or neither"
+            )
+        return cls(env.get("PREFECT_API_AUTH_STRING") or None, username or None, password or None)
+
+    @property
+    def mlflow(self) -> bool:
+        return self.mlflow_username is not None
 
 
 @dataclass
@@ -115,25 +146,27 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     no process behind and can simply be retried.
     """
     state_dir = settings.state_dir.resolve()
+    auth = settings.auth or StackAuth.from_env()
     _refuse_if_running(state_dir)
     for name, port in (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)):
         ensure_port_free(port, name)
     for folder in ("logs", "prefect", "mlartifacts", "work"):
         (state_dir / folder).mkdir(parents=True, exist_ok=True)
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
-    checks = _health_checks(state)
+    checks = _health_checks(state, auth.prefect_auth_string)
     try:
         prefect = _start(
             state, state_dir, "prefect-server", _prefect_server_command(settings),
-            _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}",
+            _prefect_env(settings, state_dir, auth), f"http://{HOST}:{settings.prefect_port}",
         )
         mlflow = _start(
-            state, state_dir, "mlflow-server", _mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url
+            state, state_dir, "mlflow-server", _mlflow_command(settings, state_dir, auth),
+            _mlflow_env(state_dir, auth), settings.mlflow_url,
         )
         _wait(prefect, checks[prefect.name], settings.timeout, echo)
         _wait(mlflow, checks[mlflow.name], settings.timeout, echo)
         worker = _start(
-            state, state_dir, "prefect-worker", _worker_command(settings), _worker_env(settings, state_dir),
+            state, state_dir, "prefect-worker", _worker_command(settings), _worker_env(settings, state_dir, auth),
             f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
         )
         _wait(worker, checks[worker.name], settings.timeout, echo)
@@ -194,7 +227,7 @@ def _prefect_server_command(settings: StackSettings) -> list[str]:
     return [str(venv_bin() / "prefect"), "server", "start", "--host", HOST, "--port", str(settings.prefect_port)]
 
 
-def _prefect_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
+def _prefect_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> dict[str, str]:
     env = base_env(
         PREFECT_HOME=str(state_dir / "prefect"),
         # Without it the UI served on another port still calls the API on 4200.
@@ -204,22 +237,35 @@ def _prefect_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)  # the server must not try to be a client of another one
     if settings.prefect_database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = settings.prefect_database_url
+    if auth.prefect_auth_string:
+        # The API then answers 401 to any request without it, except GET /api/health.
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth.prefect_auth_string
     return env
 
 
-def _mlflow_command(settings: StackSettings, state_dir: Path) -> list[str]:
+def _mlflow_command(settings: StackSettings, state_dir: Path, auth: StackAuth) -> list[str]:
     backend = settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    # With credentials, through the same entry point as the compose service (it adds `server --app-name basic-auth`).
+    launcher = [sys.executable, "-m", "wd_pipeline.server_auth"] if auth.mlflow else [str(venv_bin() / "mlflow"), "server"]
     return [
-        str(venv_bin() / "mlflow"), "server",
+        *launcher,
         "--host", HOST, "--port", str(settings.mlflow_port), "--workers", "1",
         "--backend-store-uri", backend,
         "--serve-artifacts", "--artifacts-destination", str(state_dir / "mlartifacts"),
     ]
 
 
-def _mlflow_env() -> dict[str, str]:
+def _mlflow_env(state_dir: Path, auth: StackAuth) -> dict[str, str]:
     # The job runner alone costs a few hundred MB and a core at start (see STACK.md).
-    return base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    if auth.mlflow:
+        # The admin is created on the first start only: the users live in the state dir after that.
+        env["MLFLOW_AUTH_ADMIN_USERNAME"] = auth.mlflow_username or ""
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = auth.mlflow_password or ""
+        env[AUTH_DATABASE_ENV] = f"sqlite:///{state_dir / 'mlflow-auth.db'}"
+        # Only signs the UI's sign-up form (CSRF): a new key per start costs nothing.
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    return env
 
 
 def _worker_command(settings: StackSettings) -> list[str]:
@@ -229,9 +275,15 @@ def _worker_command(settings: StackSettings) -> list[str]:
     ]
 
 
-def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
-    """Flow runs inherit this: they find the servers, the code and a work folder in the stack."""
+def _worker_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> dict[str, str]:
+    """Flow runs inherit this: they find the servers, the code, a work folder and the credentials."""
+    credentials = {
+        "PREFECT_API_AUTH_STRING": auth.prefect_auth_string,
+        "MLFLOW_TRACKING_USERNAME": auth.mlflow_username,
+        "MLFLOW_TRACKING_PASSWORD": auth.mlflow_password,
+    }
     return base_env(
+        **{key: value for key, value in credentials.items() if value},
         PREFECT_HOME=str(state_dir / "prefect"),
         PREFECT_API_URL=settings.prefect_api_url,
         MLFLOW_TRACKING_URI=settings.mlflow_url,
@@ -244,12 +296,15 @@ def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- health
 
 
-def _health_checks(state: StackState) -> dict[str, Callable[[], bool]]:
-    """Per service: its HTTP health endpoint; for the worker, being online in its pool."""
+def _health_checks(state: StackState, prefect_auth_string: str | None = None) -> dict[str, Callable[[], bool]]:
+    """Per service: its HTTP health endpoint; for the worker, being online in its pool.
+
+    Both health endpoints answer without credentials; the worker query needs the Prefect one.
+    """
     return {
         "prefect-server": lambda: _http_ok(f"{state.prefect_api_url}/health"),
         "mlflow-server": lambda: _http_ok(f"{state.mlflow_url}/health"),
-        "prefect-worker": lambda: worker_online(state.prefect_api_url, state.work_pool),
+        "prefect-worker": lambda: worker_online(state.prefect_api_url, state.work_pool, prefect_auth_string),
     }
 
 
@@ -261,11 +316,11 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def worker_online(prefect_api_url: str, work_pool: str) -> bool:
+def worker_online(prefect_api_url: str, work_pool: str, auth_string: str | None = None) -> bool:
     """True once a worker of ``work_pool`` has sent a heartbeat (the pool exists then too)."""
     request = urllib.request.Request(
         f"{prefect_api_url}/work_pools/{work_pool}/workers/filter",
-        data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
+        data=b"{}", headers={"Content-Type": "application/json", **prefect_auth_header(auth_string)}, method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=2.0) as response:
@@ -273,6 +328,14 @@ def worker_online(prefect_api_url: str, work_pool: str) -> bool:
     except (urllib.error.URLError, OSError, ValueError):
         return False
     return any(w.get("status") == "ONLINE" for w in workers)
+
+
+def prefect_auth_header(auth_string: str | None = None) -> dict[str, str]:
+    """The Basic header Prefect's clients send for ``PREFECT_API_AUTH_STRING`` (none when unset)."""
+    auth_string = auth_string if auth_string is not None else os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth_string:
+        return {}
+    return {"Authorization": f"Basic {base64.b64encode(auth_string.encode()).decode()}"}
 
 
 def ensure_port_free(port: int, service: str) -> None:
