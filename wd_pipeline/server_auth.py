@@ -36,9 +36,19 @@ REQUIRED_ENV = (
 CONFIG_FILE = "basic_auth.ini"
 # What a user other than the admin may do with resources they did not create.
 DEFAULT_PERMISSION = "READ"
+# Each request's password check is a deliberately slow PBKDF2 hash: about 0.2-0.8 s of a
+# core, per request, on the development machines. A pipeline run makes hundreds of requests,
+# so successful checks are cached per server worker; the price is that a changed password
+# or deleted user is still accepted for up to this long.
+AUTH_CACHE_SECONDS = 60
 
 
-def write_auth_config(folder: Path, database_uri: str, default_permission: str = DEFAULT_PERMISSION) -> Path:
+def write_auth_config(
+    folder: Path,
+    database_uri: str,
+    default_permission: str = DEFAULT_PERMISSION,
+    cache_seconds: int = AUTH_CACHE_SECONDS,
+) -> Path:
     """Write the basic-auth ini (owner-readable only) into ``folder``; returns its path.
 
     No admin password goes into the file: MLflow reads it from the environment.
@@ -48,6 +58,7 @@ def write_auth_config(folder: Path, database_uri: str, default_permission: str =
     config["mlflow"] = {
         "default_permission": default_permission,
         "database_uri": database_uri.replace("%", "%%"),
+        "auth_cache_ttl_seconds": str(cache_seconds),
     }
     path = folder / CONFIG_FILE
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

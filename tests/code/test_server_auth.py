@@ -26,6 +26,7 @@ def test_mlflow_reads_the_written_ini_back_unchanged(tmp_path: Path, monkeypatch
     assert config.database_uri == DATABASE
     assert (config.admin_username, config.admin_password) == ("ops", "from-the-environment")
     assert config.default_permission == "READ"
+    assert config.auth_cache_ttl_seconds == server_auth.AUTH_CACHE_SECONDS == 60
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "admin_password" not in path.read_text()
 

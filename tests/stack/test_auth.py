@@ -148,3 +148,16 @@ def test_a_deployed_run_completes_through_the_worker_and_registers_the_champion(
         assert json.loads(response.read())["state_type"] == "COMPLETED"
     champion = tracking.get_client().get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
     assert champion.tags["gate.alias"] == "champion"
+
+
+def test_the_cli_without_the_prefect_auth_string_says_what_to_set(secured: SecuredStack, tmp_path: Path) -> None:
+    env = {key: value for key, value in secured.env.items() if key != "PREFECT_API_AUTH_STRING"}
+    env["WD_PIPELINE_WORK_DIR"] = str(tmp_path / "work")
+    command = ["wd-pipeline", "score", "--data", "data/breast_cancer.csv", "--output", str(tmp_path / "out.parquet")]
+    refused = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert (
+        f"error: the Prefect server at {secured.state.prefect_api_url} refused the request (HTTP 401): "
+        "set PREFECT_API_AUTH_STRING to the user:password it expects"
+    ) in refused.stderr
+    assert not (tmp_path / "out.parquet").exists()
