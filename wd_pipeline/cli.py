@@ -138,11 +138,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         return _report_failure(args.command, str(exc), log_path)
     except Exception as exc:  # not the user's doing: still one line here, the trace in the log
+        refusal = prefect_refusal(exc)
+        if refusal is not None:
+            return _report_failure(args.command, refusal, log_path)
         if args.verbose:
             raise
         return _report_failure(args.command, f"unexpected {type(exc).__name__}: {first_line(exc)}", log_path)
     print(format_score_summary(summary) if args.command == "score" else format_summary(summary))
     return 0
+
+
+def prefect_refusal(exc: BaseException) -> str | None:
+    """One line for a Prefect server that turned the client away for lack of credentials, else None."""
+    import httpx
+
+    if not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code not in (401, 403):
+        return None
+    url = os.environ.get("PREFECT_API_URL") or str(exc.request.url)
+    return (
+        f"the Prefect server at {url} refused the request (HTTP {exc.response.status_code}): "
+        "set PREFECT_API_AUTH_STRING to the user:password it expects"
+    )
 
 
 def _report_failure(command: str, message: str, log_path: Path) -> int:

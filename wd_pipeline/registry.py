@@ -19,6 +19,7 @@ the verdict and the alias move — by a lock in the registry itself (see ``promo
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from wd_pipeline.errors import TrackingError, first_line
+from wd_pipeline.errors import ConfigError, TrackingError, first_line
 from wd_pipeline.evaluate import classification_metrics
 from wd_pipeline.promotion_lock import LockSettings, promotion_lock
 from wd_pipeline.stats import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
@@ -41,6 +42,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy")
+# models:/NAME/VERSION, models:/NAME@ALIAS or a logged model models:/m-ID on the configured
+# server; not models://PROFILE@… (another registry), runs:/, file paths or URLs.
+REGISTRY_URI = re.compile(r"models:/[^/]")
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,26 @@ def log_model(
     return info.model_uri, info.model_id
 
 
+def require_registry_uri(model_uri: str) -> str:
+    """``model_uri`` if it names a model of the configured MLflow server, else a ConfigError.
+
+    Loading a pyfunc model runs the code stored with it, so models come only from the
+    registry the pipeline writes to (behind the server's authentication), never from a
+    path or URL someone hands in.
+    """
+    if not REGISTRY_URI.match(model_uri):
+        raise ConfigError(
+            f"model URI {model_uri!r} is refused: models load only from the MLflow model registry "
+            "(models:/NAME/VERSION or models:/NAME@ALIAS)"
+        )
+    return model_uri
+
+
 def score(model_uri: str, features: pd.DataFrame) -> np.ndarray:
-    """Probabilities from a logged or registered pyfunc model."""
+    """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode)."""
     import mlflow
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(require_registry_uri(model_uri))
     return model.predict(features)["probability"].to_numpy()
 
 
@@ -146,7 +165,7 @@ def input_columns(model_uri: str) -> list[str]:
     """Feature columns of a logged model's input signature, in order."""
     from mlflow.models import get_model_info
 
-    signature = get_model_info(model_uri).signature
+    signature = get_model_info(require_registry_uri(model_uri)).signature
     return list(signature.inputs.input_names()) if signature is not None else []
 
 

@@ -142,8 +142,9 @@ def score_file(
     table = data_lib.parse_table(raw, source)
     del raw
     client = client or tracking.get_client()
-    version, model_uri = resolve_champion(client, settings.model_name)
+    # First: it turns an unreachable server or missing credentials into one clear message.
     experiment_id = tracking.ensure_experiment(client, settings.experiment)
+    version, model_uri = resolve_champion(client, settings.model_name)
     run_name = f"score {settings.model_name}@champion v{version}"
     run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
     try:

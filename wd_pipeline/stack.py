@@ -10,8 +10,10 @@ This module only starts subprocesses and speaks HTTP: it never imports Prefect o
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -23,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wd_pipeline.config import PROJECT_ROOT
-from wd_pipeline.errors import PortInUseError, ServiceStartError, StackNotRunningError
+from wd_pipeline.errors import ConfigError, PortInUseError, ServiceStartError, StackNotRunningError
+from wd_pipeline.server_auth import AUTH_DATABASE_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = ".wd-stack"
@@ -45,6 +48,7 @@ class StackSettings:
     prefect_database_url: str | None = None  # default: Prefect's SQLite in the state dir
     work_pool: str = DEFAULT_WORK_POOL
     timeout: float = 120.0
+    auth: StackAuth | None = None  # default: from the caller's environment, see StackAuth.from_env
 
     @property
     def prefect_api_url(self) -> str:
@@ -53,6 +57,33 @@ class StackSettings:
     @property
     def mlflow_url(self) -> str:
         return f"http://{HOST}:{self.mlflow_port}"
+
+
+@dataclass(frozen=True)
+class StackAuth:
+    """Credentials the servers demand; each server stays open when its credential is unset.
+
+    Taken from the variables the clients already read, so whoever starts the stack and every
+    flow run the worker starts (it inherits the environment) hold the same credentials.
+    """
+
+    prefect_auth_string: str | None = None  # PREFECT_API_AUTH_STRING, "user:password"
+    mlflow_username: str | None = None  # MLFLOW_TRACKING_USERNAME, becomes MLflow's admin
+    mlflow_password: str | None = None  # MLFLOW_TRACKING_PASSWORD
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StackAuth:
+        env = dict(os.environ if env is None else env)
+        username, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+        if bool(username) != bool(password):
+            raise ConfigError(
+                "set both MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow behind basic auth) or neither"
+            )
+        return cls(env.get("PREFECT_API_AUTH_STRING") or None, username or None, password or None)
+
+    @property
+    def mlflow(self) -> bool:
+        return self.mlflow_username is not None
 
 
 @dataclass
@@ -116,7 +147,7 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     """
     state_dir = _prepare(settings, (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)))
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
-    checks = _health_checks(state)
+    checks = _health_checks(state, _auth(settings).prefect_auth_string)
     specs = _service_specs(settings, state_dir)
     try:
         prefect = _start(state, state_dir, PREFECT_SERVER, *specs[PREFECT_SERVER])
@@ -166,7 +197,7 @@ def start_service(
     if name in order:  # back in its place: `down` stops in reverse start order, the worker first
         state.services.sort(key=lambda r: order.index(r.name) if r.name in order else len(order))
         state.save(state_dir)
-    _wait(record, _health_checks(state)[name], settings.timeout, echo)
+    _wait(record, _health_checks(state, _auth(settings).prefect_auth_string)[name], settings.timeout, echo)
     return record
 
 
@@ -236,15 +267,21 @@ MLFLOW_SERVER = "mlflow-server"
 PREFECT_WORKER = "prefect-worker"
 
 
+def _auth(settings: StackSettings) -> StackAuth:
+    return settings.auth or StackAuth.from_env()
+
+
 def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
-    """Per service: command, environment and the URL it answers on."""
+    """Per service: command, environment and the URL it answers on (credentials from ``settings`` or the environment)."""
+    auth = _auth(settings)
     return {
         PREFECT_SERVER: (
-            _prefect_server_command(settings), _prefect_env(settings, state_dir), f"http://{HOST}:{settings.prefect_port}"
+            _prefect_server_command(settings), _prefect_env(settings, state_dir, auth),
+            f"http://{HOST}:{settings.prefect_port}",
         ),
-        MLFLOW_SERVER: (_mlflow_command(settings, state_dir), _mlflow_env(), settings.mlflow_url),
+        MLFLOW_SERVER: (_mlflow_command(settings, state_dir, auth), _mlflow_env(state_dir, auth), settings.mlflow_url),
         PREFECT_WORKER: (
-            _worker_command(settings), _worker_env(settings, state_dir),
+            _worker_command(settings), _worker_env(settings, state_dir, auth),
             f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
         ),
     }
@@ -284,7 +321,7 @@ def _prefect_server_command(settings: StackSettings) -> list[str]:
     return [str(venv_bin() / "prefect"), "server", "start", "--host", HOST, "--port", str(settings.prefect_port)]
 
 
-def _prefect_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
+def _prefect_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> dict[str, str]:
     env = base_env(
         PREFECT_HOME=str(state_dir / "prefect"),
         # Without it the UI served on another port still calls the API on 4200.
@@ -294,22 +331,35 @@ def _prefect_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)  # the server must not try to be a client of another one
     if settings.prefect_database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = settings.prefect_database_url
+    if auth.prefect_auth_string:
+        # The API then answers 401 to any request without it, except GET /api/health.
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth.prefect_auth_string
     return env
 
 
-def _mlflow_command(settings: StackSettings, state_dir: Path) -> list[str]:
+def _mlflow_command(settings: StackSettings, state_dir: Path, auth: StackAuth) -> list[str]:
     backend = settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    # With credentials, through the same entry point as the compose service (it adds `server --app-name basic-auth`).
+    launcher = [sys.executable, "-m", "wd_pipeline.server_auth"] if auth.mlflow else [str(venv_bin() / "mlflow"), "server"]
     return [
-        str(venv_bin() / "mlflow"), "server",
+        *launcher,
         "--host", HOST, "--port", str(settings.mlflow_port), "--workers", "1",
         "--backend-store-uri", backend,
         "--serve-artifacts", "--artifacts-destination", str(state_dir / "mlartifacts"),
     ]
 
 
-def _mlflow_env() -> dict[str, str]:
+def _mlflow_env(state_dir: Path, auth: StackAuth) -> dict[str, str]:
     # The job runner alone costs a few hundred MB and a core at start (see STACK.md).
-    return base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    if auth.mlflow:
+        # The admin is created on the first start only: the users live in the state dir after that.
+        env["MLFLOW_AUTH_ADMIN_USERNAME"] = auth.mlflow_username or ""
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = auth.mlflow_password or ""
+        env[AUTH_DATABASE_ENV] = f"sqlite:///{state_dir / 'mlflow-auth.db'}"
+        # Only signs the UI's sign-up form (CSRF): a new key per start costs nothing.
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    return env
 
 
 def _worker_command(settings: StackSettings) -> list[str]:
@@ -319,9 +369,15 @@ def _worker_command(settings: StackSettings) -> list[str]:
     ]
 
 
-def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
-    """Flow runs inherit this: they find the servers, the code and a work folder in the stack."""
+def _worker_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> dict[str, str]:
+    """Flow runs inherit this: they find the servers, the code, a work folder and the credentials."""
+    credentials = {
+        "PREFECT_API_AUTH_STRING": auth.prefect_auth_string,
+        "MLFLOW_TRACKING_USERNAME": auth.mlflow_username,
+        "MLFLOW_TRACKING_PASSWORD": auth.mlflow_password,
+    }
     return base_env(
+        **{key: value for key, value in credentials.items() if value},
         PREFECT_HOME=str(state_dir / "prefect"),
         PREFECT_API_URL=settings.prefect_api_url,
         MLFLOW_TRACKING_URI=settings.mlflow_url,
@@ -334,12 +390,15 @@ def _worker_env(settings: StackSettings, state_dir: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- health
 
 
-def _health_checks(state: StackState) -> dict[str, Callable[[], bool]]:
-    """Per service: its HTTP health endpoint; for the worker, being online in its pool."""
+def _health_checks(state: StackState, prefect_auth_string: str | None = None) -> dict[str, Callable[[], bool]]:
+    """Per service: its HTTP health endpoint; for the worker, being online in its pool.
+
+    Both health endpoints answer without credentials; the worker query needs the Prefect one.
+    """
     return {
         PREFECT_SERVER: lambda: _http_ok(f"{state.prefect_api_url}/health"),
         MLFLOW_SERVER: lambda: _http_ok(f"{state.mlflow_url}/health"),
-        PREFECT_WORKER: lambda: worker_online(state.prefect_api_url, state.work_pool),
+        PREFECT_WORKER: lambda: worker_online(state.prefect_api_url, state.work_pool, prefect_auth_string),
     }
 
 
@@ -351,11 +410,11 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def worker_online(prefect_api_url: str, work_pool: str) -> bool:
+def worker_online(prefect_api_url: str, work_pool: str, auth_string: str | None = None) -> bool:
     """True once a worker of ``work_pool`` has sent a heartbeat (the pool exists then too)."""
     request = urllib.request.Request(
         f"{prefect_api_url}/work_pools/{work_pool}/workers/filter",
-        data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
+        data=b"{}", headers={"Content-Type": "application/json", **prefect_auth_header(auth_string)}, method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=2.0) as response:
@@ -363,6 +422,14 @@ def worker_online(prefect_api_url: str, work_pool: str) -> bool:
     except (urllib.error.URLError, OSError, ValueError):
         return False
     return any(w.get("status") == "ONLINE" for w in workers)
+
+
+def prefect_auth_header(auth_string: str | None = None) -> dict[str, str]:
+    """The Basic header Prefect's clients send for ``PREFECT_API_AUTH_STRING`` (none when unset)."""
+    auth_string = auth_string if auth_string is not None else os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth_string:
+        return {}
+    return {"Authorization": f"Basic {base64.b64encode(auth_string.encode()).decode()}"}
 
 
 def ensure_port_free(port: int, service: str) -> None:

@@ -43,6 +43,7 @@ HTTP_DEFAULTS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 UNREACHABLE_HINT = "Check MLFLOW_TRACKING_URI and that the server is running"
+CREDENTIALS_HINT = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
 OWNER_TAG = "wd.owner"
 CLOSED_TAG = "wd.closed_as_orphan"
 
@@ -120,6 +121,12 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def refused_reason(exc: BaseException) -> str | None:
+    """Why a server behind basic auth turned the request away (HTTP 401 or 403), else None."""
+    status = getattr(exc, "get_http_status_code", lambda: None)()
+    return {401: "HTTP 401, not authenticated", 403: "HTTP 403, permission denied"}.get(status)
+
+
 def get_client() -> MlflowClient:
     """A client on the configured store; the fluent API is pointed at the same store."""
     bound_http_requests()
@@ -157,6 +164,11 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
             raise TrackingError(
                 f"cannot reach the MLflow tracking server at {client.tracking_uri}: {reason} "
                 f"({attempts} attempts). {UNREACHABLE_HINT}"
+            ) from exc
+        refused = refused_reason(exc)
+        if refused is not None:
+            raise TrackingError(
+                f"the MLflow tracking server at {client.tracking_uri} refused the request ({refused}): {CREDENTIALS_HINT}"
             ) from exc
         raise TrackingError(
             f"cannot use the MLflow tracking store at {client.tracking_uri}: {first_line(exc, 300)}. {UNREACHABLE_HINT}"

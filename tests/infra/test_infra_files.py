@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,9 @@ from wd_pipeline.tracking import model_version_url
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 ROOT = INFRA.parent
-SECRET_KEYS = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|_USER$")
+SECRET_KEYS = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|AUTH_STRING|_USER$|_USERNAME$")
+# Credentials compose demands besides the database and object-store ones.
+AUTH_SETTINGS = ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_API_AUTH_STRING")
 
 
 def deployments() -> dict[str, dict]:
@@ -68,15 +71,98 @@ def test_compose_takes_every_credential_from_the_environment() -> None:
     assert "infra/.env" in (ROOT / ".gitignore").read_text()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
-def test_docker_compose_config_validates_and_demands_the_secrets(tmp_path: Path) -> None:
-    base = ["docker-compose", "--project-directory", str(INFRA), "-f", str(INFRA / "docker-compose.yml")]
+needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+
+
+def compose_config(env_file: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with only ``env_file`` as the source of variables."""
+    command = ["docker-compose", "--project-directory", str(INFRA), "-f", str(INFRA / "docker-compose.yml"), "--env-file", str(env_file), "config", *flags]
     clean_env = {"PATH": os.environ["PATH"]}  # no credential may leak in from the caller
-    ok = subprocess.run([*base, "--env-file", str(INFRA / ".env.example"), "config", "-q"], capture_output=True, text=True, env=clean_env)
+    return subprocess.run(command, capture_output=True, text=True, env=clean_env, check=False)
+
+
+def env_file_with(tmp_path: Path, **values: str) -> Path:
+    """``.env.example`` with ``values`` replacing (or, when empty, dropping) its settings."""
+    lines = [line for line in (INFRA / ".env.example").read_text().splitlines() if line.split("=")[0] not in values]
+    path = tmp_path / "test.env"
+    path.write_text("\n".join([*lines, *(f"{key}={value}" for key, value in values.items() if value)]) + "\n")
+    return path
+
+
+@needs_compose
+def test_docker_compose_config_validates_and_demands_the_secrets(tmp_path: Path) -> None:
+    ok = compose_config(INFRA / ".env.example", "-q")
     assert ok.returncode == 0, ok.stderr
     (tmp_path / "empty.env").write_text("")
-    missing = subprocess.run([*base, "--env-file", str(tmp_path / "empty.env"), "config", "-q"], capture_output=True, text=True, env=clean_env)
+    missing = compose_config(tmp_path / "empty.env", "-q")
     assert missing.returncode != 0 and "set POSTGRES_USER" in missing.stderr
+
+
+@needs_compose
+@pytest.mark.parametrize("name", AUTH_SETTINGS)
+def test_compose_refuses_to_start_without_each_server_credential(tmp_path: Path, name: str) -> None:
+    missing = compose_config(env_file_with(tmp_path, **{name: ""}), "-q")
+    assert missing.returncode != 0
+    assert f"set {name}" in missing.stderr
+
+
+@needs_compose
+def test_both_servers_demand_the_credentials_the_worker_sends(tmp_path: Path) -> None:
+    values = {"MLFLOW_ADMIN_USERNAME": "ops", "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+              "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "PREFECT_API_AUTH_STRING": f"ops:{secrets.token_urlsafe(18)}"}
+    resolved = compose_config(env_file_with(tmp_path, **values))
+    assert resolved.returncode == 0, resolved.stderr
+    services = yaml.safe_load(resolved.stdout)["services"]
+    mlflow, prefect, worker = (services[name]["environment"] for name in ("mlflow", "prefect-server", "worker"))
+    assert services["mlflow"]["command"][:3] == ["python", "-m", "wd_pipeline.server_auth"]
+    assert mlflow["MLFLOW_AUTH_ADMIN_USERNAME"] == worker["MLFLOW_TRACKING_USERNAME"] == "ops"
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == worker["MLFLOW_TRACKING_PASSWORD"] == values["MLFLOW_ADMIN_PASSWORD"]
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == values["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert mlflow["WD_MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    assert prefect["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"] == values["PREFECT_API_AUTH_STRING"]
+    assert services["deploy"]["environment"]["PREFECT_API_AUTH_STRING"] == values["PREFECT_API_AUTH_STRING"]
+    assert "mlflow_auth" in (INFRA / "postgres" / "create-databases.sh").read_text()
+
+
+# NAME=value / NAME: value for credential-like upper-case names, and user:password@ inside URLs.
+SECRET_ASSIGNMENT = re.compile(r"(?<![\w${])[A-Z][A-Z0-9_]*(?:PASSWORD|SECRET|SECRET_KEY|AUTH_STRING|TOKEN|ACCESS_KEY)[A-Z0-9_]*[ \t]*[=:][ \t]*[\"']?([^\s\"',}]*)")
+REFERENCE = ("$", "{", "<")  # ${VAR}, $VAR, {name}, <placeholder>
+URL_CREDENTIALS = re.compile(r"://[\w.-]+:([\w.~%!*-]+)@")
+
+
+def committed_secrets(name: str, text: str) -> list[str]:
+    """Literal values given to credentials in ``text``: anything but a placeholder or a ``$`` reference."""
+    found = []
+    for pattern in (SECRET_ASSIGNMENT, URL_CREDENTIALS):
+        for match in pattern.finditer(text):
+            value = match.group(1)
+            # In a user:password string only the password counts.
+            password = value if value.startswith(REFERENCE) else value.split(":")[-1]
+            if password and not password.startswith(REFERENCE) and "change-me" not in password:
+                found.append(f"{name}: {match.group(0)}")
+    return found
+
+
+def test_committed_files_hold_no_secret() -> None:
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # tracked or about to be
+    tracked = subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert not [name for name in tracked if name.endswith((".env", ".ini", ".db")) or name.startswith(".wd-stack/")]
+    found = []
+    for name in tracked:
+        path = ROOT / name
+        if name == "uv.lock" or not path.is_file() or path.stat().st_size > 1_000_000:
+            continue
+        try:
+            found += committed_secrets(name, path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            continue
+    assert found == []
+    # The check itself must see a real secret, placed as it might be.
+    fake = secrets.token_urlsafe(12)
+    assert committed_secrets("x", f"MLFLOW_ADMIN_PASSWORD={fake}") != []
+    assert committed_secrets("x", f"PREFECT_API_AUTH_STRING: admin:{fake}") != []
+    assert committed_secrets("x", f"uri: postgresql://wd:{fake.replace('-', '')}@db/mlflow") != []
+    assert committed_secrets("x", "MLFLOW_ADMIN_PASSWORD=change-me-mlflow-admin-password") == []
 
 
 SUMMARY = {
