@@ -396,9 +396,34 @@ def log_dataset(client: MlflowClient, run_id: str, manifest: Mapping[str, Any], 
         )
         fields = {**dataset.to_dict(), "profile": json.dumps({"num_rows": len(frame), "num_elements": int(frame.size)})}
         inputs.append(DatasetInput(Dataset(**fields), tags=[InputTag(MLFLOW_DATASET_CONTEXT, name)]))
-    client.log_inputs(run_id, datasets=inputs)
+    _log_inputs(client, run_id, inputs)
     log_text(client, run_id, json.dumps(manifest, indent=2), "data/manifest.json")
     set_tags(client, run_id, {"data.sha256": manifest["sha256"], "data.source": manifest["source"]})
+
+
+DUPLICATE_ROW_TEXT = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def _log_inputs(client: MlflowClient, run_id: str, inputs: list[Any], attempts: int = 3) -> None:
+    """``log_inputs``, repeated when a concurrent run inserted the same dataset first.
+
+    MLflow's SQL store looks a dataset up and inserts it if missing, without a lock: two
+    runs of the same data starting together both insert, and the second fails on the
+    unique (experiment, name, digest) key. Repeated, the lookup finds the row and only
+    links it to this run.
+    """
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(text in str(exc) for text in DUPLICATE_ROW_TEXT):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:

@@ -51,3 +51,40 @@ def test_a_half_logged_unit_logged_again_has_each_step_once(workspace: Path) -> 
     assert len(client.get_metric_history(run_id, "summary")) == 1
     children = client.search_runs([experiment], f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent}'")
     assert sorted(run.info.run_name for run in children) == ["fold 1/2", "fold 2/2"]
+
+
+def test_runs_logging_the_same_dataset_at_once_all_succeed(workspace: Path) -> None:
+    """Two runs of the same data start together: both link the one dataset row, neither fails.
+
+    MLflow looks the dataset up, then inserts it; without the repeat in ``tracking.log_dataset``
+    the loser of that race failed on the unique key (seen with two real runs on one server).
+    """
+    import threading
+
+    import pandas as pd
+
+    client = tracking.get_client()
+    experiment = tracking.ensure_experiment(client, "same-data")
+    frame = pd.DataFrame({"x": [0.1, 0.2, 0.3], "y": [0, 1, 0]})
+    manifest = {"source": "data.csv", "label": "y", "sha256": "ab" * 32}
+    runs = [client.create_run(experiment).info.run_id for _ in range(8)]
+    barrier = threading.Barrier(len(runs))
+    errors: list[BaseException] = []
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        try:
+            tracking.log_dataset(client, run_id, manifest, {"train": frame, "test": frame})
+        except BaseException as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for run_id in runs:
+        assert sorted(d.dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs) == [
+            f"{manifest['sha256'][:12]}-test", f"{manifest['sha256'][:12]}-train",
+        ]
