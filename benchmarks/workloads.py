@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from wd_pipeline import data as data_lib
+from wd_pipeline.data import splits
 from wd_pipeline.config import make_config
 
 
 def load_arrays(source: str, label: str, positive_class: str | None, work: str) -> tuple[np.ndarray, ...]:
     """Train and validation arrays of ``source``, through the pipeline's own ingest."""
     config = make_config(data=source, label=label, positive_class=positive_class, work_dir=work, folds=1)
-    folder = data_lib.prepare(config)
-    parts = [data_lib.load_split(folder, name) for name in ("train", "validation")]
+    folder = splits.prepare(config)
+    parts = [splits.load_split(folder, name) for name in ("train", "validation")]
     return tuple(
         array
         for part in parts
@@ -29,7 +29,7 @@ def load_arrays(source: str, label: str, positive_class: str | None, work: str) 
 
 def baseline(arrays: tuple[np.ndarray, ...], lams: list[float], epochs: int, batch_size: int) -> dict[str, Any]:
     """The reference as a user writes it: one ``model.fit`` per λ, in turn, Keras defaults."""
-    from wd_pipeline.model import build_model
+    from wd_pipeline.ml.network import build_model
 
     x_train, y_train, x_val, y_val = arrays
     accuracies, started = [], time.perf_counter()
@@ -42,7 +42,7 @@ def baseline(arrays: tuple[np.ndarray, ...], lams: list[float], epochs: int, bat
 
 def packed(arrays: tuple[np.ndarray, ...], lams: list[float], epochs: int, batch_size: int) -> dict[str, Any]:
     """The pipeline's grid training: all λ in one packed model."""
-    from wd_pipeline.packed import train_packed
+    from wd_pipeline.ml.packed import train_packed
 
     x_train, y_train, x_val, y_val = arrays
     started = time.perf_counter()
@@ -83,7 +83,7 @@ def ingest(source: str, label: str, work: str, repeats: int = 3) -> dict[str, An
         del frame
         config = make_config(data=source, label=label, positive_class=None, work_dir=f"{work}/{attempt}", folds=1)
         started = time.perf_counter()
-        data_lib.prepare(config)
+        splits.prepare(config)
         ours.append(time.perf_counter() - started)
     return {
         "bare_seconds": float(np.median(bare)), "ingest_seconds": float(np.median(ours)),

@@ -10,24 +10,29 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wd_pipeline import data, report, stats, timing, tracking, train
-from wd_pipeline import evaluate as evaluate_lib
+from wd_pipeline import timing
+from wd_pipeline.ml import report
+from wd_pipeline.ml import bootstrap
+from wd_pipeline.tracking import runs
+from wd_pipeline.ml import training
+from wd_pipeline.data import splits
+from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
 from wd_pipeline.config import PipelineConfig, format_lambda
 from flows.retry import TRACKING_TASK
 
 
 @task(name="refit", cache_policy=NO_CACHE, **TRACKING_TASK)
 def refit(
-    split_folder: str, config: PipelineConfig, selection: evaluate_lib.Selection, epochs: int, parent_run_id: str
+    split_folder: str, config: PipelineConfig, selection: Selection, epochs: int, parent_run_id: str
 ) -> dict[str, Any]:
     """The chosen point retrained on train + validation, recorded as its own child run."""
-    result = train.train_unit(split_folder, config, selection.mode, selection.lam, train.REFIT, epochs=epochs)
+    result = training.train_unit(split_folder, config, selection.mode, selection.lam, training.REFIT, epochs=epochs)
     with timing.measure("tracking_units"):
-        client = tracking.get_client()
-        name = f"refit {tracking.point_run_name(selection.mode, selection.lam)}"
-        run_id = tracking.start_child_run(client, parent_run_id, name, {tracking.PREFECT_RUN_TAG: str(flow_run.get_id())})
-        tracking.log_fit(client, run_id, result)
-        tracking.finish(client, run_id)
+        client = runs.get_client()
+        name = f"refit {runs.point_run_name(selection.mode, selection.lam)}"
+        run_id = runs.start_child_run(client, parent_run_id, name, {runs.PREFECT_RUN_TAG: str(flow_run.get_id())})
+        runs.log_fit(client, run_id, result)
+        runs.finish(client, run_id)
     return result.to_dict()
 
 
@@ -36,15 +41,15 @@ def log_evaluation(
     parent_run_id: str,
     table: pd.DataFrame,
     folds: pd.DataFrame,
-    selection: evaluate_lib.Selection,
-    test_intervals: dict[str, stats.Interval],
+    selection: Selection,
+    test_intervals: dict[str, bootstrap.Interval],
     refit_epochs: int,
     artifacts: dict[str, Any],
 ) -> None:
     """Selection, test metrics with their bootstrap intervals, tables, plots and the model card."""
     with timing.measure("tracking_evaluation"):
-        client = tracking.get_client()
-        tracking.log_metrics(
+        client = runs.get_client()
+        runs.log_metrics(
             client,
             parent_run_id,
             {
@@ -54,7 +59,7 @@ def log_evaluation(
                 **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
             },
         )
-        tracking.set_tags(
+        runs.set_tags(
             client,
             parent_run_id,
             {"selection.rule": selection.rule, "selection.metric": selection.metric, "selection.mode": selection.mode,
@@ -62,13 +67,13 @@ def log_evaluation(
              "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
              **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()}},
         )
-        tracking.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
-        tracking.log_table_csv(client, parent_run_id, folds.to_dict("records"), "grid/folds.csv")
+        runs.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
+        runs.log_table_csv(client, parent_run_id, folds.to_dict("records"), "grid/folds.csv")
         for path, artifact in artifacts.items():
             if isinstance(artifact, str):
-                tracking.log_text(client, parent_run_id, artifact, path)
+                runs.log_text(client, parent_run_id, artifact, path)
             else:
-                tracking.log_figure(client, parent_run_id, artifact, path)
+                runs.log_figure(client, parent_run_id, artifact, path)
 
 
 @flow(name="evaluate")
@@ -77,14 +82,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Returns the selection, the refit model's path, test metrics with intervals and the model card."""
     logger = get_run_logger()
-    results = [train.load_result(r["result_path"], r["mode"]) for r in fold_results]
-    folds = evaluate_lib.fold_table(result.row() for result in results)
-    table = evaluate_lib.aggregate(folds)
-    selection = evaluate_lib.select(table, config.selection_metric, config.rule)
-    epochs = evaluate_lib.refit_epochs(folds, selection, config.epochs) if config.patience else config.epochs
+    results = [training.load_result(r["result_path"], r["mode"]) for r in fold_results]
+    folds = fold_table(result.row() for result in results)
+    table = aggregate(folds)
+    selection = select(table, config.selection_metric, config.rule)
+    epochs = refit_epochs(folds, selection, config.epochs) if config.patience else config.epochs
     logger.info(
         "Rule %s on validation %s chose %s (best mean at λ=%s); per mode: %s; refit for %d epochs",
-        selection.rule, selection.metric, tracking.point_run_name(selection.mode, selection.lam),
+        selection.rule, selection.metric, runs.point_run_name(selection.mode, selection.lam),
         format_lambda(selection.best_lambda),
         ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items()), epochs,
     )
@@ -95,12 +100,12 @@ def evaluate(
         )
     refitted = refit(split_folder, config, selection, epochs, parent_run_id)
     with timing.measure("evaluate_predict"):
-        y_test, p_test = evaluate_lib.test_predictions(refitted["model_path"], split_folder)
+        y_test, p_test = test_predictions(refitted["model_path"], split_folder)
     with timing.measure("evaluate_bootstrap"):
-        intervals = stats.bootstrap_cis(
+        intervals = bootstrap.bootstrap_cis(
             y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
         )
-    manifest = data.read_manifest(split_folder)
+    manifest = splits.read_manifest(split_folder)
     with timing.measure("evaluate_report"):
         artifacts = report.report_artifacts(
             table=table,
@@ -139,13 +144,13 @@ def evaluate(
     }
 
 
-def learning_curves(results: list[train.FitResult]) -> list[tuple[str, dict[str, list[float]]]]:
+def learning_curves(results: list[training.FitResult]) -> list[tuple[str, dict[str, list[float]]]]:
     """First fold's per-epoch curves of every grid point (folds stop at different epochs)."""
     first = sorted((r for r in results if r.fold == 0), key=lambda r: (r.mode, r.lam))
-    return [(tracking.point_run_name(r.mode, r.lam), r.history) for r in first]
+    return [(runs.point_run_name(r.mode, r.lam), r.history) for r in first]
 
 
-def grid_rows(table: pd.DataFrame, selection: evaluate_lib.Selection) -> list[dict[str, Any]]:
+def grid_rows(table: pd.DataFrame, selection: Selection) -> list[dict[str, Any]]:
     """Rounded rows for a table a person reads in the Prefect UI."""
     metric = selection.metric
     rows = []

@@ -20,7 +20,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import time
 
-from wd_pipeline import timing, tracking
+from wd_pipeline import timing
+from wd_pipeline.tracking import runs
 from wd_pipeline.config import (
     DEFAULT_DATA,
     DEFAULT_EXPERIMENT,
@@ -70,27 +71,27 @@ from flows.train_grid import train_grid
 )
 def start_tracking(config: PipelineConfig) -> tuple[str, str]:
     """Create the parent run; returns (experiment id, run id). Not retried on an unreachable server."""
-    client = tracking.get_client()
-    experiment_id = tracking.ensure_experiment(client, config.experiment)
-    closed = tracking.close_orphaned_runs(client, experiment_id)
+    client = runs.get_client()
+    experiment_id = runs.ensure_experiment(client, config.experiment)
+    closed = runs.close_orphaned_runs(client, experiment_id)
     if closed:
         get_run_logger().warning(
             "Closed %d MLflow run(s) left RUNNING by a pipeline process that no longer exists (KILLED)", len(closed)
         )
     tags = {
         "run_name": flow_run.get_name() or "pipeline",
-        tracking.PREFECT_RUN_TAG: str(flow_run.get_id()),
-        tracking.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or "",
+        runs.PREFECT_RUN_TAG: str(flow_run.get_id()),
+        runs.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or "",
     }
-    return experiment_id, tracking.start_parent_run(client, experiment_id, config, tags)
+    return experiment_id, runs.start_parent_run(client, experiment_id, config, tags)
 
 
 @task(cache_policy=NO_CACHE, name="finish-tracking", **TRACKING_TASK)
 def finish_tracking(parent_run_id: str, metrics: dict[str, float]) -> None:
     """Log the run's closing metrics and close it FINISHED: the last write of a run, retried like every other."""
-    client = tracking.get_client()
-    tracking.log_metrics(client, parent_run_id, metrics)
-    tracking.finish(client, parent_run_id)
+    client = runs.get_client()
+    runs.log_metrics(client, parent_run_id, metrics)
+    runs.finish(client, parent_run_id)
 
 
 @flow(name="weight-decay-pipeline")
@@ -183,7 +184,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         config = config.model_copy(update={"work_dir": str(Path(config.work_dir).resolve())})
     with timing.measure("tracking_start"):
         experiment_id, parent_run_id = start_tracking(config)
-    client = tracking.get_client()
+    client = runs.get_client()
     try:
         with timing.measure("phase_ingest"):
             split_folder = ingest(config, parent_run_id)
@@ -208,7 +209,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     summary = {
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
-        "run_url": tracking.run_url(client, experiment_id, parent_run_id),
+        "run_url": runs.run_url(client, experiment_id, parent_run_id),
         "tracking_uri": client.tracking_uri,
         "chosen_mode": evaluation["chosen_mode"],
         "chosen_lambda": evaluation["chosen_lambda"],

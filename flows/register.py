@@ -7,7 +7,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from wd_pipeline import data, registry, timing, tracking
+from wd_pipeline import timing
+from wd_pipeline.tracking import registry
+from wd_pipeline.tracking import runs
+from wd_pipeline.data import splits
 from wd_pipeline.config import PipelineConfig
 from flows.retry import TRACKING_TASK
 
@@ -15,8 +18,8 @@ from flows.retry import TRACKING_TASK
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
 def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
     with timing.measure("register_log_model"):
-        manifest = data.read_manifest(split_folder)
-        example = data.load_split(split_folder, "train").features.head(5)
+        manifest = splits.read_manifest(split_folder)
+        example = splits.load_split(split_folder, "train").features.head(5)
         model_uri, _ = registry.log_model(parent_run_id, model_path, example, manifest["features"])
     return model_uri
 
@@ -32,15 +35,15 @@ def register_and_gate(
 def _register_and_gate(
     config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
 ) -> dict[str, Any]:
-    test = data.load_split(split_folder, "test")
-    client = tracking.get_client()
+    test = splits.load_split(split_folder, "test")
+    client = runs.get_client()
     decision = registry.register(
         client, config.model_name, model_uri, parent_run_id, test.features, test.label,
         registry.GatePolicy.from_config(config),
-        tags={"data.sha256": data.read_manifest(split_folder)["sha256"]},
+        tags={"data.sha256": splits.read_manifest(split_folder)["sha256"]},
         description=model_card,
     )
-    tracking.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
+    runs.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
     numbers = {
         "gate_new_value": decision.new_value,
         "gate_champion_value": decision.champion_value,
@@ -49,7 +52,7 @@ def _register_and_gate(
         "gate_ci_high": decision.ci_high,
         "gate_promoted": float(decision.alias == registry.CHAMPION),
     }
-    tracking.log_metrics(client, parent_run_id, {k: v for k, v in numbers.items() if v is not None})
+    runs.log_metrics(client, parent_run_id, {k: v for k, v in numbers.items() if v is not None})
     return decision.to_dict()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wd_pipeline import tracking
+from wd_pipeline.tracking import runs
 from wd_pipeline.errors import first_line
 
 TRACKING_RETRIES = 5
@@ -33,19 +33,19 @@ def _failure(state: Any) -> BaseException | None:
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed tracking task only when repeating it can help (server down, busy, restarting)."""
     failure = _failure(state)
-    return failure is None or tracking.is_transient(failure)
+    return failure is None or runs.is_transient(failure)
 
 
 def retry_unless_unreachable(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed tracking task, except when the server could not be reached at all.
 
     MLflow's HTTP client has already retried an unreachable server (see
-    ``tracking.HTTP_DEFAULTS``); a minute of Prefect retries would only turn a wrong
+    ``runs.HTTP_DEFAULTS``); a minute of Prefect retries would only turn a wrong
     ``MLFLOW_TRACKING_URI`` into a minute of silence. Used on ``start-tracking``, the first
     contact with the server: an answer with an error, or a later blip, still retries.
     """
     failure = _failure(state)
-    return failure is None or tracking.unreachable_reason(failure) is None
+    return failure is None or runs.unreachable_reason(failure) is None
 
 
 def finish_quietly(client: Any, run_id: str, status: str) -> None:
@@ -53,7 +53,7 @@ def finish_quietly(client: Any, run_id: str, status: str) -> None:
     from prefect import get_run_logger
 
     try:
-        tracking.finish(client, run_id, status)
+        runs.finish(client, run_id, status)
     except Exception as exc:
         get_run_logger().warning("Could not mark MLflow run %s %s: %s", run_id, status, first_line(exc, 200))
 

@@ -8,15 +8,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wd_pipeline import score as score_lib
-from wd_pipeline import tracking
+from wd_pipeline.serving import scoring
+from wd_pipeline.tracking import runs
 from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold
 
 
 @task(cache_policy=NO_CACHE, name="score-file")
-def score_file(settings: score_lib.ScoreSettings) -> dict[str, Any]:
-    tags = {tracking.PREFECT_RUN_TAG: str(flow_run.get_id()), tracking.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or ""}
-    return score_lib.score_file(settings, tags=tags).to_dict()
+def score_file(settings: scoring.ScoreSettings) -> dict[str, Any]:
+    tags = {runs.PREFECT_RUN_TAG: str(flow_run.get_id()), runs.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or ""}
+    return scoring.score_file(settings, tags=tags).to_dict()
 
 
 @flow(name="score")
@@ -28,7 +28,7 @@ def score(
     threshold: Threshold = 0.5,
 ) -> dict[str, Any]:
     """Score ``data`` with ``model_name@champion``; returns where the predictions went and the run id."""
-    settings = score_lib.make_score_settings(**locals())
+    settings = scoring.make_score_settings(**locals())
     result = score_file(settings)
     get_run_logger().info(
         "Scored %d rows with %s (v%s): positive rate %.4f → %s",

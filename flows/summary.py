@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wd_pipeline.config import format_lambda
-from wd_pipeline.tracking import model_version_url
+from wd_pipeline.tracking.runs import model_version_url
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -17,8 +17,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
-from wd_pipeline import evaluate as evaluate_lib
-from wd_pipeline import timing, tracking, train
+from wd_pipeline.ml import selection
+from wd_pipeline import timing
+from wd_pipeline.tracking import runs
+from wd_pipeline.ml import training
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import first_line
 from flows.retry import TRACKING_TASK, finish_quietly
@@ -27,15 +29,15 @@ Point = tuple[str, float]
 
 
 def _prefect_tags() -> dict[str, str]:
-    return {tracking.PREFECT_RUN_TAG: str(flow_run.get_id())}
+    return {runs.PREFECT_RUN_TAG: str(flow_run.get_id())}
 
 
 @task(name="open-point-run", cache_policy=NO_CACHE, **TRACKING_TASK)
 def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
     with timing.measure("tracking_points"):
-        client = tracking.get_client()
-        run_id = tracking.start_child_run(client, parent_run_id, tracking.point_run_name(mode, lam), _prefect_tags())
-        tracking.log_params(client, run_id, {"mode": mode, "lambda": lam})
+        client = runs.get_client()
+        run_id = runs.start_child_run(client, parent_run_id, runs.point_run_name(mode, lam), _prefect_tags())
+        runs.log_params(client, run_id, {"mode": mode, "lambda": lam})
     return run_id
 
 
@@ -53,15 +55,15 @@ def train_chunk(
     Returns small summaries (no per-epoch histories): Prefect stores task results and flow
     parameters, and caps a flow run's parameters at 512 KiB.
     """
-    results = train.train_chunk(split_folder, config, mode, lams, fold)
+    results = training.train_chunk(split_folder, config, mode, lams, fold)
     with timing.measure("tracking_units"):
-        client = tracking.get_client()
+        client = runs.get_client()
         for result in results:
             _record_unit(client, config, result, point_runs[result.lam])
     return [unit_summary(result) for result in results]
 
 
-def unit_summary(result: train.FitResult) -> dict[str, Any]:
+def unit_summary(result: training.FitResult) -> dict[str, Any]:
     """What the flow needs of a unit: identity, the table row, and where the full result is."""
     return {
         "mode": result.mode, "lam": result.lam, "fold": result.fold, "resumed": result.resumed,
@@ -69,32 +71,32 @@ def unit_summary(result: train.FitResult) -> dict[str, Any]:
     }
 
 
-def _record_unit(client: Any, config: PipelineConfig, result: train.FitResult, point_run_id: str) -> None:
+def _record_unit(client: Any, config: PipelineConfig, result: training.FitResult, point_run_id: str) -> None:
     """Log one unit; safe to repeat (a retry finds the fold's run again and re-logs nothing twice)."""
     if config.folds == 1:
-        tracking.log_fit(client, point_run_id, result)
+        runs.log_fit(client, point_run_id, result)
         return
-    run_id = tracking.start_child_run(client, point_run_id, f"fold {result.fold + 1}/{config.folds}", _prefect_tags())
+    run_id = runs.start_child_run(client, point_run_id, f"fold {result.fold + 1}/{config.folds}", _prefect_tags())
     try:
-        tracking.log_fit(client, run_id, result)
+        runs.log_fit(client, run_id, result)
     except BaseException:
         finish_quietly(client, run_id, "FAILED")  # a retry reopens it: FINISHED once logged
         raise
-    tracking.finish(client, run_id)
+    runs.finish(client, run_id)
 
 
 @task(name="close-point-run", cache_policy=NO_CACHE, **TRACKING_TASK)
 def close_point_run(point_run_id: str, summary: dict[str, float]) -> None:
     with timing.measure("tracking_points"):
-        client = tracking.get_client()
-        tracking.log_metrics(client, point_run_id, summary)
-        tracking.finish(client, point_run_id)
+        client = runs.get_client()
+        runs.log_metrics(client, point_run_id, summary)
+        runs.finish(client, point_run_id)
 
 
 def point_summary(fold_results: list[dict[str, Any]]) -> dict[str, float]:
     """Fold means and, for validation metrics, std and standard error: what the point's run shows."""
-    rows = evaluate_lib.fold_table(r["row"] for r in fold_results)
-    row = evaluate_lib.aggregate(rows).iloc[0].drop(["mode", "lambda"])
+    rows = selection.fold_table(r["row"] for r in fold_results)
+    row = selection.aggregate(rows).iloc[0].drop(["mode", "lambda"])
     return {name: float(value) for name, value in row.items()}
 
 
@@ -121,7 +123,7 @@ def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) ->
 
 def _fail_open_runs(run_ids: list[str]) -> None:
     """Mark the grid points still RUNNING as FAILED, as far as the server can be reached."""
-    client = tracking.get_client()
+    client = runs.get_client()
     for run_id in run_ids:
         try:
             running = client.get_run(run_id).info.status == "RUNNING"
@@ -138,12 +140,12 @@ def _train_all(
     first_mode_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
     futures: list[PrefectFuture] = []
     for mode in config.modes:
-        runs = {lam: point_runs[(mode, lam)] for lam in config.grid}
+        mode_runs = {lam: point_runs[(mode, lam)] for lam in config.grid}
         for fold in range(config.folds):
             for lams in chunks(config.grid, config.chunk_size):
                 # λ = 0 is one model in every mode: later modes wait and load the first mode's.
                 wait = first_mode_chunks[fold] if mode != config.modes[0] and 0.0 in lams else []
-                future = train_chunk.submit(split_folder, config, mode, lams, fold, runs, wait_for=wait)
+                future = train_chunk.submit(split_folder, config, mode, lams, fold, mode_runs, wait_for=wait)
                 futures.append(future)
                 if mode == config.modes[0]:
                     first_mode_chunks[fold].append(future)
@@ -164,13 +166,13 @@ def _close_point(
 ) -> None:
     summary = point_summary(results)
     # With one fold the point's run already holds the per-epoch series; don't append to them.
-    logged = summary if config.folds > 1 else {k: v for k, v in summary.items() if k not in train.HISTORY_KEYS}
+    logged = summary if config.folds > 1 else {k: v for k, v in summary.items() if k not in training.HISTORY_KEYS}
     close_point_run(run_id, logged)
     metric = config.selection_metric
     resumed = sum(r["resumed"] for r in results)
     logger.info(
         "%s done (%d/%d): val %s %.4f ± %.4f (SE), val accuracy %.4f, ‖w‖ %.3f, stopped at epoch %.0f%s",
-        tracking.point_run_name(*point), done, total, metric,
+        runs.point_run_name(*point), done, total, metric,
         summary[f"val_{metric}"], summary[f"val_{metric}_se"], summary["val_accuracy"],
         summary["weight_norm"], summary["stopped_epoch"],
         f" [{resumed}/{config.folds} folds resumed]" if resumed else "",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.helpers.stores import isolated_store
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -16,19 +17,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
-
-
-@contextmanager
-def isolated_store(folder: Path) -> Iterator[Path]:
-    """Run inside ``folder`` with its own MLflow SQLite store and work folder, restored on exit."""
-    patch = pytest.MonkeyPatch()
-    patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    patch.setenv("WD_PIPELINE_WORK_DIR", str(folder / "work"))
-    try:
-        yield folder
-    finally:
-        patch.undo()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,6 +38,14 @@ def allow_pytest_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 def workspace(tmp_path: Path) -> Iterator[Path]:
     """A fresh working directory holding its own MLflow SQLite store and work folder."""
     with isolated_store(tmp_path) as folder:
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Like ``workspace``, but kept for a whole module (creating a SQLite store costs seconds):
+    tests keep apart by model and experiment names."""
+    with isolated_store(tmp_path_factory.mktemp("store")) as folder:
         yield folder
 
 

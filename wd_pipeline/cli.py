@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wd_pipeline import stack_cli
+from wd_pipeline.ops import stack_commands
 from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError, first_line
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, _, text) in SCORE_FLAGS.items():
         score.add_argument(flag, dest=field, metavar=field.upper(), default=None, required=flag in SCORE_REQUIRED, help=text)
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
-    stack_cli.add_commands(commands)
+    stack_commands.add_commands(commands)
     return parser
 
 
@@ -115,13 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in ("run", "score"):
         try:
-            return stack_cli.run_command(args)
+            return stack_commands.run_command(args)
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
     try:
         if args.command == "score":
-            from wd_pipeline.score import make_score_settings
+            from wd_pipeline.serving.scoring import make_score_settings
 
             settings: Any = make_score_settings(**_parse_flags(args, SCORE_FLAGS))
             work_dir = os.environ.get("WD_PIPELINE_WORK_DIR", ".wd-pipeline")
@@ -224,7 +224,7 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Prefect's ephemeral API gives up after 20 s; a busy 2-core machine needs longer.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from wd_pipeline.tracking import bound_http_requests
+    from wd_pipeline.tracking.runs import bound_http_requests
 
     bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
     from prefect.logging.configuration import ensure_logging_setup

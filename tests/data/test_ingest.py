@@ -11,14 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wd_pipeline import data
+from wd_pipeline.data import sources
+from wd_pipeline.data import splits
 from wd_pipeline.config import make_config
 from wd_pipeline.errors import DataError
 
 
 def prepare(path: Path, tmp_path: Path, **settings) -> Path:
     settings = {"label": "y", "positive_class": None, "min_rows_per_class": 5, **settings}
-    return data.prepare(make_config(data=str(path), work_dir=str(tmp_path / "work"), **settings))
+    return splits.prepare(make_config(data=str(path), work_dir=str(tmp_path / "work"), **settings))
 
 
 def write_csv(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
@@ -102,7 +103,7 @@ def test_string_label_needs_positive_class(tiny_frame: pd.DataFrame, tmp_path: P
     with pytest.raises(DataError, match="positive class 'maybe' is not a value"):
         prepare(path, tmp_path, positive_class="maybe")
     folder = prepare(path, tmp_path, positive_class="no")
-    assert data.load_split(folder, "train").label.mean() == pytest.approx(1 - tiny_frame.y.mean(), abs=0.05)
+    assert splits.load_split(folder, "train").label.mean() == pytest.approx(1 - tiny_frame.y.mean(), abs=0.05)
 
 
 def test_numeric_label_refuses_a_string_positive_class(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_boolean_label(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     tiny_frame.assign(y=tiny_frame.y.astype(bool)).to_parquet(path)
     folder = prepare(path, tmp_path)
-    assert data.read_manifest(folder)["rows"] == len(tiny_frame)
+    assert splits.read_manifest(folder)["rows"] == len(tiny_frame)
 
 
 def test_missing_feature_column(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -127,36 +128,36 @@ def test_csv_parquet_and_uri_give_the_same_splits(tiny_frame: pd.DataFrame, tmp_
     csv = write_csv(tmp_path, tiny_frame)
     parquet = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pandas(tiny_frame, preserve_index=False), parquet)
-    splits = [
-        data.load_split(prepare(source, tmp_path / name), "test")
+    tests = [
+        splits.load_split(prepare(source, tmp_path / name), "test")
         for name, source in [("csv", csv), ("parquet", parquet), ("uri", parquet.as_uri())]
     ]
-    for other in splits[1:]:
-        pd.testing.assert_frame_equal(splits[0].features, other.features)
-        np.testing.assert_array_equal(splits[0].label, other.label)
+    for other in tests[1:]:
+        pd.testing.assert_frame_equal(tests[0].features, other.features)
+        np.testing.assert_array_equal(tests[0].label, other.label)
 
 
 def test_bundled_default_splits_stratified_and_seeded(tmp_path: Path) -> None:
     config = make_config(work_dir=str(tmp_path))
-    folder = data.prepare(config)
+    folder = splits.prepare(config)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["rows"] == 569
-    assert manifest["sha256"] == data.fingerprint(Path(manifest["source"]).read_bytes())
+    assert manifest["sha256"] == sources.fingerprint(Path(manifest["source"]).read_bytes())
     assert {name: part["rows"] for name, part in manifest["splits"].items()} == {
         "train": 341, "validation": 114, "test": 114,
     }
     rates = [part["positive_rate"] for part in manifest["splits"].values()]
     assert max(rates) - min(rates) < 0.01  # 212 / 569 malignant in every split
     assert len(manifest["features"]) == 30 and manifest["schema"]["mean_radius"] == "double"
-    again = data.prepare(make_config(work_dir=str(tmp_path / "again")))
-    pd.testing.assert_frame_equal(data.load_split(folder, "train").features, data.load_split(again, "train").features)
-    other_seed = data.prepare(make_config(work_dir=str(tmp_path / "seed"), seed=7))
-    assert not data.load_split(folder, "train").features.equals(data.load_split(other_seed, "train").features)
+    again = splits.prepare(make_config(work_dir=str(tmp_path / "again")))
+    pd.testing.assert_frame_equal(splits.load_split(folder, "train").features, splits.load_split(again, "train").features)
+    other_seed = splits.prepare(make_config(work_dir=str(tmp_path / "seed"), seed=7))
+    assert not splits.load_split(folder, "train").features.equals(splits.load_split(other_seed, "train").features)
 
 
 def test_splits_are_disjoint_and_complete(bundled: pd.DataFrame, tmp_path: Path) -> None:
-    folder = data.prepare(make_config(work_dir=str(tmp_path)))
-    parts = [data.load_split(folder, name).features for name in data.SPLITS]
+    folder = splits.prepare(make_config(work_dir=str(tmp_path)))
+    parts = [splits.load_split(folder, name).features for name in splits.SPLITS]
     combined = pd.concat(parts).round(8).drop_duplicates()
     assert len(combined) == sum(len(p) for p in parts) == len(bundled.drop_duplicates())
 
@@ -171,16 +172,16 @@ def test_more_folds_than_rows_of_a_class(tmp_path: Path) -> None:
 
 def test_reread_splits_are_private_copies_and_follow_a_rewritten_file(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
     folder = prepare(write_csv(tmp_path, tiny_frame), tmp_path)
-    first = data.load_split(folder, "train")
+    first = splits.load_split(folder, "train")
     first.label[:] = 7
     first.features.iloc[0, 0] = 1e9
-    second = data.load_split(folder, "train")
+    second = splits.load_split(folder, "train")
     assert set(np.unique(second.label)) == {0, 1}
     assert second.features.iloc[0, 0] != 1e9
     split = folder / "train.parquet"
     table = pq.read_table(split)
     pq.write_table(table.slice(0, 5), split)  # same folder, new content: must not be served from memory
-    assert len(data.load_split(folder, "train")) == 5
+    assert len(splits.load_split(folder, "train")) == 5
 
 
 PINNED_SPLIT = {  # seed 42, bundled data: first rows and sha256 of each split's source row numbers
@@ -199,13 +200,13 @@ def test_split_rows_are_pinned_for_a_fixed_seed(bundled: pd.DataFrame, tmp_path:
 
     config = make_config(work_dir=str(tmp_path))
     label = (bundled[config.label] == config.positive_class).to_numpy().astype(np.int8)
-    rows = data.split_rows(label, config)
-    folder = data.prepare(config)
+    rows = splits.split_rows(label, config)
+    folder = splits.prepare(config)
     features = bundled.drop(columns=config.label)
     for name, (first, digest) in PINNED_SPLIT.items():
         assert rows[name][:6].tolist() == first
         assert hashlib.sha256(rows[name].astype(np.int64).tobytes()).hexdigest()[:16] == digest
-        part = data.load_split(folder, name)
+        part = splits.load_split(folder, name)
         pd.testing.assert_frame_equal(part.features, features.iloc[rows[name]].reset_index(drop=True))
         np.testing.assert_array_equal(part.label, label[rows[name]])
 
@@ -224,13 +225,13 @@ def test_feature_types_floats_keep_their_width_others_become_float64(tmp_path: P
     path = tmp_path / "mixed.parquet"
     pq.write_table(source, path)
     folder = prepare(path, tmp_path)
-    parts = [data.load_split(folder, name) for name in data.SPLITS]
+    parts = [splits.load_split(folder, name) for name in splits.SPLITS]
     assert {str(t) for t in parts[0].features.dtypes.loc[["f32"]]} == {"float32"}
     assert set(parts[0].features.drop(columns="f32").dtypes.astype(str)) == {"float64"}
     combined = pd.concat([p.features for p in parts]).sort_values("f64").reset_index(drop=True)
     expected = source.drop_columns(["y"]).to_pandas().astype({"i16": float, "flag": float, "price": float})
     pd.testing.assert_frame_equal(combined, expected.sort_values("f64").reset_index(drop=True))
-    assert data.read_manifest(folder)["schema"] == {
+    assert splits.read_manifest(folder)["schema"] == {
         "f32": "float", "f64": "double", "i16": "int16", "flag": "bool", "price": "decimal128(8, 2)",
     }
 

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from wd_pipeline import stack
-from wd_pipeline.deploy import deploy
+from wd_pipeline.ops import stack
+from wd_pipeline.ops.deploy import deploy
 
-ADHOC = "weight-decay-pipeline/adhoc"
-NIGHTLY = "weight-decay-pipeline/nightly"
-TINY = {"grid": [0.0, 0.01], "epochs": 3}  # every run here: 2 λ, 3 epochs
-
-
-@dataclass(frozen=True)
-class LocalStack:
-    state_dir: Path
-    prefect_api_url: str
-    mlflow_url: str
-    env: dict[str, str]  # the caller's environment pointed at the stack (for subprocesses)
-    settings: stack.StackSettings | None = None  # what it was started with (to restart one service)
-
-    @property
-    def prefect_ui(self) -> str:
-        return self.prefect_api_url.removesuffix("/api")
-
+from tests.helpers.local_stack import LocalStack
 
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:

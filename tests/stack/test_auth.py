@@ -1,7 +1,7 @@
 """Both servers behind authentication, as real processes: refused without credentials, the pipeline works with them.
 
 The stack is started by `stack.up` with credentials, so MLflow runs through
-``python -m wd_pipeline.server_auth`` exactly as the compose service does, and the Prefect
+``python -m wd_pipeline.ops.server_auth`` exactly as the compose service does, and the Prefect
 server with ``PREFECT_SERVER_API_AUTH_STRING`` as in compose.
 """
 
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.conftest import ADHOC, TINY
-from wd_pipeline import stack, tracking
+from tests.helpers.local_stack import ADHOC, TINY
+from wd_pipeline.ops import stack
+from wd_pipeline.tracking import runs
 from wd_pipeline.config import DEFAULT_MODEL_NAME
-from wd_pipeline.deploy import deploy
+from wd_pipeline.ops.deploy import deploy
 from wd_pipeline.errors import TrackingError
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -106,21 +107,21 @@ def test_the_auth_ini_holds_no_password_and_only_its_owner_reads_it(secured: Sec
     text = ini.read_text()
     assert f"sqlite:///{secured.state_dir.resolve() / 'mlflow-auth.db'}" in text
     assert secured.auth.mlflow_password not in text
-    assert mlflow.command[1:3] == ["-m", "wd_pipeline.server_auth"]
+    assert mlflow.command[1:3] == ["-m", "wd_pipeline.ops.server_auth"]
 
 
 def test_tracking_and_registry_work_with_credentials_and_say_what_is_missing_without(
     secured: SecuredStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = tracking.get_client()
-    experiment_id = tracking.ensure_experiment(client, "auth-probe")
+    client = runs.get_client()
+    experiment_id = runs.ensure_experiment(client, "auth-probe")
     client.create_registered_model("auth-probe-model")
     assert client.get_registered_model("auth-probe-model").name == "auth-probe-model"
 
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     with pytest.raises(TrackingError) as refused:
-        tracking.ensure_experiment(tracking.get_client(), "auth-probe")
+        runs.ensure_experiment(runs.get_client(), "auth-probe")
     assert str(refused.value) == (
         f"the MLflow tracking server at {secured.state.mlflow_url} refused the request (HTTP 401, not authenticated): "
         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
@@ -146,7 +147,7 @@ def test_a_deployed_run_completes_through_the_worker_and_registers_the_champion(
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert json.loads(response.read())["state_type"] == "COMPLETED"
-    champion = tracking.get_client().get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
+    champion = runs.get_client().get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
     assert champion.tags["gate.alias"] == "champion"
 
 

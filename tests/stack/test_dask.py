@@ -17,7 +17,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.stack.conftest import LocalStack
+from tests.helpers.local_stack import LocalStack
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 

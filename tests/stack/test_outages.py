@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from tests.stack.conftest import ADHOC, LocalStack
-from wd_pipeline import stack, tracking
-from wd_pipeline.train import HISTORY_KEYS
+from tests.helpers.local_stack import ADHOC, LocalStack
+from wd_pipeline.ops import stack
+from wd_pipeline.tracking import runs
+from wd_pipeline.ml.training import HISTORY_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -108,14 +109,14 @@ def mlflow_client(local_stack: LocalStack) -> MlflowClient:
 
 
 def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    return client.search_runs([experiment_id], f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent_run_id}'")
+    return client.search_runs([experiment_id], f"tags.`{runs.PARENT_RUN_TAG}` = '{parent_run_id}'")
 
 
 def assert_complete_record(client: MlflowClient, experiment: str, flow_run_id: Any, work: Path) -> None:
     """One FINISHED run per grid point and fold, every epoch's value once and equal to the trained unit's."""
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    (parent,) = client.search_runs([experiment_id], f"tags.`{tracking.PREFECT_RUN_TAG}` = '{flow_run_id}'"
-                                   f" and tags.`{tracking.OWNER_TAG}` != ''")
+    (parent,) = client.search_runs([experiment_id], f"tags.`{runs.PREFECT_RUN_TAG}` = '{flow_run_id}'"
+                                   f" and tags.`{runs.OWNER_TAG}` != ''")
     assert parent.info.status == "FINISHED"
     points = [run for run in children(client, experiment_id, parent.info.run_id) if run.info.run_name.startswith("l2 ")]
     assert sorted(run.info.run_name for run in points) == ["l2 λ=0", "l2 λ=1e-01", "l2 λ=1e-02"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.lock_contender import race
-from wd_pipeline import stack
-from wd_pipeline.promotion_lock import lock_name
+from tests.helpers.lock_contender import race
+from wd_pipeline.ops import stack
+from wd_pipeline.tracking.promotion_lock import lock_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 

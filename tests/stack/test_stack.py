@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.stack.conftest import ADHOC, NIGHTLY, TINY, LocalStack
-from wd_pipeline import stack
+from tests.helpers.local_stack import ADHOC, NIGHTLY, TINY, LocalStack
+from wd_pipeline.ops import stack
 from wd_pipeline.cli import main
 from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 

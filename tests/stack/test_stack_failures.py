@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wd_pipeline import stack
+from wd_pipeline.ops import stack
 from wd_pipeline.errors import ServiceStartError
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]

@@ -1,0 +1,354 @@
+"""Bad-input matrix (issue #6, "nothing lost"): every case ends in one exact message, a FAILED
+flow run or exit code 2, and leaves the registry as it was — no new model version, and the
+champion alias still on the version it pointed to before.
+
+Most cases run in this process through the Prefect flow or ``cli.main`` (fast); the real
+command runs as a subprocess for two representative cases. One MLflow store serves the
+module, seeded with a champion so "champion unchanged" is a real check, not a vacuous one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.pipeline import weight_decay_pipeline
+from tests.helpers.registry_models import labelled_frame, log_pyfunc, train_keras
+from wd_pipeline.tracking import registry
+from wd_pipeline.tracking import runs
+from wd_pipeline.cli import EXIT_BAD_SETTINGS, EXIT_RUN_FAILED, main
+
+pytestmark = pytest.mark.slow
+
+MODEL = "wd-bad-matrix"
+RUN = {"label": "y", "positive_class": None, "grid": [0.0], "epochs": 1, "folds": 1, "model_name": MODEL}
+BAD_PARAMS = "Flow run received invalid parameters:\n - "
+
+
+@pytest.fixture(scope="module")
+def store(module_store: Path, prefect_api) -> Path:
+    """The module's MLflow store with ``MODEL@champion`` = v1, so every case can check it is kept."""
+    frame = labelled_frame(rows=120)
+    keras_path = train_keras(frame, module_store / "seed.keras", epochs=0)
+    model_uri, run_id = log_pyfunc(keras_path, frame, ["a", "b", "c"], experiment="matrix-seed")
+    decision = registry.register(
+        runs.get_client(), MODEL, model_uri, run_id, frame[["a", "b", "c"]], frame["y"].to_numpy(),
+        registry.GatePolicy(min_roc_auc=None),
+    )
+    assert (decision.version, decision.alias) == ("1", "champion")
+    return module_store
+
+
+def registry_state() -> tuple[list[str], str]:
+    client = runs.get_client()
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
+    return versions, str(client.get_model_version_by_alias(MODEL, "champion").version)
+
+
+UNCHANGED = (["1"], "1")
+
+
+# --- data files: each builder writes into the folder and returns (data path, expected message) ---------------
+
+def csv(folder: Path, frame: pd.DataFrame, name: str) -> str:
+    path = folder / name
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def good(rows: int = 120) -> pd.DataFrame:
+    return labelled_frame(rows=rows)
+
+
+def raw(folder: Path, name: str, content: bytes) -> str:
+    path = folder / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def truncated_parquet(folder: Path) -> str:
+    path = folder / "cut.parquet"
+    good().to_parquet(path)
+    path.write_bytes(path.read_bytes()[:300])
+    return str(path)
+
+
+DataCase = Callable[[Path], tuple[str, str]]
+NOT_PARQUET = "is not a valid Parquet file (truncated or another format): write it again completely, or pass a CSV"
+ONE_BAD = "features hold missing or infinite values (column: count) {'a': 1}: clean, impute or drop those rows"
+
+DATA_CASES: dict[str, tuple[DataCase, dict]] = {
+    "missing file": (
+        lambda f: (p := str(f / "nowhere.csv"), f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file"),
+        {},
+    ),
+    "empty file": (
+        lambda f: (p := raw(f, "empty.csv", b""), f"data file {p} is empty. Pass a CSV with a header row or a Parquet file"),
+        {},
+    ),
+    "not CSV or Parquet": (
+        lambda f: (p := raw(f, "image.csv", bytes(range(256)) * 8),
+                   f"data file {p} is neither Parquet nor readable CSV: CSV parse error"),
+        {},
+    ),
+    "Parquet name, other bytes": (lambda f: (p := raw(f, "x.parquet", b"a,b\n1,2\n"), f"data file {p} {NOT_PARQUET}"), {}),
+    "truncated Parquet": (lambda f: (p := truncated_parquet(f), f"data file {p} {NOT_PARQUET}"), {}),
+    "semicolon delimiter": (
+        lambda f: (p := raw(f, "semi.csv", good().to_csv(index=False, sep=";").encode()),
+                   f"data file {p} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
+                   "save it comma-separated, or as Parquet"),
+        {},
+    ),
+    "header only": (
+        lambda f: (raw(f, "header.csv", b"a,b,y\n"),
+                   "data holds a header but no rows: pass a file with data rows under the header"),
+        {},
+    ),
+    "missing label": (
+        lambda f: (csv(f, good().drop(columns="y"), "nolabel.csv"),
+                   "label column 'y' not found; columns are ['a', 'b', 'c', 'd']. "
+                   "Pass --label with the name of the binary target column"),
+        {},
+    ),
+    "misspelled label": (
+        lambda f: (csv(f, good().rename(columns={"y": "target"}), "target.csv"),
+                   "label column 'targt' not found; columns are ['a', 'b', 'c', 'd', 'target']. Did you mean 'target'? "
+                   "Pass --label with the name of the binary target column"),
+        {"label": "targt"},
+    ),
+    "three classes": (
+        lambda f: (csv(f, good().assign(y=np.arange(120) % 3), "three.csv"),
+                   "label column 'y' must be binary (0/1, booleans or two strings); it holds [0, 1, 2]: "
+                   "map it to two classes, or pass --label with another column"),
+        {},
+    ),
+    "two strings, no positive class": (
+        lambda f: (csv(f, good().assign(y=lambda d: d.y.map({0: "no", 1: "yes"})), "strings.csv"),
+                   "label column 'y' holds strings ['no', 'yes']: name the positive class, e.g. --positive-class 'yes'"),
+        {},
+    ),
+    "positive class not in label": (
+        lambda f: (csv(f, good().assign(y=lambda d: d.y.map({0: "no", 1: "yes"})), "strings2.csv"),
+                   "positive class 'si' is not a value of label column 'y'; it holds ['no', 'yes']"),
+        {"positive_class": "si"},
+    ),
+    "missing label value": (
+        lambda f: (csv(f, good().assign(y=lambda d: d.y.astype("Int64").mask(d.index == 0)), "holes.csv"),
+                   "label column 'y' has 1 missing values: drop or fill those rows"),
+        {},
+    ),
+    "NaN feature": (lambda f: (csv(f, good().assign(a=lambda d: d.a.mask(d.index == 3)), "nan.csv"), ONE_BAD), {}),
+    "inf feature": (
+        lambda f: (csv(f, good().assign(a=lambda d: d.a.mask(d.index == 3, np.inf)), "inf.csv"), ONE_BAD),
+        {},
+    ),
+    "text feature": (
+        lambda f: (csv(f, good().assign(c="rough"), "text.csv"),
+                   "features must be numeric; non-numeric columns: ['c (string)']. "
+                   "Encode them, or leave them out with --features"),
+        {},
+    ),
+    "duplicate columns": (
+        lambda f: (raw(f, "dup.csv", ("a,a,y\n" + "\n".join(f"{i},{i},{i % 2}" for i in range(60))).encode()),
+                   "data has duplicate columns ['a']: give every column a unique name"),
+        {},
+    ),
+    "one class only": (
+        lambda f: (csv(f, good().assign(y=0), "one.csv"),
+                   "label column 'y' has a single class, 0 (negative): a classifier needs both"),
+        {},
+    ),
+    "fewer rows than needed": (
+        lambda f: (csv(f, good(rows=12), "tiny.csv"), "too few rows per class"),
+        {},
+    ),
+    "folds larger than a class": (
+        lambda f: (csv(f, pd.DataFrame({"a": np.linspace(0, 1, 140), "y": [1] * 20 + [0] * 120}), "rare.csv"),
+                   "19 folds need at least 19 rows of each class in the training data; "
+                   "the smallest class has 18: lower --folds"),
+        {"folds": 19, "val_fraction": 0.1, "test_fraction": 0.1},
+    ),
+    "outside the data roots": (
+        lambda f: ("/etc/passwd", "data source /etc/passwd resolves to /etc/passwd, outside the allowed data folders"),
+        {},
+    ),
+    "disallowed scheme": (
+        lambda f: ("http://127.0.0.1:9/d.csv",
+                   "data URI scheme 'http' of 'http://127.0.0.1:9/d.csv' is not allowed; "
+                   "allowed schemes are ['file', 's3', 'gs', 'hdfs']. Copy the file to an allowed location, "
+                   "or set WD_PIPELINE_DATA_SCHEMES=file,s3,gs,hdfs,http"),
+        {},
+    ),
+}
+
+
+def failure(state) -> str:
+    assert state.is_failed(), state
+    return str(state.result(raise_on_failure=False))
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_file(case: str, store: Path) -> None:
+    build, settings = DATA_CASES[case]
+    folder = store / "inputs"
+    folder.mkdir(exist_ok=True)
+    path, expected = build(folder)
+    message = failure(weight_decay_pipeline(**{**RUN, "data": path, **settings}, return_state=True))
+    if case in {"not CSV or Parquet", "fewer rows than needed", "outside the data roots"}:
+        assert message.startswith(expected), message  # the rest names arrow's parse error / counts / the roots
+    else:
+        assert message == expected
+    assert registry_state() == UNCHANGED
+
+
+# --- parameters, three ways in ----------------------------------------------------------------------------------
+
+FLOW_PARAMS = {
+    "empty λ grid": ({"grid": []}, "grid: List should have at least 1 item after validation, not 0"),
+    "negative λ": ({"grid": [0.0, -1e-3]}, "grid.1: Input should be greater than or equal to 0"),
+    "NaN λ": ({"grid": [float("nan")]}, "grid.0: Input should be a finite number"),
+    "zero epochs": ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+    "huge epochs": ({"epochs": 10**9}, "epochs: Input should be less than or equal to 100000"),
+    "batch size 0": ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
+    "unknown mode": ({"modes": ["l3"]}, "modes.0: Input should be 'l2' or 'decoupled'"),
+    "too many folds": ({"folds": 50}, "folds: Input should be less than or equal to 20"),
+}
+
+
+@pytest.mark.parametrize("case", list(FLOW_PARAMS))
+def test_bad_flow_parameter(case: str, store: Path) -> None:
+    params, expected = FLOW_PARAMS[case]
+    assert failure(weight_decay_pipeline(**{**RUN, **params}, return_state=True)) == BAD_PARAMS + expected
+    assert registry_state() == UNCHANGED
+
+
+CLI_FLAGS = {
+    "empty λ grid": (["--grid", ""], "--grid is empty: give comma-separated λ values, e.g. --grid 0,1e-4,1e-2"),
+    "negative λ": (["--grid=-1e-3"], "invalid settings: grid.0: Input should be greater than or equal to 0"),
+    "NaN λ": (["--grid", "nan"], "invalid settings: grid.0: Input should be a finite number"),
+    "text λ": (["--grid", "0,small"], "--grid must hold numbers separated by commas (e.g. 0,1e-4,1e-2): "
+               "could not convert string to float: 'small'"),
+    "zero epochs": (["--epochs", "0"], "invalid settings: epochs: Input should be greater than or equal to 1"),
+    "huge epochs": (["--epochs", "1000000000"], "invalid settings: epochs: Input should be less than or equal to 100000"),
+    "batch size 0": (["--batch-size", "0"], "invalid settings: batch_size: Input should be greater than or equal to 1"),
+    "unknown mode": (["--modes", "l3"], "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
+    "folds 0": (["--folds", "0"], "invalid settings: folds: Input should be greater than or equal to 1"),
+}
+
+CONFIG_FILES = {
+    "empty λ grid": ("grid = []\n", "invalid settings: grid: List should have at least 1 item after validation, not 0"),
+    "negative λ": ("grid = [0.0, -0.5]\n", "invalid settings: grid.1: Input should be greater than or equal to 0"),
+    "NaN λ": ("grid = [nan]\n", "invalid settings: grid.0: Input should be a finite number"),
+    "zero epochs": ("[pipeline]\nepochs = 0\n", "invalid settings: epochs: Input should be greater than or equal to 1"),
+    "batch size 0": ("batch_size = 0\n", "invalid settings: batch_size: Input should be greater than or equal to 1"),
+    "unknown mode": ("modes = ['l3']\n", "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
+    "misspelled key": ("epoch = 5\n", "invalid settings: epoch: Extra inputs are not permitted"),
+    "not TOML": ("epochs = = 5\n", "is not valid: Invalid value (at line 1, column 10)"),
+}
+
+
+def one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["run", *argv]) == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err.removeprefix("error: ")
+
+
+@pytest.mark.parametrize("case", list(CLI_FLAGS))
+def test_bad_cli_flag(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = CLI_FLAGS[case]
+    assert one_line_exit_2(argv, capsys) == expected
+    assert registry_state() == UNCHANGED
+
+
+@pytest.mark.parametrize("case", list(CONFIG_FILES))
+def test_bad_config_file(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text, expected = CONFIG_FILES[case]
+    path = store / "bad.toml"
+    path.write_text(text)
+    message = one_line_exit_2(["--config", str(path)], capsys)
+    assert message.endswith(expected) if case == "not TOML" else message == expected
+    assert registry_state() == UNCHANGED
+
+
+# --- environment --------------------------------------------------------------------------------------------------
+
+def test_unreachable_tracking_server(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow itself: FAILED with the one line, not retried by Prefect; the real store untouched."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    message = failure(weight_decay_pipeline(**RUN, return_state=True))
+    monkeypatch.undo()
+    assert message == (
+        "cannot reach the MLflow tracking server at http://127.0.0.1:9: connection refused (3 attempts). "
+        "Check MLFLOW_TRACKING_URI and that the server is running"
+    )
+    assert registry_state() == UNCHANGED
+
+
+def unwritable_work_dir(store: Path) -> tuple[str, str]:
+    """A work folder that cannot be created: its parent is a file (read-only even for root)."""
+    blocker = store / "blocker"
+    blocker.write_text("a file where a folder should be")
+    return str(blocker / "work"), "Not a directory"
+
+
+def test_work_folder_not_writable_flow(store: Path) -> None:
+    work, reason = unwritable_work_dir(store)
+    path = csv(store, good(), "fine.csv")
+    message = failure(weight_decay_pipeline(**{**RUN, "data": path, "work_dir": work}, return_state=True))
+    assert message == f"work folder {work} is not writable ({reason}): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+    assert registry_state() == UNCHANGED
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the file-as-parent case covers it")
+def test_read_only_work_folder_cli(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = store / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        message = one_line_exit_2(["--work-dir", str(folder / "work")], capsys)
+    finally:
+        folder.chmod(0o755)
+    assert message == f"work folder {folder / 'work'} is not writable (Permission denied): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+
+
+# --- the real command, for representative cases -------------------------------------------------------------------
+
+def cli(store: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_HOME": str(store / "prefect-cli")}
+    # a busy two-core machine can take longer than Prefect's default 20 s to start the temporary API
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "wd_pipeline.cli", "run", "--label", "y", "--grid", "0", "--epochs", "1",
+         "--folds", "1", "--model-name", MODEL, *argv],
+        capture_output=True, text=True, env=env, cwd=store, timeout=300,
+    )
+
+
+def test_cli_unwritable_work_folder_exits_2_before_anything_starts(store: Path) -> None:
+    work, reason = unwritable_work_dir(store)
+    done = cli(store, "--data", csv(store, good(), "fine.csv"), "--work-dir", work)
+    assert done.returncode == EXIT_BAD_SETTINGS
+    assert done.stderr.strip() == (
+        f"error: work folder {work} is not writable ({reason}): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+    )
+    assert registry_state() == UNCHANGED
+
+
+def test_cli_semicolon_file_exits_1_with_one_line(store: Path) -> None:
+    path = raw(store, "semi-cli.csv", good().to_csv(index=False, sep=";").encode())
+    done = cli(store, "--data", path)
+    assert done.returncode == EXIT_RUN_FAILED
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: data file {path} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
+                      "save it comma-separated, or as Parquet"], done.stderr[-4000:]
+    assert "Traceback" not in done.stderr
+    assert registry_state() == UNCHANGED

@@ -1,0 +1,82 @@
+"""Bootstrap intervals: they hold the estimate, shrink with data, and a model ties itself."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from wd_pipeline.ml import bootstrap
+from wd_pipeline.ml.metrics import METRICS, classification_metrics
+
+
+def predictions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fair but imperfect classifier: informative probabilities with noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.3 * y + 0.7 * rng.random(n), 0, 1)
+    return y, p
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_vectorised_metrics_match_scikit_learn_on_every_resample(metric: str) -> None:
+    y, p = predictions(50)
+    rows = bootstrap.resample_indices(len(y), 20, seed=3)
+    values = bootstrap.resampled_metric(y, p, rows, metric)
+    expected = [classification_metrics(y[r], p[r])[metric] for r in rows]
+    np.testing.assert_allclose(values, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_interval_contains_the_estimate(metric: str) -> None:
+    y, p = predictions(114)
+    interval = bootstrap.bootstrap_ci(y, p, metric, seed=1)
+    assert interval.estimate == pytest.approx(classification_metrics(y, p)[metric])
+    assert interval.low <= interval.estimate <= interval.high
+    assert interval.low < interval.high
+
+
+def test_interval_narrows_with_more_rows() -> None:
+    small = bootstrap.bootstrap_ci(*predictions(100), "roc_auc")
+    large = bootstrap.bootstrap_ci(*predictions(2000), "roc_auc")
+    assert large.high - large.low < 0.5 * (small.high - small.low)
+
+
+def test_single_class_resamples_are_skipped_for_roc_auc() -> None:
+    y = np.array([1] + [0] * 9)  # many resamples miss the one positive row
+    p = np.linspace(0.9, 0.0, 10)
+    interval = bootstrap.bootstrap_ci(y, p, "roc_auc", n_resamples=500)
+    assert 0 < interval.resamples < 500
+    assert np.isfinite(interval.low) and interval.high <= 1.0
+
+
+def test_paired_difference_of_identical_predictions_is_exactly_zero() -> None:
+    y, p = predictions(114)
+    for metric in METRICS:
+        difference = bootstrap.paired_bootstrap_difference(y, p, p.copy(), metric)
+        assert (difference.estimate, difference.low, difference.high) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "roc_auc", "brier", "accuracy"])
+def test_paired_difference_is_positive_when_new_is_better(metric: str) -> None:
+    y, weak = predictions(114)
+    strong = np.clip(0.7 * y + 0.3 * np.random.default_rng(9).random(len(y)), 0, 1)
+    better = bootstrap.paired_bootstrap_difference(y, strong, weak, metric)
+    worse = bootstrap.paired_bootstrap_difference(y, weak, strong, metric)
+    assert better.low > 0 and better.estimate > 0
+    assert worse.high < 0
+    assert better.estimate == pytest.approx(-worse.estimate)
+
+
+def test_thousand_resamples_of_a_test_split_take_well_under_a_second() -> None:
+    y, p = predictions(114)
+    started = time.perf_counter()
+    bootstrap.bootstrap_cis(y, p, n_resamples=1000)
+    bootstrap.paired_bootstrap_difference(y, p, p[::-1].copy(), "roc_auc", n_resamples=1000)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_same_seed_same_interval() -> None:
+    y, p = predictions(80)
+    assert bootstrap.bootstrap_ci(y, p, "f1", seed=5) == bootstrap.bootstrap_ci(y, p, "f1", seed=5)

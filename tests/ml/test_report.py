@@ -1,0 +1,171 @@
+"""The regularization report: every figure draws what it promises; the card holds the evidence."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wd_pipeline.ml import report
+from wd_pipeline.ml.metrics import METRICS
+from wd_pipeline.ml.bootstrap import bootstrap_cis
+
+LAMBDAS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
+SHA = "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def grid() -> pd.DataFrame:
+    """A cross-validated grid table as the contract describes it: two modes, five λ each."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for mode in ("l2", "decoupled"):
+        for i, lam in enumerate(LAMBDAS):
+            row = {"mode": mode, "lambda": lam, "weight_norm": 8.0 - i, "stopped_epoch": 40 + i}
+            for metric in METRICS:
+                val = 0.2 + 0.01 * (i - 2) ** 2 if metric in ("log_loss", "brier") else 0.9 - 0.01 * abs(i - 2)
+                train = val - 0.1 + 0.02 * i if metric in ("log_loss", "brier") else min(val + 0.08 - 0.015 * i, 1.0)
+                std = float(rng.uniform(0.01, 0.03))
+                row |= {f"train_{metric}": train, f"val_{metric}": val, f"val_{metric}_std": std, f"val_{metric}_se": std / np.sqrt(5)}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def test_predictions() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 114)
+    return y, np.clip(0.3 * y + 0.7 * rng.random(114), 0, 1)
+
+
+def renders(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    return buffer.getvalue()
+
+
+def test_validation_curve_has_error_bars_one_line_per_mode_and_the_choice(grid: pd.DataFrame) -> None:
+    figure = report.validation_curve_figure(grid, "log_loss", 1e-3, "decoupled")
+    renders(figure)
+    assert len(figure.axes) == 2
+    ax = figure.axes[0]
+    assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] < 0.0  # λ = 0 is on the axis
+    assert ax.get_ylabel() == "log loss" and "λ" in ax.get_xlabel()
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"l2 validation (±1 SE)", "decoupled validation (±1 SE)", "l2 train", "decoupled train"} <= set(labels)
+    assert "chosen: decoupled λ = 1e-03" in labels
+    assert len(ax.containers) == 2  # one error-bar container per mode
+    error_bars = ax.containers[1].lines[2][0].get_segments()
+    se = grid.loc[grid["mode"] == "l2", "val_log_loss_se"].to_numpy()
+    assert [s[1][1] - s[0][1] for s in error_bars] == pytest.approx(2 * se)
+    star = [line for line in ax.lines if line.get_marker() == "*" and len(line.get_xdata())]
+    assert len(star) == 1 and star[0].get_xdata()[0] == 1e-3
+
+
+def test_a_single_split_table_without_mode_or_se_still_draws() -> None:
+    table = pd.DataFrame(
+        {"lambda": LAMBDAS, "train_log_loss": [0.1] * 5, "val_log_loss": [0.2] * 5, "train_accuracy": [1.0] * 5,
+         "val_accuracy": [0.9] * 5, "weight_norm": [5.0, 4, 3, 2, 1], "penalized_weight_norm": [4.0, 3, 2, 1, 0.5]}
+    )
+    renders(report.validation_curve_figure(table, "log_loss", 1e-2))
+    norms = report.weight_norm_figure(table, 1e-2)
+    assert {"l2 all kernels", "l2 penalised kernels"} <= set(norms.axes[0].get_legend_handles_labels()[1])
+
+
+def test_weight_norm_and_gap_one_line_per_mode(grid: pd.DataFrame) -> None:
+    for figure in (report.weight_norm_figure(grid, 1e-3, "l2"), report.generalization_gap_figure(grid, "roc_auc", 1e-3, "l2")):
+        renders(figure)
+        (ax,) = figure.axes
+        assert ax.get_xscale() == "symlog"
+        mode_lines = [line for line in ax.lines if line.get_label() in ("l2", "decoupled", "l2 all kernels", "decoupled all kernels")]
+        assert len(mode_lines) == 2
+    assert "overfitting" in figure.axes[0].get_ylabel()
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "roc_auc"])
+def test_gap_is_positive_when_train_beats_validation(metric: str) -> None:
+    better, worse = (0.1, 0.3) if metric == "log_loss" else (0.99, 0.8)
+    table = pd.DataFrame({f"train_{metric}": [better], f"val_{metric}": [worse]})
+    assert report.generalization_gap(table, metric).iloc[0] == pytest.approx(abs(better - worse))
+
+
+def test_learning_curves_show_every_grid_point() -> None:
+    curves = [
+        (f"{mode} λ={lam}", {"loss": list(np.linspace(1, 0.1 + lam, 20)), "val_loss": list(np.linspace(1, 0.2, 20))})
+        for mode in ("l2", "decoupled") for lam in (0, 1e-2, 1e-1)
+    ]
+    figure = report.learning_curves_figure(curves)
+    renders(figure)
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "val_loss"]
+    for ax in figure.axes:
+        assert len(ax.lines) == 6 and ax.get_xlabel() == "epoch"
+    assert figure.axes[1].get_legend_handles_labels()[1][0] == "l2 λ=0"
+
+
+def test_test_split_figures(test_predictions) -> None:
+    y, p = test_predictions
+    figures = report.diagnostic_figures(y, p, threshold=0.3)
+    assert set(figures) == {"roc_curve.png", "confusion_matrix.png", "calibration.png"}
+    for figure in figures.values():
+        renders(figure)
+    roc = figures["roc_curve.png"].axes[0]
+    assert roc.get_xlabel() == "false positive rate" and re.search(r"AUC = 0\.\d{3}", roc.get_legend_handles_labels()[1][0])
+    confusion = figures["confusion_matrix.png"].axes[0]
+    counts = sorted(int(text.get_text()) for text in confusion.texts)
+    assert sum(counts) == len(y) and "threshold 0.3" in confusion.get_title()
+    calibration = figures["calibration.png"].axes[0]
+    assert calibration.get_ylabel() == "fraction of positives" and len(calibration.lines) == 2
+
+
+def test_model_card_holds_fingerprint_choice_table_and_intervals(grid: pd.DataFrame, test_predictions) -> None:
+    y, p = test_predictions
+    intervals = bootstrap_cis(y, p, n_resamples=200)
+    card = report.model_card(
+        model_name="wd-classifier", version="3", data_source="data/breast_cancer.csv", data_sha256=SHA,
+        config={"grid": [0.0, 1e-3], "epochs": 100, "learning_rate": 1e-3, "positive_class": None},
+        chosen_mode="decoupled", chosen_lambda=1e-3, metric="log_loss", rule="one-se", table=grid,
+        test_intervals=intervals,
+    )
+    assert card.startswith("# Model card: wd-classifier v3")
+    assert SHA in card and "data/breast_cancer.csv" in card
+    assert "**λ**: 1e-03" in card and "decoupled weight decay (AdamW)" in card and "one-SE rule" in card
+    assert f"| roc auc | {intervals['roc_auc'].estimate:.4f} | [{intervals['roc_auc'].low:.4f}, {intervals['roc_auc'].high:.4f}] |" in card
+    assert "95% bootstrap confidence intervals, 200 resamples" in card
+    chosen_rows = [line for line in card.splitlines() if line.endswith("| ✔ |")]
+    assert len(chosen_rows) == 1 and chosen_rows[0].startswith("| decoupled | 1e-03 |")
+    assert "| epochs | `100` |" in card and "| positive_class | `null` |" in card
+    assert re.search(r"\| 0\.\d{4} ± 0\.\d{4} \|", card)  # readable rounding, mean ± SE
+
+
+def test_model_card_refuses_an_unknown_rule(grid: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="unknown selection rule 'median'"):
+        report.model_card(
+            model_name="m", data_source="s", data_sha256=SHA, config={}, chosen_mode="l2", chosen_lambda=0.0,
+            metric="log_loss", rule="median", table=grid, test_intervals={},
+        )
+
+
+def test_report_artifacts_bundle_every_figure_and_the_card(grid: pd.DataFrame, test_predictions) -> None:
+    from matplotlib.figure import Figure
+
+    y, p = test_predictions
+    curves = [("l2 λ=0", {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]})]
+    card = {
+        "model_name": "m", "data_source": "d.csv", "data_sha256": SHA, "config": {"epochs": 2}, "rule": "best",
+        "test_intervals": bootstrap_cis(y, p, n_resamples=100),
+    }
+    artifacts = report.report_artifacts(
+        table=grid, curves=curves, y_test=y, p_test=p, metric="log_loss", chosen_mode="l2", chosen_lambda=1e-2, card=card,
+    )
+    figures = {path for path, item in artifacts.items() if isinstance(item, Figure)}
+    assert figures == {
+        f"plots/{name}.png" for name in (
+            "validation_curve", "weight_norm", "generalization_gap", "learning_curves", "roc_curve",
+            "confusion_matrix", "calibration",
+        )
+    }
+    assert SHA in artifacts["model_card.md"] and "the best cross-validated log loss" in artifacts["model_card.md"]

@@ -1,0 +1,70 @@
+"""Serving loads models only from the registry, and a network that carries code is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers.registry_models import COLUMNS, SIGNAL, labelled_frame, log_pyfunc
+from wd_pipeline.tracking import registry
+from wd_pipeline.errors import ConfigError
+
+
+def network_with_code(path: Path, marker: Path) -> str:
+    """A working network whose Lambda layer, a Python lambda, touches ``marker`` when run.
+
+    Keras stores such a lambda as bytecode: whoever loads the file unsafely runs it.
+    """
+    import keras
+
+    payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # noqa: S307
+    inputs = keras.Input(shape=(len(SIGNAL),), name="features")
+    hidden = keras.layers.Lambda(payload, name="payload")(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
+    keras.Model(inputs, outputs).save(path)
+    marker.unlink(missing_ok=True)  # building the model ran the lambda once already
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_network_with_a_lambda_layer_is_refused_by_the_serving_loader(workspace: Path) -> None:
+    import keras
+
+    frame = labelled_frame(rows=50)
+    marker = workspace / "code-ran"
+    keras_path = network_with_code(workspace / "payload.keras", marker)
+    model_uri, _ = log_pyfunc(keras_path, frame, SIGNAL, experiment="safe-mode")
+
+    with pytest.raises(ValueError, match="arbitrary code execution"):
+        registry.score(model_uri, frame[SIGNAL])
+    assert not marker.exists()
+
+    # The same file loaded unsafely does run the stored code: what the refusal prevents.
+    network = keras.saving.load_model(keras_path, compile=False, safe_mode=False)
+    network.predict(frame[SIGNAL].to_numpy(np.float32), verbose=0)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["runs:/0123abcd/model", "/tmp/model", "file:///tmp/model", "https://example.org/model.zip", "models://profile@databricks/wd/1", "models:"],
+)
+def test_a_model_uri_outside_the_registry_is_refused(uri: str) -> None:
+    expected = (
+        f"model URI {uri!r} is refused: models load only from the MLflow model registry "
+        "(models:/NAME/VERSION or models:/NAME@ALIAS)"
+    )
+    features = pd.DataFrame(np.zeros((1, len(COLUMNS))), columns=COLUMNS)
+    with pytest.raises(ConfigError) as refused:
+        registry.score(uri, features)
+    assert str(refused.value) == expected
+    with pytest.raises(ConfigError):
+        registry.input_columns(uri)
+
+
+@pytest.mark.parametrize("uri", ["models:/wd-classifier/3", "models:/wd-classifier@champion", "models:/m-0123abcd"])
+def test_registry_uris_pass_the_check(uri: str) -> None:
+    assert registry.require_registry_uri(uri) == uri

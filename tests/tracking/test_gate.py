@@ -1,0 +1,102 @@
+"""The champion gate against a real MLflow SQLite store with real (tiny) Keras models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
+from wd_pipeline.tracking import registry
+from wd_pipeline.tracking import runs
+from wd_pipeline.tracking.registry import GatePolicy, schema_change
+
+NO_FLOORS = GatePolicy(min_roc_auc=None)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = labelled_frame()
+    return frame.iloc[:200].reset_index(drop=True), frame.iloc[200:].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory, data) -> dict[str, str]:
+    train, _ = data
+    folder = tmp_path_factory.mktemp("keras")
+    return {
+        "strong": train_keras(train, folder / "strong.keras"),
+        "weak": train_keras(train, folder / "weak.keras", epochs=0),
+        "flipped": train_keras(train, folder / "flipped.keras", flip=True),
+        "other_schema": train_keras(train, folder / "other.keras", features=["a", "b", "d"]),
+    }
+
+
+def gate(name: str, kind: str, keras_files, data, policy: GatePolicy = NO_FLOORS, features: list[str] = SIGNAL):
+    train, test = data
+    model_uri, run_id = log_pyfunc(keras_files[kind], train, features)
+    return registry.register(
+        runs.get_client(), name, model_uri, run_id, test.drop(columns="y"), test["y"].to_numpy(), policy
+    )
+
+
+def aliases(name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in runs.get_client().get_registered_model(name).aliases.items()}
+
+
+def test_equal_and_worse_models_are_refused_a_clearly_better_one_promoted(module_store: Path, keras_files, data) -> None:
+    name = "gate-compare"
+    first = gate(name, "weak", keras_files, data)
+    assert (first.version, first.alias) == ("1", "champion")
+
+    same = gate(name, "weak", keras_files, data)
+    assert same.alias == "challenger"
+    assert (same.difference, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    assert "does not beat champion v1 by margin 0" in same.reason
+
+    too_demanding = gate(name, "strong", keras_files, data, GatePolicy(min_roc_auc=None, margin=5.0))
+    assert too_demanding.alias == "challenger" and too_demanding.ci_low > 0
+
+    better = gate(name, "strong", keras_files, data)
+    assert better.alias == "champion"
+    assert better.new_value < better.champion_value and 0 < better.ci_low <= better.difference <= better.ci_high
+    assert "beats champion" in better.reason
+
+    worse = gate(name, "weak", keras_files, data)
+    assert worse.alias == "challenger" and worse.ci_high < 0
+    assert aliases(name) == {"champion": "4", "challenger": "5"}
+    tags = runs.get_client().get_model_version(name, "4").tags
+    assert tags["gate.alias"] == "champion" and float(tags["gate.ci_low"]) == pytest.approx(better.ci_low)
+    assert tags["gate.champion_version"] == "1" and tags["gate.margin"] == "0.0"
+
+
+def test_a_model_below_a_floor_is_never_champion(module_store: Path, keras_files, data) -> None:
+    name = "gate-floors"
+    flipped = gate(name, "flipped", keras_files, data, GatePolicy())
+    assert flipped.alias == "challenger"
+    assert flipped.reason.startswith("below the floor: test roc_auc") and "< minimum 0.6" in flipped.reason
+    assert "champion" not in aliases(name)
+
+    good = gate(name, "strong", keras_files, data, GatePolicy())
+    assert good.alias == "champion" and good.test_roc_auc > 0.9
+
+    capped = gate(name, "strong", keras_files, data, GatePolicy(max_log_loss=1e-4))
+    assert capped.alias == "challenger" and "> maximum 0.0001" in capped.floors
+    assert aliases(name)["champion"] == good.version
+
+
+def test_a_changed_schema_blocks_promotion(module_store: Path, keras_files, data) -> None:
+    name = "gate-schema"
+    champion = gate(name, "strong", keras_files, data)
+    changed = gate(name, "other_schema", keras_files, data, features=["a", "b", "d"])
+    assert (champion.alias, changed.alias) == ("champion", "challenger")
+    assert "input columns differ from champion v1 (added ['d'], removed ['c'])" in changed.reason
+    assert changed.difference is None
+    assert aliases(name)["champion"] == champion.version
+
+
+def test_schema_change_names_columns_and_order() -> None:
+    assert schema_change(["a", "b"], ["a", "b"]) is None
+    assert schema_change(["b", "a"], ["a", "b"]) == "same columns in another order"
+    assert schema_change(["a", "x"], ["a", "b", "c"]) == "added ['x'], removed ['b', 'c']"

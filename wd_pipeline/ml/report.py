@@ -1,0 +1,377 @@
+"""The regularization report: the figures and the model card that justify the chosen λ.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, never through pyplot, so
+they hold no global state and several can be drawn at once from Prefect worker threads.
+
+The grid figures read the cross-validated grid table: one row per (``mode``, ``lambda``)
+with ``train_<m>``, ``val_<m>``, ``val_<m>_std``, ``val_<m>_se`` for each metric ``m``,
+``weight_norm`` and ``stopped_epoch``. A table without ``mode`` is one ``l2`` grid and one
+without ``val_<m>_se`` has no error bars, so a single train/validation split draws too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from wd_pipeline.config import HIGHER_IS_BETTER, format_lambda
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from wd_pipeline.ml.bootstrap import Interval
+
+DEFAULT_MODE = "l2"
+MODE_COLORS = {"l2": "C0", "decoupled": "C1"}
+MODE_NAMES = {"l2": "L2 penalty in the loss", "decoupled": "decoupled weight decay (AdamW)"}
+LAMBDA_MEANING = {
+    "l2": "J = L + λ/2 · Σw² over the hidden kernels",
+    "decoupled": "decay applied by the optimizer at each step, not part of the loss",
+}
+RULES = {
+    "best": "the best cross-validated {metric}",
+    "one-se": "the largest λ whose cross-validated {metric} is within one standard error of the best (one-SE rule)",
+}
+CARD_METRICS = ("roc_auc", "log_loss", "accuracy")
+
+
+def _lambda_axis(ax: Axes, lambdas: np.ndarray) -> None:
+    """Log axis that still shows λ = 0: linear in the first decade below the smallest λ > 0."""
+    positive = lambdas[lambdas > 0]
+    linthresh = float(positive.min()) if positive.size else 1e-5
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_xlim(-0.3 * linthresh, float(lambdas.max()) * 1.5 if positive.size else linthresh)
+    ax.set_xlabel("λ (weight decay, symlog scale)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _by_mode(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Each mode's rows sorted by λ; a table without ``mode`` is one L2 grid."""
+    if "mode" not in table.columns:
+        table = table.assign(mode=DEFAULT_MODE)
+    for mode, rows in table.groupby("mode", sort=True):
+        yield str(mode), rows.sort_values("lambda")
+
+
+def _color(mode: str) -> str:
+    return MODE_COLORS.get(mode, "C2")
+
+
+def _standard_error(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    column = f"val_{metric}_se"
+    return rows[column].to_numpy(float) if column in rows.columns else np.zeros(len(rows))
+
+
+def _mark_chosen(ax: Axes, chosen_lambda: float, chosen_mode: str | None) -> None:
+    mode = f"{chosen_mode} " if chosen_mode else ""
+    ax.axvline(chosen_lambda, color="grey", linestyle=":", label=f"chosen: {mode}λ = {format_lambda(chosen_lambda)}")
+
+
+def _chosen_rows(rows: pd.DataFrame, mode: str, chosen_lambda: float, chosen_mode: str | None) -> pd.DataFrame:
+    if chosen_mode is not None and mode != chosen_mode:
+        return rows.iloc[0:0]
+    return rows[np.isclose(rows["lambda"].to_numpy(float), chosen_lambda, rtol=1e-12, atol=0)]
+
+
+def _title(metric: str) -> str:
+    return metric.replace("_", " ")
+
+
+def validation_curve_figure(
+    table: pd.DataFrame,
+    metric: str,
+    chosen_lambda: float,
+    chosen_mode: str | None = None,
+    extra_metrics: Sequence[str] = ("accuracy",),
+) -> Figure:
+    """Train and cross-validated ``metric`` against λ, ±1 standard error, one line per mode."""
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys([metric, *extra_metrics]))
+    figure = Figure(figsize=(5.5 * len(names), 4.2), layout="constrained")
+    lambdas = table["lambda"].to_numpy(float)
+    for ax, name in zip(np.atleast_1d(figure.subplots(1, len(names))), names, strict=True):
+        for mode, rows in _by_mode(table):
+            x = rows["lambda"].to_numpy(float)
+            ax.errorbar(
+                x, rows[f"val_{name}"], yerr=_standard_error(rows, name), fmt="o-", color=_color(mode),
+                capsize=3, label=f"{mode} validation (±1 SE)",
+            )
+            ax.plot(x, rows[f"train_{name}"], "s--", color=_color(mode), alpha=0.6, label=f"{mode} train")
+            chosen = _chosen_rows(rows, mode, chosen_lambda, chosen_mode)
+            ax.plot(chosen["lambda"], chosen[f"val_{name}"], "*", color="black", markersize=14, zorder=5)
+        _mark_chosen(ax, chosen_lambda, chosen_mode)
+        ax.set_ylabel(_title(name))
+        ax.set_title(f"{_title(name)} vs λ")
+        _lambda_axis(ax, lambdas)
+        ax.legend(fontsize="small")
+    return figure
+
+
+def weight_norm_figure(table: pd.DataFrame, chosen_lambda: float, chosen_mode: str | None = None) -> Figure:
+    """‖w‖₂ of the kernels against λ: the direct effect of weight decay, per mode."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 4.2), layout="constrained")
+    ax = figure.subplots()
+    for mode, rows in _by_mode(table):
+        ax.plot(rows["lambda"], rows["weight_norm"], "o-", color=_color(mode), label=f"{mode} all kernels")
+        if "penalized_weight_norm" in rows.columns:
+            ax.plot(
+                rows["lambda"], rows["penalized_weight_norm"], "s--", color=_color(mode), alpha=0.6,
+                label=f"{mode} penalised kernels",
+            )
+    _mark_chosen(ax, chosen_lambda, chosen_mode)
+    ax.set_ylabel("‖w‖₂")
+    ax.set_title("weight norm vs λ")
+    _lambda_axis(ax, table["lambda"].to_numpy(float))
+    ax.legend(fontsize="small")
+    return figure
+
+
+def generalization_gap(table: pd.DataFrame, metric: str) -> pd.Series:
+    """Train minus validation performance: positive and growing means more overfitting.
+
+    For a loss (lower is better) that is validation − train; for a score, train − validation.
+    """
+    difference = table[f"train_{metric}"] - table[f"val_{metric}"]
+    return difference if HIGHER_IS_BETTER[metric] else -difference
+
+
+def generalization_gap_figure(
+    table: pd.DataFrame, metric: str, chosen_lambda: float, chosen_mode: str | None = None
+) -> Figure:
+    """How much better the model does on its training folds than on held-out ones, per mode."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 4.2), layout="constrained")
+    ax = figure.subplots()
+    for mode, rows in _by_mode(table):
+        ax.plot(rows["lambda"], generalization_gap(rows, metric), "o-", color=_color(mode), label=mode)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    _mark_chosen(ax, chosen_lambda, chosen_mode)
+    ax.set_ylabel(f"{_title(metric)} gap (> 0: overfitting)")
+    ax.set_title(f"generalization gap ({_title(metric)}) vs λ")
+    _lambda_axis(ax, table["lambda"].to_numpy(float))
+    ax.legend(fontsize="small")
+    return figure
+
+
+def learning_curves_figure(
+    curves: Sequence[tuple[str, Mapping[str, Sequence[float]]]], keys: Sequence[str] = ("loss", "val_loss")
+) -> Figure:
+    """Per-epoch ``keys`` of every grid point, one panel per key, one line per grid point."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(5.5 * len(keys), 4.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(keys), sharey=True))
+    colors = colormaps["viridis"](np.linspace(0, 0.9, max(len(curves), 1)))
+    for ax, key in zip(axes, keys, strict=True):
+        for color, (label, history) in zip(colors, curves, strict=False):
+            series = history.get(key, [])
+            ax.plot(np.arange(1, len(series) + 1), series, color=color, label=label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key)
+        # Keras adds the L2 penalty to loss/val_loss; decoupled weight decay adds nothing.
+        ax.set_title(f"{key} per epoch (l2 mode: with penalty)" if "loss" in key else f"{key} per epoch")
+        ax.grid(True, alpha=0.3)
+    axes[-1].legend(fontsize="x-small", ncol=2 if len(curves) > 12 else 1)
+    return figure
+
+
+def roc_figure(y_true: np.ndarray, probability: np.ndarray) -> Figure:
+    """ROC curve of the registered model on the test split."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    false_positive, true_positive, _ = roc_curve(y_true, probability)
+    figure = Figure(figsize=(4.8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(false_positive, true_positive, label=f"model (AUC = {roc_auc_score(y_true, probability):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC curve (test split)")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right")
+    return figure
+
+
+def confusion_matrix_figure(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> Figure:
+    """Counts of right and wrong labels at ``threshold`` on the test split."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import confusion_matrix
+
+    predicted = (np.asarray(probability) >= threshold).astype(int)
+    counts = confusion_matrix(np.asarray(y_true).astype(int), predicted, labels=[0, 1])
+    figure = Figure(figsize=(4.5, 4.0), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(counts, cmap="Blues")
+    for (row, column), count in np.ndenumerate(counts):
+        dark = count > counts.max() / 2
+        ax.text(column, row, str(count), ha="center", va="center", color="white" if dark else "black")
+    ax.set_xticks([0, 1], labels=["0", "1"])
+    ax.set_yticks([0, 1], labels=["0", "1"])
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(f"confusion matrix (threshold {threshold:g})")
+    figure.colorbar(image, ax=ax)
+    return figure
+
+
+def calibration_figure(y_true: np.ndarray, probability: np.ndarray, n_bins: int = 10) -> Figure:
+    """Observed positive rate against predicted probability: do the probabilities mean what they say?"""
+    from matplotlib.figure import Figure
+    from sklearn.calibration import calibration_curve
+
+    observed, predicted = calibration_curve(y_true, probability, n_bins=n_bins, strategy="quantile")
+    figure = Figure(figsize=(4.8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(predicted, observed, "o-", label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("fraction of positives")
+    ax.set_title(f"calibration (test split, {n_bins} quantile bins)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left")
+    return figure
+
+
+def diagnostic_figures(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> dict[str, Figure]:
+    """The registered model's test-split figures, keyed by a file name for the run's ``plots/``."""
+    return {
+        "roc_curve.png": roc_figure(y_true, probability),
+        "confusion_matrix.png": confusion_matrix_figure(y_true, probability, threshold),
+        "calibration.png": calibration_figure(y_true, probability),
+    }
+
+
+
+def cv_table_markdown(
+    table: pd.DataFrame,
+    metrics: Sequence[str],
+    chosen_lambda: float | None = None,
+    chosen_mode: str | None = None,
+    digits: int = 4,
+) -> str:
+    """The grid as a markdown table: ``mean ± SE`` per validation metric, chosen row marked."""
+    header = ["mode", "λ", *(f"val {_title(m)} (± SE)" for m in metrics), "train " + _title(metrics[0]), "‖w‖₂"]
+    has_stop = "stopped_epoch" in table.columns
+    if has_stop:
+        header.append("stopped epoch")
+    header.append("chosen")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for mode, rows in _by_mode(table):
+        chosen = set(_chosen_rows(rows, mode, chosen_lambda, chosen_mode).index) if chosen_lambda is not None else set()
+        for index, row in rows.iterrows():
+            cells = [mode, format_lambda(float(row["lambda"]))]
+            for metric in metrics:
+                se = row.get(f"val_{metric}_se", 0.0)
+                cells.append(f"{row[f'val_{metric}']:.{digits}f} ± {se:.{digits}f}")
+            cells += [f"{row[f'train_{metrics[0]}']:.{digits}f}", f"{row['weight_norm']:.3f}"]
+            if has_stop:
+                cells.append(str(int(row["stopped_epoch"])) if pd.notna(row["stopped_epoch"]) else "")
+            cells.append("✔" if index in chosen else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_card(
+    *,
+    model_name: str,
+    data_source: str,
+    data_sha256: str,
+    config: Mapping[str, Any],
+    chosen_mode: str,
+    chosen_lambda: float,
+    metric: str,
+    rule: str,
+    table: pd.DataFrame,
+    test_intervals: Mapping[str, Interval],
+    version: str | None = None,
+    threshold: float = 0.5,
+) -> str:
+    """A markdown card a reviewer reads before trusting the model: data, settings, choice, evidence."""
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(RULES)}")
+    level = next(iter(test_intervals.values())).level if test_intervals else 0.95
+    resamples = next(iter(test_intervals.values())).resamples if test_intervals else 0
+    title = f"{model_name} v{version}" if version else model_name
+    card_metrics = list(dict.fromkeys([metric, *CARD_METRICS]))
+    lines = [
+        f"# Model card: {title}",
+        "",
+        "## Data",
+        "",
+        f"- **Source**: `{data_source}`",
+        f"- **sha256**: `{data_sha256}`",
+        "",
+        "## Choice of weight decay",
+        "",
+        f"- **Mode**: {chosen_mode} ({MODE_NAMES.get(chosen_mode, chosen_mode)})",
+        f"- **λ**: {format_lambda(chosen_lambda)} ({LAMBDA_MEANING.get(chosen_mode, 'weight decay')})",
+        f"- **Rule**: `{rule}` — {RULES[rule].format(metric=_title(metric))}",
+        "",
+        cv_table_markdown(table, card_metrics, chosen_lambda, chosen_mode),
+        "",
+        f"## Test metrics ({level:.0%} bootstrap confidence intervals, {resamples} resamples, threshold {threshold:g})",
+        "",
+        "| metric | value | CI |",
+        "|---|---|---|",
+        *(
+            f"| {_title(name)} | {interval.estimate:.4f} | [{interval.low:.4f}, {interval.high:.4f}] |"
+            for name, interval in test_intervals.items()
+        ),
+        "",
+        "## Configuration",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {key} | `{_setting(value)}` |" for key, value in config.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def report_artifacts(
+    *,
+    table: pd.DataFrame,
+    curves: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    metric: str,
+    chosen_mode: str,
+    chosen_lambda: float,
+    card: Mapping[str, Any],
+    threshold: float = 0.5,
+) -> dict[str, Figure | str]:
+    """Every report artifact keyed by its path in the parent run: figures and ``model_card.md``.
+
+    ``card`` holds the remaining :func:`model_card` arguments (model name, data source and
+    sha256, config, rule, test intervals), so a flow logs the whole report in one loop.
+    """
+    artifacts: dict[str, Figure | str] = {
+        "plots/validation_curve.png": validation_curve_figure(table, metric, chosen_lambda, chosen_mode),
+        "plots/weight_norm.png": weight_norm_figure(table, chosen_lambda, chosen_mode),
+        "plots/generalization_gap.png": generalization_gap_figure(table, metric, chosen_lambda, chosen_mode),
+        "plots/learning_curves.png": learning_curves_figure(curves),
+        **{f"plots/{name}": figure for name, figure in diagnostic_figures(y_test, p_test, threshold).items()},
+    }
+    artifacts["model_card.md"] = model_card(
+        table=table, metric=metric, chosen_mode=chosen_mode, chosen_lambda=chosen_lambda, threshold=threshold, **card
+    )
+    return artifacts
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:g}"
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,288 @@
+"""Train units of the grid — (mode, λ, fold) — or find them already trained.
+
+The λ values of one (mode, fold) train together as one packed model (``packed.py``); each
+is still saved, keyed and reported as its own unit.
+
+A unit's result is stored under a key made of the split folder (itself keyed by the data's
+sha256 and split settings), the training settings, the mode, λ and the fold. The result
+file is written last, after the model, so its presence means the unit is complete: a rerun
+after a crash picks up every finished unit and trains only the rest.
+
+Fold ``REFIT`` is the chosen point retrained on all training data (train + validation) for
+the number of epochs early stopping found best across folds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from wd_pipeline.data import splits
+from wd_pipeline import timing
+from wd_pipeline.config import PipelineConfig
+from wd_pipeline.ml.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from wd_pipeline.ml.packed import MemberFit
+
+RESULT_FILE = "result.json"
+MODEL_FILE = "model.keras"
+REFIT = -1
+# Per-epoch series Keras reports; ``bce`` is the data term alone, ``loss`` adds the penalty.
+HISTORY_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "bce", "val_bce")
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass
+class FitResult:
+    """Everything evaluation and tracking need about one trained unit."""
+
+    mode: str
+    lam: float
+    fold: int
+    key: str
+    model_path: str
+    history: dict[str, list[float]]
+    train_metrics: dict[str, float]
+    val_metrics: dict[str, float]
+    weight_norm: float
+    penalized_weight_norm: float
+    penalty: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    resumed: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FitResult:
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def result_path(self) -> str:
+        """Where this unit's result lives: what flows pass around instead of the (large) result."""
+        return str(Path(self.model_path).with_name(RESULT_FILE))
+
+
+    def row(self) -> dict[str, Any]:
+        """The per-fold table row: mode, λ, fold, train_* and val_* metrics, norms."""
+        return {
+            "mode": self.mode,
+            "lambda": self.lam,
+            "fold": self.fold,
+            **{f"train_{k}": v for k, v in self.train_metrics.items()},
+            **{f"val_{k}": v for k, v in self.val_metrics.items()},
+            "weight_norm": self.weight_norm,
+            "penalized_weight_norm": self.penalized_weight_norm,
+            "penalty": self.penalty,
+            "stopped_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+        }
+
+
+def load_result(path: str | Path, mode: str | None = None) -> FitResult:
+    """A stored unit result, relabelled with ``mode`` (λ = 0 units are shared between modes)."""
+    result = FitResult.from_dict(json.loads(Path(path).read_text()))
+    if mode is not None:
+        result.mode = mode
+    return result
+
+
+def effective_mode(mode: str, lam: float) -> str:
+    """λ = 0 is the same model in every mode: one key, trained once."""
+    return "none" if lam == 0 else mode
+
+
+def unit_key(split_folder: str | Path, config: PipelineConfig, mode: str, lam: float, fold: int, epochs: int) -> str:
+    """Content key of one unit: same data, settings, mode, λ and fold ⇒ same model."""
+    payload = json.dumps(
+        {
+            "splits": Path(split_folder).name,
+            "training": config.training_key(),
+            "mode": effective_mode(mode, lam),
+            "lambda": repr(float(lam)),
+            "fold": fold,
+            "epochs": epochs,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def unit_folder(config: PipelineConfig, key: str, work_dir: str | Path | None = None) -> Path:
+    return Path(work_dir or config.work_dir) / "points" / key
+
+
+def load_finished(folder: Path, mode: str) -> FitResult | None:
+    """The stored result of a completed unit, or None if it never finished."""
+    result_file = folder / RESULT_FILE
+    if not (result_file.exists() and (folder / MODEL_FILE).exists()):
+        return None
+    result = load_result(result_file, mode)  # a λ = 0 unit may have been trained under the other mode's name
+    result.resumed = True
+    return result
+
+
+def fold_data(
+    split_folder: str | Path, folds: int, fold: int, seed: int
+) -> tuple[splits.LabeledData, splits.LabeledData | None]:
+    """Training and validation rows of one fold; the refit gets all training rows, no validation."""
+    train = splits.load_split(split_folder, "train")
+    validation = splits.load_split(split_folder, "validation")
+    if folds == 1 and fold != REFIT:
+        return train, validation
+    development = splits.concat([train, validation])
+    if fold == REFIT:
+        return development, None
+    from sklearn.model_selection import StratifiedKFold
+
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train_rows, val_rows = list(splitter.split(development.features, development.label))[fold]
+    return splits.take(development, train_rows), splits.take(development, val_rows)
+
+
+def train_chunk(
+    split_folder: str | Path,
+    config: PipelineConfig,
+    mode: str,
+    lams: list[float],
+    fold: int,
+    *,
+    epochs: int | None = None,
+    work_dir: str | Path | None = None,
+) -> list[FitResult]:
+    """Train the λ values of one (mode, fold) together; units already trained are loaded instead."""
+    epochs = epochs or config.epochs
+    keys = [unit_key(split_folder, config, mode, lam, fold, epochs) for lam in lams]
+    results: dict[float, FitResult] = {}
+    for lam, key in zip(lams, keys, strict=True):
+        finished = load_finished(unit_folder(config, key, work_dir), mode)
+        if finished is not None:
+            results[lam] = finished
+    missing = [(lam, key) for lam, key in zip(lams, keys, strict=True) if lam not in results]
+    if missing:
+        from wd_pipeline.ml.packed import train_packed
+
+        with timing.measure("unit_load_data"):
+            train, validation = fold_data(split_folder, config.folds, fold, config.seed)
+            x_train, y_train = _arrays(train)
+            val_arrays = _arrays(validation) if validation is not None else None
+        started = time.perf_counter()
+        with timing.interval(timing.TRAINING):
+            members = train_packed(
+                x_train, y_train, val_arrays,
+                lams=[lam for lam, _ in missing], mode=mode, hidden_units=config.hidden_units,
+                learning_rate=config.learning_rate, seed=config.seed + max(fold, 0) * 101,
+                batch_size=config.batch_size, epochs=epochs, patience=config.patience,
+            )
+        share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
+        for (lam, key), member in zip(missing, members, strict=True):
+            folder = unit_folder(config, key, work_dir)
+            results[lam] = _record(member, share, (x_train, y_train), val_arrays, config, mode, lam, fold, key, epochs, folder)
+    return [results[lam] for lam in lams]
+
+
+def train_unit(
+    split_folder: str | Path,
+    config: PipelineConfig,
+    mode: str,
+    lam: float,
+    fold: int,
+    *,
+    epochs: int | None = None,
+    work_dir: str | Path | None = None,
+) -> FitResult:
+    """One (mode, λ, fold): a chunk of one."""
+    return train_chunk(split_folder, config, mode, [lam], fold, epochs=epochs, work_dir=work_dir)[0]
+
+
+def _record(
+    member: MemberFit,
+    seconds: float,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    config: PipelineConfig,
+    mode: str,
+    lam: float,
+    fold: int,
+    key: str,
+    epochs: int,
+    folder: Path,
+) -> FitResult:
+    """Score a trained member, then save model and result (result last: it marks completion)."""
+    from wd_pipeline.ml.network import keras_l2, penalty, weight_norm
+
+    network = member.model
+    with timing.measure("unit_score"):
+        train_metrics = classification_metrics(train[1], _predict(network, train[0]))
+        val_metrics = classification_metrics(validation[1], _predict(network, validation[0])) if validation else {}
+    result = FitResult(
+        mode=mode,
+        lam=float(lam),
+        fold=fold,
+        key=key,
+        model_path=str((folder / MODEL_FILE).resolve()),
+        history=member.history,
+        train_metrics=train_metrics,
+        val_metrics=val_metrics,
+        weight_norm=weight_norm(network),
+        penalized_weight_norm=weight_norm(network, penalized_only=True),
+        penalty=penalty(network),
+        best_epoch=member.best_epoch,
+        epochs_run=len(member.history.get("loss", [])),
+        train_seconds=seconds,
+        settings={
+            "mode": mode,
+            "lambda": float(lam),
+            "keras_l2": keras_l2(lam) if mode == "l2" else 0.0,
+            "adamw_weight_decay": lam if mode == "decoupled" else 0.0,
+            "fold": fold,
+            **config.training_key(),
+            "epochs": epochs,
+        },
+    )
+    with timing.measure("unit_save"):
+        _save(network, result, folder)
+    return result
+
+
+def _arrays(part: splits.LabeledData) -> tuple[np.ndarray, np.ndarray]:
+    return part.features.to_numpy(dtype=np.float32), part.label.astype(np.float32).reshape(-1, 1)
+
+
+def _predict(network: Any, features: np.ndarray) -> np.ndarray:
+    from wd_pipeline.ml.network import predict_probability
+
+    return predict_probability(network, features)
+
+
+def _save(network: Any, result: FitResult, folder: Path) -> None:
+    """Write into a private folder, then rename it into place: a unit appears whole or not at all.
+
+    Two workers may train the same unit (λ = 0 of two modes); the second rename finds the
+    folder present and its copy is dropped.
+    """
+    import shutil
+    import uuid
+
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    network.save(staging / MODEL_FILE)
+    (staging / RESULT_FILE).write_text(json.dumps(result.to_dict()))
+    try:
+        staging.rename(folder)
+    except OSError:
+        if not (folder / RESULT_FILE).exists():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)

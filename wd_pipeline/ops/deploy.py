@@ -1,0 +1,52 @@
+"""Apply ``infra/prefect.yaml`` to a Prefect server.
+
+The yaml is the single description of the deployments; this only runs Prefect's own
+``prefect deploy`` on it from the project root (entrypoints are relative to it) against the
+server named by ``PREFECT_API_URL`` or, failing that, the local stack's record.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from wd_pipeline.config import PROJECT_ROOT
+from wd_pipeline.errors import StackError, StackNotRunningError
+from wd_pipeline.ops.stack import base_env, load_exports, venv_bin
+
+PREFECT_FILE = PROJECT_ROOT / "infra" / "prefect.yaml"
+
+
+def prefect_api_url(state_dir: Path) -> str:
+    """``PREFECT_API_URL`` when set, else the URL of the stack recorded in ``state_dir``."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    try:
+        return load_exports(state_dir)["PREFECT_API_URL"]
+    except StackNotRunningError:
+        raise StackNotRunningError(
+            f"no Prefect server to deploy to: set PREFECT_API_URL or start one with "
+            f"`wd-pipeline stack up` (looked for a stack in {state_dir}/)"
+        ) from None
+
+
+def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] | None = None) -> str:
+    """Create or update the deployments of ``prefect_file``; returns Prefect's output."""
+    api_url = prefect_api_url(state_dir)
+    command = [str(venv_bin() / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(prefect_file.resolve())]
+    command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
+    result = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=base_env(PREFECT_API_URL=api_url),
+        capture_output=True, text=True, check=False,
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        last = [line for line in output.strip().splitlines() if line.strip()][-5:]
+        raise StackError(
+            f"`prefect deploy` of {prefect_file} to {api_url} failed (exit {result.returncode}): "
+            + " / ".join(line.strip() for line in last)
+            + ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
+        )
+    return output

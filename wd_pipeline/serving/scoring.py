@@ -1,0 +1,199 @@
+"""Batch scoring: the champion on a new file, checked against what it was trained on.
+
+The file is validated against the registered model's input signature before anything is
+predicted, so a renamed, missing or text column fails with a message naming it instead of
+a shape error deep inside Keras. The alias is resolved to a version number once, and that
+version scores the whole file: a champion moved mid-run cannot mix two models in one output.
+Every scoring run is recorded in MLflow next to the pipeline runs that produced the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wd_pipeline.data import sources
+from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold, describe_validation_error
+from wd_pipeline.errors import ConfigError, DataError, TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+OUTPUT_COLUMNS = ("probability", "label")
+
+
+class ScoreSettings(BaseModel):
+    """What one scoring run reads, with which model, and where it writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(min_length=1, description="CSV or Parquet to score: local path or pyarrow URI")
+    output: str = Field(min_length=1, description="Parquet file to write the predictions to")
+    model_name: Name = DEFAULT_MODEL_NAME
+    experiment: Name = DEFAULT_EXPERIMENT
+    threshold: Threshold = 0.5
+
+
+def make_score_settings(**settings: Any) -> ScoreSettings:
+    try:
+        return ScoreSettings(**settings)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Where the predictions went and what produced them."""
+
+    model_uri: str
+    version: str
+    rows: int
+    positive_rate: float
+    output: str
+    run_id: str
+    input_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
+    """(version, pinned model URI) of ``name@champion``."""
+    from wd_pipeline.tracking.registry import current_champion
+
+    version = current_champion(client, name)
+    if version is None:
+        raise TrackingError(
+            f"model {name!r} has no @champion version in the registry at {client.tracking_uri}: "
+            "run the pipeline first, or pass --model-name with a registered model"
+        )
+    return version, f"models:/{name}/{version}"
+
+
+def check_features(table: pa.Table, expected: list[str], model: str) -> pd.DataFrame:
+    """The table's feature columns, in signature order, as float64 — or a DataError naming the columns."""
+    names = table.column_names
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    missing = [name for name in expected if name not in names]
+    unexpected = [name for name in names if name not in expected]
+    if duplicates or missing or unexpected:
+        problems = [
+            f"{label} {columns}"
+            for label, columns in (("duplicated", duplicates), ("missing", missing), ("unexpected", unexpected))
+            if columns
+        ]
+        raise DataError(
+            f"columns do not match the input signature of {model}: {', '.join(problems)}. "
+            f"The model takes exactly {expected}"
+        )
+    if table.num_rows == 0:
+        raise DataError("data holds a header but no rows: nothing to score")
+    text = [f"{name} ({table.schema.field(name).type})" for name in expected if not _numeric(table.schema.field(name).type)]
+    if text:
+        raise DataError(f"feature columns must be numeric for {model}; non-numeric: {text}")
+    frame = table.select(expected).to_pandas().astype("float64")
+    finite = np.isfinite(frame.to_numpy())
+    bad = {name: int((~finite[:, i]).sum()) for i, name in enumerate(expected) if not finite[:, i].all()}
+    if bad:
+        raise DataError(f"feature columns hold missing or infinite values (column: count) {bad}: clean or drop those rows")
+    return frame
+
+
+def _numeric(kind: pa.DataType) -> bool:
+    # An all-empty CSV column arrives as the null type: the finite-value check names it.
+    checks = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null)
+    return any(check(kind) for check in checks)
+
+
+def predictions(features: pd.DataFrame, probability: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Input features plus ``probability`` and the 0/1 ``label`` at ``threshold``."""
+    clash = [name for name in OUTPUT_COLUMNS if name in features.columns]
+    if clash:
+        raise DataError(f"feature columns {clash} clash with the prediction columns {list(OUTPUT_COLUMNS)}")
+    probability = np.asarray(probability, dtype=np.float64).ravel()
+    return features.assign(probability=probability, label=(probability >= threshold).astype(np.int8))
+
+
+def write_parquet(frame: pd.DataFrame, output: str | Path) -> Path:
+    """Write atomically: a reader never sees half a predictions file."""
+    path = Path(output).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def score_file(
+    settings: ScoreSettings, client: MlflowClient | None = None, tags: dict[str, str] | None = None
+) -> ScoreResult:
+    """Validate, predict, write and record one file with the current champion."""
+    from wd_pipeline.tracking import registry
+    from wd_pipeline.tracking import runs
+
+    source = sources.locate(settings.data)
+    raw = sources.read_bytes(source)
+    sha256 = sources.fingerprint(raw)
+    table = sources.parse_table(raw, source)
+    del raw
+    client = client or runs.get_client()
+    # First: it turns an unreachable server or missing credentials into one clear message.
+    experiment_id = runs.ensure_experiment(client, settings.experiment)
+    version, model_uri = resolve_champion(client, settings.model_name)
+    run_name = f"score {settings.model_name}@champion v{version}"
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+    try:
+        features = check_features(table, registry.input_columns(model_uri), f"{settings.model_name} v{version}")
+        scored = predictions(features, registry.score(model_uri, features), settings.threshold)
+        path = write_parquet(scored, settings.output)
+        positive_rate = float(scored["label"].mean())
+        _log_scoring(client, run_id, settings, model_uri, version, sha256, source.uri, path, scored)
+    except BaseException:
+        runs.finish(client, run_id, "FAILED")
+        raise
+    runs.finish(client, run_id)
+    return ScoreResult(model_uri, version, len(scored), positive_rate, str(path), run_id, sha256)
+
+
+def _log_scoring(
+    client: MlflowClient,
+    run_id: str,
+    settings: ScoreSettings,
+    model_uri: str,
+    version: str,
+    sha256: str,
+    source: str,
+    output: Path,
+    scored: pd.DataFrame,
+) -> None:
+    from mlflow.entities import Param
+
+    from wd_pipeline.tracking import runs
+
+    params = {
+        "model_uri": model_uri,
+        "model_name": settings.model_name,
+        "model_version": version,
+        "input": source,
+        "input_sha256": sha256,
+        "output": str(output),
+        "rows": str(len(scored)),
+        "threshold": f"{settings.threshold:g}",
+    }
+    client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
+    runs.log_metrics(
+        client,
+        run_id,
+        {
+            "rows": len(scored),
+            "positive_rate": float(scored["label"].mean()),
+            "mean_probability": float(scored["probability"].mean()),
+        },
+    )
+    runs.set_tags(client, run_id, {"data.sha256": sha256, "data.source": source, "scored_model": model_uri})

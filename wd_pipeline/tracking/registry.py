@@ -1,0 +1,375 @@
+"""Log the chosen model, register it, and decide whether it becomes the champion.
+
+The gate is built so that luck, a broken model or changed data cannot take ``@champion``:
+
+- the new model and the current champion are scored on *this* run's test rows, and the
+  difference of the gate metric is bootstrapped over the same resampled rows for both; the
+  new model is promoted only if the lower bound of that interval clears ``margin``, so an
+  identical model (difference exactly 0) is refused and a lucky one usually is too;
+- hard floors (minimum ROC AUC, optional maximum log loss) keep a poor model out even when
+  there is no champion yet;
+- a model whose input columns differ from the champion's is never promoted automatically:
+  the two were trained on different data, so their numbers are not comparable.
+
+A refused model is still registered, as ``@challenger``, with the reason. If anything fails
+after the version is created, the version is deleted again, so the registry never holds a
+half-registered model. Concurrent runs on one model name are serialised where it matters —
+the verdict and the alias move — by a lock in the registry itself (see ``promotion_lock``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from wd_pipeline.errors import ConfigError, TrackingError, first_line
+from wd_pipeline.ml.metrics import classification_metrics
+from wd_pipeline.tracking.promotion_lock import LockSettings, promotion_lock
+from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from wd_pipeline.config import PipelineConfig
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PYFUNC_CODE = Path(__file__).parents[1] / "serving" / "pyfunc_model.py"
+SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy")
+# models:/NAME/VERSION, models:/NAME@ALIAS or a logged model models:/m-ID on the configured
+# server; not models://PROFILE@… (another registry), runs:/, file paths or URLs.
+REGISTRY_URI = re.compile(r"models:/[^/]")
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a new version must show on the test split to take ``@champion``."""
+
+    metric: str = "log_loss"
+    margin: float = 0.0
+    min_roc_auc: float | None = 0.6
+    max_log_loss: float | None = None
+    bootstrap_samples: int = 1000
+    threshold: float = 0.5
+    seed: int = 0
+    level: float = DEFAULT_LEVEL
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> GatePolicy:
+        return cls(
+            metric=config.gate_metric,
+            margin=config.gate_margin,
+            min_roc_auc=config.min_test_roc_auc,
+            max_log_loss=config.max_test_log_loss,
+            bootstrap_samples=config.bootstrap_samples,
+            threshold=config.threshold,
+            seed=config.seed,
+        )
+
+
+@dataclass(frozen=True)
+class RegistryDecision:
+    """What the gate decided and the numbers it decided on (all become ``gate.*`` tags)."""
+
+    model_name: str
+    version: str
+    alias: str
+    gate_metric: str
+    new_value: float
+    champion_version: str | None
+    champion_value: float | None
+    reason: str
+    model_uri: str
+    margin: float = 0.0
+    difference: float | None = None  # oriented: positive means the new version is better
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float = DEFAULT_LEVEL
+    test_roc_auc: float | None = None
+    test_log_loss: float | None = None
+    floors: str = ""  # the floors the new version fails, empty when it passes all
+    lock_wait: float = 0.0  # seconds spent waiting for the promotion lock (another run was promoting)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def serving_requirements() -> list[str]:
+    """Exact pins of what the served model imports (skips MLflow's slow, noisy inference)."""
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
+
+
+def log_model(
+    parent_run_id: str, keras_model_path: str, example: pd.DataFrame, features: list[str]
+) -> tuple[str, str]:
+    """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = example[features].astype("float64")
+    sample_output = pd.DataFrame({"probability": np.full(len(example), 0.5)})
+    signature = infer_signature(example, sample_output)
+    with mlflow.start_run(run_id=parent_run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"keras_model": keras_model_path},
+            model_config={"input_columns": features},
+            signature=signature,
+            input_example=example,
+            pip_requirements=serving_requirements(),
+        )
+    return info.model_uri, info.model_id
+
+
+def require_registry_uri(model_uri: str) -> str:
+    """``model_uri`` if it names a model of the configured MLflow server, else a ConfigError.
+
+    Loading a pyfunc model runs the code stored with it, so models come only from the
+    registry the pipeline writes to (behind the server's authentication), never from a
+    path or URL someone hands in.
+    """
+    if not REGISTRY_URI.match(model_uri):
+        raise ConfigError(
+            f"model URI {model_uri!r} is refused: models load only from the MLflow model registry "
+            "(models:/NAME/VERSION or models:/NAME@ALIAS)"
+        )
+    return model_uri
+
+
+def score(model_uri: str, features: pd.DataFrame) -> np.ndarray:
+    """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode)."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(require_registry_uri(model_uri))
+    return model.predict(features)["probability"].to_numpy()
+
+
+def current_champion(client: MlflowClient, name: str) -> str | None:
+    """Version number holding the ``champion`` alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def input_columns(model_uri: str) -> list[str]:
+    """Feature columns of a logged model's input signature, in order."""
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(require_registry_uri(model_uri)).signature
+    return list(signature.inputs.input_names()) if signature is not None else []
+
+
+def schema_change(new: list[str], champion: list[str]) -> str | None:
+    """Why two input signatures are not the same data, or None when they are."""
+    if new == champion:
+        return None
+    added = [name for name in new if name not in champion]
+    removed = [name for name in champion if name not in new]
+    if added or removed:
+        return f"added {added}, removed {removed}"
+    return "same columns in another order"
+
+
+def floor_violations(metrics: dict[str, float], policy: GatePolicy) -> list[str]:
+    """The hard floors a model fails on the test split; empty when it passes."""
+    failed = []
+    if policy.min_roc_auc is not None and not metrics["roc_auc"] >= policy.min_roc_auc:
+        failed.append(f"test roc_auc {metrics['roc_auc']:.4f} < minimum {policy.min_roc_auc:g}")
+    if policy.max_log_loss is not None and not metrics["log_loss"] <= policy.max_log_loss:
+        failed.append(f"test log_loss {metrics['log_loss']:.4f} > maximum {policy.max_log_loss:g}")
+    return failed
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    champion_value: float | None = None
+    difference: Interval | None = None
+    blocked: str = ""  # why the two versions cannot be compared
+
+
+def register(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    test_features: pd.DataFrame,
+    test_label: np.ndarray,
+    policy: GatePolicy,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+    lock: LockSettings | None = None,
+) -> RegistryDecision:
+    """Register ``model_uri`` under ``name`` and move ``champion`` only if it is earned.
+
+    ``description`` (the model card) is attached to the version as it is created. The
+    version is created first, outside any lock, so concurrent runs all keep theirs. The
+    verdict and the alias move happen under the model's promotion lock
+    (:mod:`wd_pipeline.promotion_lock`, settings ``lock`` or from the environment), against
+    the champion as it is *then*: if another run promoted meanwhile, the comparison is
+    redone against that one, so a race can never put a worse model on ``@champion``.
+    """
+    new_probability = score(model_uri, test_features)
+    new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
+    new = _Candidate(model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy))
+    # Compared before the lock too: usually nobody promotes meanwhile, and the lock is then held only briefly.
+    seen = current_champion(client, name)
+    comparison = _compare(name, seen, new, test_features, test_label, policy)
+
+    version_number = _create_version(client, name, model_uri, run_id, tags, description)
+    try:
+        _wait_ready(client, name, version_number)
+        with promotion_lock(client, name, lock) as held:
+            champion_version = current_champion(client, name)
+            if champion_version != seen:
+                comparison = _compare(name, champion_version, new, test_features, test_label, policy)
+            decision = _decide(name, version_number, champion_version, new, comparison, policy, held.waited)
+            for key, value in decision.to_dict().items():
+                client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
+            held.ensure_held()
+            client.set_registered_model_alias(name, decision.alias, version_number)
+    except BaseException:
+        client.delete_model_version(name, version_number)
+        raise
+    return decision
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """The new model and what it scored on the test rows."""
+
+    model_uri: str
+    probability: np.ndarray
+    metrics: dict[str, float]
+    failed_floors: list[str]
+
+
+def _create_version(
+    client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str] | None, description: str | None
+) -> str:
+    _ensure_registered_model(client, name)
+    # A tracking server (unlike a local store) refuses a ``models:/m-…`` source without its model id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=model_id
+    )
+    return str(created.version)
+
+
+def _decide(
+    name: str,
+    version_number: str,
+    champion_version: str | None,
+    new: _Candidate,
+    comparison: _Comparison,
+    policy: GatePolicy,
+    lock_wait: float,
+) -> RegistryDecision:
+    new_value = new.metrics[policy.metric]
+    alias, reason = _verdict(champion_version, new_value, comparison, new.failed_floors, policy)
+    difference = comparison.difference
+    return RegistryDecision(
+        name, version_number, alias, policy.metric, new_value, champion_version,
+        comparison.champion_value, reason, f"models:/{name}/{version_number}",
+        margin=policy.margin,
+        difference=difference.estimate if difference else None,
+        ci_low=difference.low if difference else None,
+        ci_high=difference.high if difference else None,
+        ci_level=policy.level,
+        test_roc_auc=new.metrics["roc_auc"],
+        test_log_loss=new.metrics["log_loss"],
+        floors="; ".join(new.failed_floors),
+        lock_wait=round(lock_wait, 3),
+    )
+
+
+def _compare(
+    name: str,
+    champion_version: str | None,
+    new: _Candidate,
+    features: pd.DataFrame,
+    label: np.ndarray,
+    policy: GatePolicy,
+) -> _Comparison:
+    """The champion's gate metric on these rows and the paired difference, when comparable."""
+    if champion_version is None:
+        return _Comparison()
+    champion_uri = f"models:/{name}/{champion_version}"
+    change = schema_change(input_columns(new.model_uri), input_columns(champion_uri))
+    if change is not None:
+        return _Comparison(
+            blocked=f"input columns differ from champion v{champion_version} ({change}): the data schema changed, "
+            "so the two cannot be compared; review it and set the champion alias by hand if the change is intended"
+        )
+    try:
+        champion_probability = score(champion_uri, features)
+    except Exception as exc:  # a champion that cannot score these rows cannot be compared
+        return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({first_line(exc, 200)})")
+    difference = paired_bootstrap_difference(
+        label, new.probability, champion_probability, policy.metric,
+        n_resamples=policy.bootstrap_samples, seed=policy.seed, level=policy.level, threshold=policy.threshold,
+    )
+    champion_value = classification_metrics(label, champion_probability, policy.threshold)[policy.metric]
+    return _Comparison(champion_value, difference)
+
+
+def _verdict(
+    champion_version: str | None,
+    new_value: float,
+    comparison: _Comparison,
+    failed_floors: list[str],
+    policy: GatePolicy,
+) -> tuple[str, str]:
+    """(alias, reason): floors first, then comparability, then the bootstrap bound."""
+    if failed_floors:
+        return CHALLENGER, f"below the floor: {'; '.join(failed_floors)}; never champion"
+    if champion_version is None:
+        return CHAMPION, "no champion yet: becomes champion"
+    if comparison.blocked or comparison.difference is None:
+        return CHALLENGER, f"{comparison.blocked}; new version is challenger"
+    difference, metric = comparison.difference, policy.metric
+    numbers = (
+        f"test {metric} {new_value:.5f} vs champion v{champion_version} {comparison.champion_value:.5f}; "
+        f"improvement {difference.estimate:+.5f}, {difference.level:.0%} CI "
+        f"[{difference.low:+.5f}, {difference.high:+.5f}]"
+    )
+    if difference.low > policy.margin:
+        return CHAMPION, f"{numbers} — lower bound above margin {policy.margin:g}: beats champion"
+    return CHALLENGER, f"{numbers} — does not beat champion v{champion_version} by margin {policy.margin:g}; champion kept"
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name, description="Weight-decay (L2) regularised MLP; λ chosen on validation data by wd-pipeline."
+            )
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower():
+                raise TrackingError(f"cannot create registered model {name!r}: {first_line(exc, 200)}") from exc
+
+
+def _wait_ready(client: MlflowClient, name: str, version_number: str, attempts: int = 60) -> None:
+    import time
+
+    for _ in range(attempts):
+        status = client.get_model_version(name, version_number).status
+        if status == "READY":
+            return
+        if status == "FAILED_REGISTRATION":
+            raise TrackingError(f"registration of {name} v{version_number} failed in the model registry")
+        time.sleep(0.5)
+    raise TrackingError(f"{name} v{version_number} did not become READY in the model registry")
