@@ -55,7 +55,11 @@ def run_workload(name: str, **args: Any) -> dict[str, Any]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.workloads", name, json.dumps(args)],
-        cwd=ROOT, capture_output=True, text=True, env=env, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -63,7 +67,9 @@ def run_workload(name: str, **args: Any) -> dict[str, Any]:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-def grid_comparison(label: str, source: dict[str, Any], sizes: list[int], epochs: int, baseline_points: int) -> list[dict]:
+def grid_comparison(
+    label: str, source: dict[str, Any], sizes: list[int], epochs: int, baseline_points: int
+) -> list[dict]:
     """Packed vs baseline for each grid size; the baseline trains at most ``baseline_points`` λ."""
     rows = []
     for size in sizes:
@@ -95,8 +101,11 @@ def grid_comparison(label: str, source: dict[str, Any], sizes: list[int], epochs
                 "baseline_val_accuracy": slow["val_accuracy"],
             }
         )
-        print(f"{label} grid={size}: ×{rows[-1]['speedup']:.1f} (baseline {baseline_seconds:.1f} s, packed {fast['seconds']:.1f} s), "
-              f"max accuracy gap {max(gaps):.4f}, load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"{label} grid={size}: ×{rows[-1]['speedup']:.1f} (baseline {baseline_seconds:.1f} s, packed {fast['seconds']:.1f} s), "
+            f"max accuracy gap {max(gaps):.4f}, load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     return rows
 
 
@@ -104,8 +113,12 @@ def compare(label: str, sizes: list[int], rows: int) -> list[dict]:
     """The grid comparison on the bundled data (30 epochs, every λ of the baseline measured) or
     on the synthetic Parquet (1 epoch, the baseline measured for one λ and extrapolated)."""
     if label == "bundled":
-        source = {"source": str(ROOT / "data" / "breast_cancer.csv"), "label": "diagnosis", "positive_class": "malignant",
-                  "work": str(CACHE / "bundled")}
+        source = {
+            "source": str(ROOT / "data" / "breast_cancer.csv"),
+            "label": "diagnosis",
+            "positive_class": "malignant",
+            "work": str(CACHE / "bundled"),
+        }
         return grid_comparison(label, source, sizes, epochs=30, baseline_points=16)
     source = {"source": str(synthetic(rows)), "label": "y", "positive_class": None, "work": str(CACHE / "synthetic")}
     return grid_comparison(label, source, sizes, epochs=1, baseline_points=1)
@@ -122,7 +135,11 @@ BREAKDOWN = {  # category: the ``time_<step>_seconds`` metrics of the parent run
     "evaluation (test predictions, bootstrap, report)": ["evaluate_predict", "evaluate_bootstrap", "evaluate_report"],
     "registration (log model, register, gate)": ["register_log_model", "register_gate"],
     "tracking (MLflow runs, metrics, dataset, artifacts)": [
-        "tracking_start", "tracking_dataset", "tracking_points", "tracking_units", "tracking_evaluation",
+        "tracking_start",
+        "tracking_dataset",
+        "tracking_points",
+        "tracking_units",
+        "tracking_evaluation",
     ],
 }
 
@@ -140,12 +157,24 @@ def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {
-        **os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "WD_PIPELINE_WORK_DIR": str(work / "w"),
-        "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "3",
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "WD_PIPELINE_WORK_DIR": str(work / "w"),
+        "PREFECT_HOME": str(work / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
         "WD_PIPELINE_DATA_ROOTS": str(CACHE),
     }
-    command = [sys.executable, "-m", "wd_pipeline.cli", "run", *(["--data", str(data)] if data else []), *arguments,
-               "--experiment", f"bench-{name}"]
+    command = [
+        sys.executable,
+        "-m",
+        "wd_pipeline.cli",
+        "run",
+        *(["--data", str(data)] if data else []),
+        *arguments,
+        "--experiment",
+        f"bench-{name}",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - started
@@ -158,7 +187,8 @@ def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None
     parent = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
     steps = {
         column.removeprefix("metrics.time_").removesuffix("_seconds"): float(parent[column])
-        for column in runs.columns if column.startswith("metrics.time_")
+        for column in runs.columns
+        if column.startswith("metrics.time_")
     }
     flow = steps["flow"]
     parts = {"start-up and teardown": wall - flow}
@@ -166,9 +196,15 @@ def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None
     parts["other (Prefect, unmeasured)"] = wall - sum(parts.values())
     training = steps["training"]
     return {
-        "name": name, "command": shlex.join(["wd-pipeline", "run", *command[4:]]), "wall_seconds": wall,
-        "flow_seconds": flow, "training_seconds": training, "breakdown": parts, "steps": steps,
-        "overhead_share": (wall - training) / wall, "flow_overhead_share": (flow - training) / flow,
+        "name": name,
+        "command": shlex.join(["wd-pipeline", "run", *command[4:]]),
+        "wall_seconds": wall,
+        "flow_seconds": flow,
+        "training_seconds": training,
+        "breakdown": parts,
+        "steps": steps,
+        "overhead_share": (wall - training) / wall,
+        "flow_overhead_share": (flow - training) / flow,
     }
 
 
@@ -191,15 +227,23 @@ def help_seconds() -> float:
 
 def machine() -> dict[str, Any]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     memory = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
     from importlib.metadata import version
 
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory": memory.split(":", 1)[1].strip(),
-        "python": platform.python_version(), "tensorflow": version("tensorflow-cpu"), "keras": version("keras"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": memory.split(":", 1)[1].strip(),
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow-cpu"),
+        "keras": version("keras"),
         "load_average_at_start": os.getloadavg(),
     }
 
@@ -208,9 +252,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic Parquet")
     parser.add_argument("--quick", action="store_true", help="bundled data only")
-    parser.add_argument("--only", metavar="DATA:GRID", help="one comparison, e.g. synthetic:16; printed, no results files written")
     parser.add_argument(
-        "--parts", default="grid,ingest,pipeline",
+        "--only", metavar="DATA:GRID", help="one comparison, e.g. synthetic:16; printed, no results files written"
+    )
+    parser.add_argument(
+        "--parts",
+        default="grid,ingest,pipeline",
         help="comma-separated parts to run (grid, ingest, pipeline); the others keep their figures in results.json",
     )
     args = parser.parse_args()
@@ -236,7 +283,9 @@ def main() -> None:
     if "pipeline" in parts:
         report["pipeline"] = [pipeline_breakdown("bundled", BUNDLED_PIPELINE)]
         if not args.quick:
-            report["pipeline"].append(pipeline_breakdown(f"synthetic-{args.rows}", LARGE_PIPELINE, synthetic(args.rows)))
+            report["pipeline"].append(
+                pipeline_breakdown(f"synthetic-{args.rows}", LARGE_PIPELINE, synthetic(args.rows))
+            )
     report["help_seconds"] = help_seconds()
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(report, indent=2))
     (ROOT / "benchmarks" / "RESULTS.md").write_text(markdown(report))
@@ -261,7 +310,11 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["grid"]:
-        extrapolated = "" if row["baseline_extrapolated_from"] == row["grid"] else f" (×{row['grid']} from {row['baseline_extrapolated_from']})"
+        extrapolated = (
+            ""
+            if row["baseline_extrapolated_from"] == row["grid"]
+            else f" (×{row['grid']} from {row['baseline_extrapolated_from']})"
+        )
         lines.append(
             f"| {row['data']} | {row['train_rows']:,} | {row['epochs']} | {row['grid']} | "
             f"{row['baseline_seconds']:.1f}{extrapolated} | {row['packed_seconds']:.1f} | ×{row['speedup']:.1f} | "
@@ -270,24 +323,38 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if "ingest" in report:
         i = report["ingest"]
-        lines += ["", f"Ingest of the synthetic Parquet (read, sha256, validate, split, write): {i['ingest_seconds']:.1f} s vs "
-                  f"bare `pq.read_table` + `to_pandas` + `Table.from_pandas` + `pq.write_table` {i['bare_seconds']:.1f} s: "
-                  f"×{i['ratio']:.2f} (medians of {i['repeats']} alternating runs; all: ingest "
-                  f"{', '.join(f'{x:.1f}' for x in i['ingest_all'])}, bare {', '.join(f'{x:.1f}' for x in i['bare_all'])}; "
-                  "the first ingest in a process also imports scikit-learn)."]
-    lines += ["", "Whole pipeline (`wd-pipeline run`, ephemeral Prefect, SQLite MLflow, fresh stores); seconds per part of its wall time.",
-              "Training = union of the time inside `train_packed`, measured by the pipeline (`time_training_seconds` on the parent run).",
-              "Start-up = wall time outside the flow function (imports, temporary Prefect API, teardown). Other rows sum the",
-              "`time_*_seconds` steps; steps of the two training threads overlap each other and training, so \"other\" (what is",
-              "left: Prefect's own work, unmeasured code) comes out negative when they do.",
-              ""]
+        lines += [
+            "",
+            f"Ingest of the synthetic Parquet (read, sha256, validate, split, write): {i['ingest_seconds']:.1f} s vs "
+            f"bare `pq.read_table` + `to_pandas` + `Table.from_pandas` + `pq.write_table` {i['bare_seconds']:.1f} s: "
+            f"×{i['ratio']:.2f} (medians of {i['repeats']} alternating runs; all: ingest "
+            f"{', '.join(f'{x:.1f}' for x in i['ingest_all'])}, bare {', '.join(f'{x:.1f}' for x in i['bare_all'])}; "
+            "the first ingest in a process also imports scikit-learn).",
+        ]
+    lines += [
+        "",
+        "Whole pipeline (`wd-pipeline run`, ephemeral Prefect, SQLite MLflow, fresh stores); seconds per part of its wall time.",
+        "Training = union of the time inside `train_packed`, measured by the pipeline (`time_training_seconds` on the parent run).",
+        "Start-up = wall time outside the flow function (imports, temporary Prefect API, teardown). Other rows sum the",
+        '`time_*_seconds` steps; steps of the two training threads overlap each other and training, so "other" (what is',
+        "left: Prefect's own work, unmeasured code) comes out negative when they do.",
+        "",
+    ]
     runs = report["pipeline"]
     lines += ["| part | " + " | ".join(run["name"] for run in runs) + " |", "|---|" + "---|" * len(runs)]
     for part in runs[0]["breakdown"]:
         lines.append(f"| {part} | " + " | ".join(f"{run['breakdown'][part]:.1f}" for run in runs) + " |")
     lines.append("| **wall** | " + " | ".join(f"**{run['wall_seconds']:.1f}**" for run in runs) + " |")
-    lines.append("| everything but training, share of wall | " + " | ".join(f"{100 * run['overhead_share']:.0f} %" for run in runs) + " |")
-    lines.append("| same, inside the flow (no start-up) | " + " | ".join(f"{100 * run['flow_overhead_share']:.0f} %" for run in runs) + " |")
+    lines.append(
+        "| everything but training, share of wall | "
+        + " | ".join(f"{100 * run['overhead_share']:.0f} %" for run in runs)
+        + " |"
+    )
+    lines.append(
+        "| same, inside the flow (no start-up) | "
+        + " | ".join(f"{100 * run['flow_overhead_share']:.0f} %" for run in runs)
+        + " |"
+    )
     lines += [""] + [f"- {run['name']}: `{run['command']}`" for run in runs]
     lines += [
         "",

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from wd_pipeline.data import splits
 from wd_pipeline.config import make_config
+from wd_pipeline.data import splits
 
 
 def load_arrays(source: str, label: str, positive_class: str | None, work: str) -> tuple[np.ndarray, ...]:
@@ -47,8 +47,17 @@ def packed(arrays: tuple[np.ndarray, ...], lams: list[float], epochs: int, batch
     x_train, y_train, x_val, y_val = arrays
     started = time.perf_counter()
     members = train_packed(
-        x_train, y_train, (x_val, y_val), lams=lams, mode="l2", hidden_units=[10, 10], learning_rate=1e-3,
-        seed=0, batch_size=batch_size, epochs=epochs, patience=0,
+        x_train,
+        y_train,
+        (x_val, y_val),
+        lams=lams,
+        mode="l2",
+        hidden_units=[10, 10],
+        learning_rate=1e-3,
+        seed=0,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=0,
     )
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "val_accuracy": [_accuracy(m.model, x_val, y_val) for m in members]}
@@ -86,8 +95,11 @@ def ingest(source: str, label: str, work: str, repeats: int = 3) -> dict[str, An
         splits.prepare(config)
         ours.append(time.perf_counter() - started)
     return {
-        "bare_seconds": float(np.median(bare)), "ingest_seconds": float(np.median(ours)),
-        "bare_all": bare, "ingest_all": ours, "repeats": repeats,
+        "bare_seconds": float(np.median(bare)),
+        "ingest_seconds": float(np.median(ours)),
+        "bare_all": bare,
+        "ingest_all": ours,
+        "repeats": repeats,
     }
 
 

@@ -10,15 +10,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wd_pipeline import timing
-from wd_pipeline.ml import report
-from wd_pipeline.ml import bootstrap
-from wd_pipeline.tracking import runs
-from wd_pipeline.ml import training
-from wd_pipeline.data import splits
-from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
-from wd_pipeline.config import PipelineConfig, format_lambda
 from flows.retry import TRACKING_TASK
+from wd_pipeline import timing
+from wd_pipeline.config import PipelineConfig, format_lambda
+from wd_pipeline.data import splits
+from wd_pipeline.ml import bootstrap, report, training
+from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
+from wd_pipeline.tracking import runs
 
 
 @task(name="refit", cache_policy=NO_CACHE, **TRACKING_TASK)
@@ -53,7 +51,9 @@ def log_evaluation(
             client,
             parent_run_id,
             {
-                "chosen_lambda": selection.lam, "best_lambda": selection.best_lambda, "refit_epochs": refit_epochs,
+                "chosen_lambda": selection.lam,
+                "best_lambda": selection.best_lambda,
+                "refit_epochs": refit_epochs,
                 **{f"test_{k}": v.estimate for k, v in test_intervals.items()},
                 **{f"test_{k}_ci_low": v.low for k, v in test_intervals.items()},
                 **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
@@ -62,10 +62,15 @@ def log_evaluation(
         runs.set_tags(
             client,
             parent_run_id,
-            {"selection.rule": selection.rule, "selection.metric": selection.metric, "selection.mode": selection.mode,
-             "selection.lambda": selection.lam, "selection.best_lambda": selection.best_lambda,
-             "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
-             **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()}},
+            {
+                "selection.rule": selection.rule,
+                "selection.metric": selection.metric,
+                "selection.mode": selection.mode,
+                "selection.lambda": selection.lam,
+                "selection.best_lambda": selection.best_lambda,
+                "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
+                **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()},
+            },
         )
         runs.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
         runs.log_table_csv(client, parent_run_id, folds.to_dict("records"), "grid/folds.csv")
@@ -89,9 +94,12 @@ def evaluate(
     epochs = refit_epochs(folds, selection, config.epochs) if config.patience else config.epochs
     logger.info(
         "Rule %s on validation %s chose %s (best mean at λ=%s); per mode: %s; refit for %d epochs",
-        selection.rule, selection.metric, runs.point_run_name(selection.mode, selection.lam),
+        selection.rule,
+        selection.metric,
+        runs.point_run_name(selection.mode, selection.lam),
         format_lambda(selection.best_lambda),
-        ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items()), epochs,
+        ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items()),
+        epochs,
     )
     if selection.at_grid_edge(config.grid):
         logger.warning(
@@ -117,8 +125,12 @@ def evaluate(
             chosen_lambda=selection.lam,
             threshold=config.threshold,
             card={
-                "model_name": config.model_name, "data_source": manifest["source"], "data_sha256": manifest["sha256"],
-                "config": config.model_dump(), "rule": selection.rule, "test_intervals": intervals,
+                "model_name": config.model_name,
+                "data_source": manifest["source"],
+                "data_sha256": manifest["sha256"],
+                "config": config.model_dump(),
+                "rule": selection.rule,
+                "test_intervals": intervals,
             },
         )
     log_evaluation(parent_run_id, table, folds, selection, intervals, epochs, artifacts)

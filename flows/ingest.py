@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from wd_pipeline import timing
-from wd_pipeline.tracking import runs
-from wd_pipeline.data import splits
-from wd_pipeline.config import PipelineConfig
 from flows.retry import TRACKING_TASK
+from wd_pipeline import timing
+from wd_pipeline.config import PipelineConfig
+from wd_pipeline.data import splits
+from wd_pipeline.tracking import runs
 
 
 @task(cache_policy=NO_CACHE, name="prepare-splits")
@@ -34,7 +34,11 @@ def ingest(config: PipelineConfig, parent_run_id: str) -> str:
     sizes = ", ".join(f"{name} {part['rows']}" for name, part in manifest["splits"].items())
     get_run_logger().info(
         "Data %s (sha256 %s…): %d rows, %d features; splits: %s",
-        manifest["source"], manifest["sha256"][:12], manifest["rows"], len(manifest["features"]), sizes,
+        manifest["source"],
+        manifest["sha256"][:12],
+        manifest["rows"],
+        len(manifest["features"]),
+        sizes,
     )
     log_dataset(parent_run_id, split_folder)
     return split_folder

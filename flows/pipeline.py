@@ -8,20 +8,24 @@ the two lists identical.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-import time
-
+from flows.evaluate import evaluate
+from flows.ingest import ingest
+from flows.register import register
+from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
+from flows.summary import summary_markdown
+from flows.train_grid import train_grid
 from wd_pipeline import timing
-from wd_pipeline.tracking import runs
 from wd_pipeline.config import (
     DEFAULT_DATA,
     DEFAULT_EXPERIMENT,
@@ -56,12 +60,7 @@ from wd_pipeline.config import (
     format_lambda,
     make_config,
 )
-from flows.evaluate import evaluate
-from flows.ingest import ingest
-from flows.register import register
-from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
-from flows.summary import summary_markdown
-from flows.train_grid import train_grid
+from wd_pipeline.tracking import runs
 
 
 @task(
@@ -100,7 +99,7 @@ def weight_decay_pipeline(
     label: ColumnName = DEFAULT_LABEL,
     positive_class: str | None = DEFAULT_POSITIVE_CLASS,
     features: list[ColumnName] | None = None,
-    grid: Grid = list(DEFAULT_GRID),  # noqa: B008 - Prefect stores the default as JSON
+    grid: Grid = list(DEFAULT_GRID),  # noqa: B006 - Prefect stores the default as JSON
     epochs: Epochs = 100,
     batch_size: BatchSize = 32,
     learning_rate: LearningRate = 1e-3,
@@ -167,8 +166,11 @@ def timings(flow_seconds: float, logger: Any) -> dict[str, float]:
     seconds = {"flow": flow_seconds, **timing.snapshot()}
     training = seconds.get(timing.TRAINING, 0.0)
     logger.info(
-        "Time: %.1f s in the flow, of which training %.1f s (%.0f %%); %s", flow_seconds, training,
-        100 * training / flow_seconds, ", ".join(f"{k} {v:.1f} s" for k, v in sorted(seconds.items()) if k != "flow"),
+        "Time: %.1f s in the flow, of which training %.1f s (%.0f %%); %s",
+        flow_seconds,
+        training,
+        100 * training / flow_seconds,
+        ", ".join(f"{k} {v:.1f} s" for k, v in sorted(seconds.items()) if k != "flow"),
     )
     return {f"time_{name}_seconds": value for name, value in seconds.items()}
 
@@ -192,7 +194,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             # Not refused: it works, only slowly (each worker starts its own temporary API).
             logger.warning(
                 "Dask workers need a Prefect server: without PREFECT_API_URL each worker process starts "
-                "its own temporary API. Set PREFECT_API_URL (e.g. `eval \"$(wd-pipeline stack env)\"`)"
+                'its own temporary API. Set PREFECT_API_URL (e.g. `eval "$(wd-pipeline stack env)"`)'
             )
         with timing.measure("phase_train_grid"):
             results = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
@@ -221,9 +223,15 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         "registry": decision,
         "grid": evaluation["table"],
     }
-    create_markdown_artifact(summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision")
+    create_markdown_artifact(
+        summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision"
+    )
     logger.info(
-        "Chosen %s λ=%s; %s v%s → @%s", summary["chosen_mode"], format_lambda(summary["chosen_lambda"]),
-        decision["model_name"], decision["version"], decision["alias"],
+        "Chosen %s λ=%s; %s v%s → @%s",
+        summary["chosen_mode"],
+        format_lambda(summary["chosen_lambda"]),
+        decision["model_name"],
+        decision["version"],
+        decision["alias"],
     )
     return summary

@@ -7,12 +7,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from wd_pipeline import timing
-from wd_pipeline.tracking import registry
-from wd_pipeline.tracking import runs
-from wd_pipeline.data import splits
-from wd_pipeline.config import PipelineConfig
 from flows.retry import TRACKING_TASK
+from wd_pipeline import timing
+from wd_pipeline.config import PipelineConfig
+from wd_pipeline.data import splits
+from wd_pipeline.tracking import registry, runs
 
 
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
@@ -38,7 +37,12 @@ def _register_and_gate(
     test = splits.load_split(split_folder, "test")
     client = runs.get_client()
     decision = registry.register(
-        client, config.model_name, model_uri, parent_run_id, test.features, test.label,
+        client,
+        config.model_name,
+        model_uri,
+        parent_run_id,
+        test.features,
+        test.label,
         registry.GatePolicy.from_config(config),
         tags={"data.sha256": splits.read_manifest(split_folder)["sha256"]},
         description=model_card,
@@ -63,5 +67,7 @@ def register(
     """Returns the registry decision: version, alias and the numbers behind it."""
     model_uri = log_model(parent_run_id, split_folder, model_path)
     decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
-    get_run_logger().info("%s v%s → @%s: %s", decision["model_name"], decision["version"], decision["alias"], decision["reason"])
+    get_run_logger().info(
+        "%s v%s → @%s: %s", decision["model_name"], decision["version"], decision["alias"], decision["reason"]
+    )
     return decision

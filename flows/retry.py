@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wd_pipeline.tracking import runs
 from wd_pipeline.errors import first_line
+from wd_pipeline.tracking import runs
 
 TRACKING_RETRIES = 5
 TRACKING_BACKOFF_SECONDS = 2.0

@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold
 from wd_pipeline.serving import scoring
 from wd_pipeline.tracking import runs
-from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold
 
 
 @task(cache_policy=NO_CACHE, name="score-file")
@@ -32,6 +32,10 @@ def score(
     result = score_file(settings)
     get_run_logger().info(
         "Scored %d rows with %s (v%s): positive rate %.4f → %s",
-        result["rows"], result["model_uri"], result["version"], result["positive_rate"], result["output"],
+        result["rows"],
+        result["model_uri"],
+        result["version"],
+        result["positive_rate"],
+        result["output"],
     )
     return result

@@ -17,13 +17,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
-from wd_pipeline.ml import selection
+from flows.retry import TRACKING_TASK, finish_quietly
 from wd_pipeline import timing
-from wd_pipeline.tracking import runs
-from wd_pipeline.ml import training
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import first_line
-from flows.retry import TRACKING_TASK, finish_quietly
+from wd_pipeline.ml import selection, training
+from wd_pipeline.tracking import runs
 
 Point = tuple[str, float]
 
@@ -66,8 +65,12 @@ def train_chunk(
 def unit_summary(result: training.FitResult) -> dict[str, Any]:
     """What the flow needs of a unit: identity, the table row, and where the full result is."""
     return {
-        "mode": result.mode, "lam": result.lam, "fold": result.fold, "resumed": result.resumed,
-        "row": result.row(), "result_path": result.result_path,
+        "mode": result.mode,
+        "lam": result.lam,
+        "fold": result.fold,
+        "resumed": result.resumed,
+        "row": result.row(),
+        "result_path": result.result_path,
     }
 
 
@@ -172,8 +175,14 @@ def _close_point(
     resumed = sum(r["resumed"] for r in results)
     logger.info(
         "%s done (%d/%d): val %s %.4f ± %.4f (SE), val accuracy %.4f, ‖w‖ %.3f, stopped at epoch %.0f%s",
-        runs.point_run_name(*point), done, total, metric,
-        summary[f"val_{metric}"], summary[f"val_{metric}_se"], summary["val_accuracy"],
-        summary["weight_norm"], summary["stopped_epoch"],
+        runs.point_run_name(*point),
+        done,
+        total,
+        metric,
+        summary[f"val_{metric}"],
+        summary[f"val_{metric}_se"],
+        summary["val_accuracy"],
+        summary["weight_norm"],
+        summary["stopped_epoch"],
         f" [{resumed}/{config.folds} folds resumed]" if resumed else "",
     )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from wd_pipeline.cli import EXIT_BAD_SETTINGS, config_from_args, build_parser, main
+from wd_pipeline.cli import EXIT_BAD_SETTINGS, build_parser, config_from_args, main
 
 
 def test_help_does_not_import_tensorflow_prefect_or_mlflow() -> None:
@@ -80,8 +80,19 @@ def test_score_needs_data_and_output(capsys) -> None:
 
 def test_gate_flags_reach_the_config() -> None:
     args = build_parser().parse_args(
-        ["run", "--gate-margin", "0.01", "--min-test-roc-auc", "0.7", "--max-test-log-loss", "0.5",
-         "--bootstrap-samples", "500", "--threshold", "0.4"]
+        [
+            "run",
+            "--gate-margin",
+            "0.01",
+            "--min-test-roc-auc",
+            "0.7",
+            "--max-test-log-loss",
+            "0.5",
+            "--bootstrap-samples",
+            "500",
+            "--threshold",
+            "0.4",
+        ]
     )
     config = config_from_args(args)
     assert (config.gate_margin, config.min_test_roc_auc, config.max_test_log_loss) == (0.01, 0.7, 0.5)

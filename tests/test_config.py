@@ -77,7 +77,7 @@ def test_format_lambda_is_readable() -> None:
 
 def test_config_file_toml_and_yaml(tmp_path) -> None:
     toml = tmp_path / "run.toml"
-    toml.write_text('[pipeline]\ngrid = [0, 0.01]\nepochs = 3\n')
+    toml.write_text("[pipeline]\ngrid = [0, 0.01]\nepochs = 3\n")
     yaml = tmp_path / "run.yaml"
     yaml.write_text("grid: [0, 0.01]\nepochs: 3\n")
     assert load_config_file(toml) == load_config_file(yaml) == {"grid": [0, 0.01], "epochs": 3}

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wd_pipeline.ops import stack_commands
 from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError, first_line
+from wd_pipeline.ops import stack_commands
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
@@ -31,7 +31,11 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data", str, "CSV or Parquet file: local path or pyarrow URI (default: the bundled dataset)"),
     "--label": ("label", str, "binary target column"),
     "--positive-class": ("positive_class", str, "label value counted as positive, for string labels"),
-    "--features": ("features", lambda s: [c.strip() for c in s.split(",") if c.strip()], "comma-separated feature columns (default: all but the label)"),
+    "--features": (
+        "features",
+        lambda s: [c.strip() for c in s.split(",") if c.strip()],
+        "comma-separated feature columns (default: all but the label)",
+    ),
     "--grid": ("grid", parse_grid, "comma-separated λ values, e.g. 0,1e-4,1e-2"),
     "--epochs": ("epochs", int, "training epochs per grid point"),
     "--batch-size": ("batch_size", int, "mini-batch size"),
@@ -40,12 +44,28 @@ RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--seed": ("seed", int, "seed of the split, initialisation and shuffling"),
     "--folds": ("folds", int, "stratified cross-validation folds (1 = the plain validation split)"),
     "--rule": ("rule", str, "selection rule: one-se (largest λ within one standard error of the best) or best"),
-    "--modes": ("modes", lambda s: [m.strip() for m in s.split(",") if m.strip()], "weight-decay modes: l2, decoupled or l2,decoupled"),
+    "--modes": (
+        "modes",
+        lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        "weight-decay modes: l2, decoupled or l2,decoupled",
+    ),
     "--patience": ("patience", int, "early-stopping patience in epochs (0 = off)"),
     "--chunk-size": ("chunk_size", int, "λ values trained together per task (0 = whole grid, 1 = one task per λ)"),
-    "--dask-address": ("dask_address", str, "train on a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (needs a Prefect server)"),
-    "--dask-workers": ("dask_workers", int, "train on a local Dask cluster of N worker processes (0 = no Dask; needs a Prefect server)"),
-    "--selection-metric": ("selection_metric", str, "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)"),
+    "--dask-address": (
+        "dask_address",
+        str,
+        "train on a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (needs a Prefect server)",
+    ),
+    "--dask-workers": (
+        "dask_workers",
+        int,
+        "train on a local Dask cluster of N worker processes (0 = no Dask; needs a Prefect server)",
+    ),
+    "--selection-metric": (
+        "selection_metric",
+        str,
+        "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)",
+    ),
     "--gate-metric": ("gate_metric", str, "test metric the champion gate compares"),
     "--experiment": ("experiment", str, "MLflow experiment name"),
     "--model-name": ("model_name", str, "MLflow registered model name"),
@@ -82,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     score = commands.add_parser("score", help="score a CSV or Parquet file with the registered @champion model")
     for flag, (field, _, text) in SCORE_FLAGS.items():
-        score.add_argument(flag, dest=field, metavar=field.upper(), default=None, required=flag in SCORE_REQUIRED, help=text)
+        score.add_argument(
+            flag, dest=field, metavar=field.upper(), default=None, required=flag in SCORE_REQUIRED, help=text
+        )
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     stack_commands.add_commands(commands)
     return parser
@@ -166,7 +188,6 @@ def _report_failure(command: str, message: str, log_path: Path) -> int:
     print(f"\nerror: {message}", file=sys.stderr)
     print(f"(full log: {log_path})", file=sys.stderr)
     return EXIT_RUN_FAILED
-
 
 
 def _run(config: PipelineConfig) -> dict[str, Any]:

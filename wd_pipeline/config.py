@@ -27,7 +27,18 @@ DEFAULT_MODEL_NAME = "wd-classifier"
 # {0} ∪ half-decades from 1e-5 to 1: wide enough that both under- and over-regularised
 # models appear on the validation curve of the bundled dataset.
 DEFAULT_GRID: tuple[float, ...] = (
-    0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0,
+    0.0,
+    1e-5,
+    3e-5,
+    1e-4,
+    3e-4,
+    1e-3,
+    3e-3,
+    1e-2,
+    3e-2,
+    1e-1,
+    3e-1,
+    1.0,
 )
 
 Lambda = Annotated[float, Field(ge=0.0, le=1e3, allow_inf_nan=False)]
@@ -95,7 +106,9 @@ class PipelineConfig(BaseModel):
     rule: Rule = Field("one-se", description="best mean, or the largest λ within one standard error of it")
     modes: Modes = Field(default_factory=lambda: ["l2"], description="l2 penalty, decoupled (AdamW) decay, or both")
     patience: Patience = Field(20, description="early-stopping patience on validation cross-entropy; 0 = off")
-    chunk_size: ChunkSize = Field(0, description="λ values trained together per task; 0 = the whole grid, 1 = one task per λ")
+    chunk_size: ChunkSize = Field(
+        0, description="λ values trained together per task; 0 = the whole grid, 1 = one task per λ"
+    )
     dask_address: DaskAddress | None = Field(
         None, description="Train on this running Dask scheduler (tcp://host:8786) instead of local threads"
     )
@@ -114,7 +127,9 @@ class PipelineConfig(BaseModel):
     max_test_log_loss: MaxLogLoss | None = Field(
         None, description="Ceiling: a model above this test log loss is never champion (none when empty)"
     )
-    bootstrap_samples: BootstrapSamples = Field(1000, description="Resamples of the test split for confidence intervals")
+    bootstrap_samples: BootstrapSamples = Field(
+        1000, description="Resamples of the test split for confidence intervals"
+    )
     threshold: Threshold = Field(0.5, description="Probability from which a row is labelled positive")
     work_dir: str = Field(
         default_factory=lambda: os.environ.get("WD_PIPELINE_WORK_DIR", ".wd-pipeline"),

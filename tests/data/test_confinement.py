@@ -71,12 +71,17 @@ def test_working_directory_and_bundled_data_are_allowed(outside: Path) -> None:
     assert sources.locate("data/breast_cancer.csv").path.endswith("data/breast_cancer.csv")
 
 
-@pytest.mark.parametrize("uri", ["http://169.254.169.254/latest/meta-data", "https://example.com/d.csv", "ftp://host/d.csv"])
+@pytest.mark.parametrize(
+    "uri", ["http://169.254.169.254/latest/meta-data", "https://example.com/d.csv", "ftp://host/d.csv"]
+)
 def test_disallowed_scheme_is_refused(uri: str, outside: Path) -> None:
     scheme = uri.split("://")[0]
     with pytest.raises(DataError) as caught:
         sources.locate(uri)
-    assert f"data URI scheme {scheme!r} of {uri!r} is not allowed; allowed schemes are ['file', 's3', 'gs', 'hdfs']" in str(caught.value)
+    assert (
+        f"data URI scheme {scheme!r} of {uri!r} is not allowed; allowed schemes are ['file', 's3', 'gs', 'hdfs']"
+        in str(caught.value)
+    )
     assert f"WD_PIPELINE_DATA_SCHEMES=file,s3,gs,hdfs,{scheme}" in str(caught.value)
 
 

@@ -11,9 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wd_pipeline.data import sources
-from wd_pipeline.data import splits
 from wd_pipeline.config import make_config
+from wd_pipeline.data import sources, splits
 from wd_pipeline.errors import DataError
 
 
@@ -32,10 +31,16 @@ BAD_FRAMES = {
     "missing label": (lambda f: f.drop(columns="y"), "label column 'y' not found; columns are ['a', 'b', 'c']"),
     "three classes": (lambda f: f.assign(y=np.arange(len(f)) % 3), "label column 'y' must be binary"),
     "one class": (lambda f: f.assign(y=1), "has a single class, 1 (positive)"),
-    "nan feature": (lambda f: f.assign(a=[np.nan] + list(f.a[1:])), "missing or infinite values (column: count) {'a': 1}"),
-    "inf feature": (lambda f: f.assign(b=[np.inf] * 2 + list(f.b[2:])), "missing or infinite values (column: count) {'b': 2}"),
+    "nan feature": (
+        lambda f: f.assign(a=[np.nan, *list(f.a[1:])]),
+        "missing or infinite values (column: count) {'a': 1}",
+    ),
+    "inf feature": (
+        lambda f: f.assign(b=[np.inf] * 2 + list(f.b[2:])),
+        "missing or infinite values (column: count) {'b': 2}",
+    ),
     "text feature": (lambda f: f.assign(c=["x"] * len(f)), "non-numeric columns: ['c (string)']"),
-    "missing label value": (lambda f: f.assign(y=[None] + list(f.y[1:])), "has 1 missing values"),
+    "missing label value": (lambda f: f.assign(y=[None, *list(f.y[1:])]), "has 1 missing values"),
     "too few rows": (lambda f: f.assign(y=[1] * 3 + [0] * (len(f) - 3)), "too few rows per class"),
 }
 
@@ -144,13 +149,17 @@ def test_bundled_default_splits_stratified_and_seeded(tmp_path: Path) -> None:
     assert manifest["rows"] == 569
     assert manifest["sha256"] == sources.fingerprint(Path(manifest["source"]).read_bytes())
     assert {name: part["rows"] for name, part in manifest["splits"].items()} == {
-        "train": 341, "validation": 114, "test": 114,
+        "train": 341,
+        "validation": 114,
+        "test": 114,
     }
     rates = [part["positive_rate"] for part in manifest["splits"].values()]
     assert max(rates) - min(rates) < 0.01  # 212 / 569 malignant in every split
     assert len(manifest["features"]) == 30 and manifest["schema"]["mean_radius"] == "double"
     again = splits.prepare(make_config(work_dir=str(tmp_path / "again")))
-    pd.testing.assert_frame_equal(splits.load_split(folder, "train").features, splits.load_split(again, "train").features)
+    pd.testing.assert_frame_equal(
+        splits.load_split(folder, "train").features, splits.load_split(again, "train").features
+    )
     other_seed = splits.prepare(make_config(work_dir=str(tmp_path / "seed"), seed=7))
     assert not splits.load_split(folder, "train").features.equals(splits.load_split(other_seed, "train").features)
 
@@ -165,8 +174,11 @@ def test_splits_are_disjoint_and_complete(bundled: pd.DataFrame, tmp_path: Path)
 def test_more_folds_than_rows_of_a_class(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=140), "y": [1] * 20 + [0] * 120})
-    with pytest.raises(DataError, match=r"19 folds need at least 19 rows of each class in the training data; "
-                       r"the smallest class has 18: lower --folds"):
+    with pytest.raises(
+        DataError,
+        match=r"19 folds need at least 19 rows of each class in the training data; "
+        r"the smallest class has 18: lower --folds",
+    ):
         prepare(write_csv(tmp_path, frame), tmp_path, folds=19, val_fraction=0.1, test_fraction=0.1)
 
 
@@ -214,14 +226,16 @@ def test_split_rows_are_pinned_for_a_fixed_seed(bundled: pd.DataFrame, tmp_path:
 def test_feature_types_floats_keep_their_width_others_become_float64(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     size = 200
-    source = pa.table({
-        "f32": pa.array(rng.normal(size=size).astype(np.float32)),
-        "f64": pa.array(rng.normal(size=size)),
-        "i16": pa.array(rng.integers(-9, 9, size).astype(np.int16)),
-        "flag": pa.array(rng.uniform(size=size) > 0.5),
-        "price": pa.array([f"{v / 100:.2f}" for v in rng.integers(0, 10_000, size)]).cast(pa.decimal128(8, 2)),
-        "y": pa.array((np.arange(size) % 3 == 0).astype(np.int64)),
-    })
+    source = pa.table(
+        {
+            "f32": pa.array(rng.normal(size=size).astype(np.float32)),
+            "f64": pa.array(rng.normal(size=size)),
+            "i16": pa.array(rng.integers(-9, 9, size).astype(np.int16)),
+            "flag": pa.array(rng.uniform(size=size) > 0.5),
+            "price": pa.array([f"{v / 100:.2f}" for v in rng.integers(0, 10_000, size)]).cast(pa.decimal128(8, 2)),
+            "y": pa.array((np.arange(size) % 3 == 0).astype(np.int64)),
+        }
+    )
     path = tmp_path / "mixed.parquet"
     pq.write_table(source, path)
     folder = prepare(path, tmp_path)
@@ -232,13 +246,17 @@ def test_feature_types_floats_keep_their_width_others_become_float64(tmp_path: P
     expected = source.drop_columns(["y"]).to_pandas().astype({"i16": float, "flag": float, "price": float})
     pd.testing.assert_frame_equal(combined, expected.sort_values("f64").reset_index(drop=True))
     assert splits.read_manifest(folder)["schema"] == {
-        "f32": "float", "f64": "double", "i16": "int16", "flag": "bool", "price": "decimal128(8, 2)",
+        "f32": "float",
+        "f64": "double",
+        "i16": "int16",
+        "flag": "bool",
+        "price": "decimal128(8, 2)",
     }
 
 
 def test_null_in_an_integer_feature_counts_as_missing(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
     table = pa.Table.from_pandas(tiny_frame, preserve_index=False).append_column(
-        "n", pa.array([None, None] + list(range(len(tiny_frame) - 2)), type=pa.int32())
+        "n", pa.array([None, None, *list(range(len(tiny_frame) - 2))], type=pa.int32())
     )
     path = tmp_path / "nulls.parquet"
     pq.write_table(table, path)

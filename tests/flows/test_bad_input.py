@@ -32,12 +32,15 @@ def bundled_with(mutate) -> pd.DataFrame:
 
 DATA_CASES = {
     "missing file": (lambda folder: str(folder / "nowhere.csv"), "data file not found"),
-    "empty file": (lambda folder: (folder / "e.csv").write_bytes(b"") and "" or str(folder / "e.csv"), "is empty"),
+    "empty file": (lambda folder: ((folder / "e.csv").write_bytes(b"") and "") or str(folder / "e.csv"), "is empty"),
     "not a table": (
-        lambda folder: (folder / "x.parquet").write_bytes(b"PAR1garbage") and "" or str(folder / "x.parquet"),
+        lambda folder: ((folder / "x.parquet").write_bytes(b"PAR1garbage") and "") or str(folder / "x.parquet"),
         "not a valid Parquet file",
     ),
-    "missing label": (lambda folder: write(folder, bundled_with(lambda f: f.drop(columns="diagnosis"))), "label column 'diagnosis' not found"),
+    "missing label": (
+        lambda folder: write(folder, bundled_with(lambda f: f.drop(columns="diagnosis"))),
+        "label column 'diagnosis' not found",
+    ),
     "non-binary label": (
         lambda folder: write(folder, bundled_with(lambda f: f.assign(diagnosis=np.arange(len(f)) % 3 * 1.0))),
         "must be binary",
@@ -78,9 +81,7 @@ def test_bad_data_fails_the_flow_run(case: str, isolated: Path) -> None:
     assert state.is_failed()
     assert message in state.message or message in str(state.result(raise_on_failure=False))
     assert_nothing_registered()
-    runs = MlflowClient().search_runs(
-        [e.experiment_id for e in MlflowClient().search_experiments()], run_view_type=3
-    )
+    runs = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()], run_view_type=3)
     assert runs and all(run.info.status == "FAILED" for run in runs)  # the parent run is closed, not left RUNNING
 
 
@@ -106,7 +107,10 @@ def test_cli_prints_one_line_and_exits_1(isolated: Path) -> None:
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "wd_pipeline.cli", "run", "--data", "nowhere.csv", "--grid", "0", "--model-name", MODEL],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 1
     assert "error: data file not found:" in done.stderr

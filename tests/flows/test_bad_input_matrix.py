@@ -21,9 +21,8 @@ import pytest
 
 from flows.pipeline import weight_decay_pipeline
 from tests.helpers.registry_models import labelled_frame, log_pyfunc, train_keras
-from wd_pipeline.tracking import registry
-from wd_pipeline.tracking import runs
 from wd_pipeline.cli import EXIT_BAD_SETTINGS, EXIT_RUN_FAILED, main
+from wd_pipeline.tracking import registry, runs
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,12 @@ def store(module_store: Path, prefect_api) -> Path:
     keras_path = train_keras(frame, module_store / "seed.keras", epochs=0)
     model_uri, run_id = log_pyfunc(keras_path, frame, ["a", "b", "c"], experiment="matrix-seed")
     decision = registry.register(
-        runs.get_client(), MODEL, model_uri, run_id, frame[["a", "b", "c"]], frame["y"].to_numpy(),
+        runs.get_client(),
+        MODEL,
+        model_uri,
+        run_id,
+        frame[["a", "b", "c"]],
+        frame["y"].to_numpy(),
         registry.GatePolicy(min_roc_auc=None),
     )
     assert (decision.version, decision.alias) == ("1", "champion")
@@ -56,6 +60,7 @@ UNCHANGED = (["1"], "1")
 
 
 # --- data files: each builder writes into the folder and returns (data path, expected message) ---------------
+
 
 def csv(folder: Path, frame: pd.DataFrame, name: str) -> str:
     path = folder / name
@@ -86,62 +91,89 @@ ONE_BAD = "features hold missing or infinite values (column: count) {'a': 1}: cl
 
 DATA_CASES: dict[str, tuple[DataCase, dict]] = {
     "missing file": (
-        lambda f: (p := str(f / "nowhere.csv"), f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file"),
+        lambda f: (
+            p := str(f / "nowhere.csv"),
+            f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file",
+        ),
         {},
     ),
     "empty file": (
-        lambda f: (p := raw(f, "empty.csv", b""), f"data file {p} is empty. Pass a CSV with a header row or a Parquet file"),
+        lambda f: (
+            p := raw(f, "empty.csv", b""),
+            f"data file {p} is empty. Pass a CSV with a header row or a Parquet file",
+        ),
         {},
     ),
     "not CSV or Parquet": (
-        lambda f: (p := raw(f, "image.csv", bytes(range(256)) * 8),
-                   f"data file {p} is neither Parquet nor readable CSV: CSV parse error"),
+        lambda f: (
+            p := raw(f, "image.csv", bytes(range(256)) * 8),
+            f"data file {p} is neither Parquet nor readable CSV: CSV parse error",
+        ),
         {},
     ),
-    "Parquet name, other bytes": (lambda f: (p := raw(f, "x.parquet", b"a,b\n1,2\n"), f"data file {p} {NOT_PARQUET}"), {}),
+    "Parquet name, other bytes": (
+        lambda f: (p := raw(f, "x.parquet", b"a,b\n1,2\n"), f"data file {p} {NOT_PARQUET}"),
+        {},
+    ),
     "truncated Parquet": (lambda f: (p := truncated_parquet(f), f"data file {p} {NOT_PARQUET}"), {}),
     "semicolon delimiter": (
-        lambda f: (p := raw(f, "semi.csv", good().to_csv(index=False, sep=";").encode()),
-                   f"data file {p} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
-                   "save it comma-separated, or as Parquet"),
+        lambda f: (
+            p := raw(f, "semi.csv", good().to_csv(index=False, sep=";").encode()),
+            f"data file {p} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
+            "save it comma-separated, or as Parquet",
+        ),
         {},
     ),
     "header only": (
-        lambda f: (raw(f, "header.csv", b"a,b,y\n"),
-                   "data holds a header but no rows: pass a file with data rows under the header"),
+        lambda f: (
+            raw(f, "header.csv", b"a,b,y\n"),
+            "data holds a header but no rows: pass a file with data rows under the header",
+        ),
         {},
     ),
     "missing label": (
-        lambda f: (csv(f, good().drop(columns="y"), "nolabel.csv"),
-                   "label column 'y' not found; columns are ['a', 'b', 'c', 'd']. "
-                   "Pass --label with the name of the binary target column"),
+        lambda f: (
+            csv(f, good().drop(columns="y"), "nolabel.csv"),
+            "label column 'y' not found; columns are ['a', 'b', 'c', 'd']. "
+            "Pass --label with the name of the binary target column",
+        ),
         {},
     ),
     "misspelled label": (
-        lambda f: (csv(f, good().rename(columns={"y": "target"}), "target.csv"),
-                   "label column 'targt' not found; columns are ['a', 'b', 'c', 'd', 'target']. Did you mean 'target'? "
-                   "Pass --label with the name of the binary target column"),
+        lambda f: (
+            csv(f, good().rename(columns={"y": "target"}), "target.csv"),
+            "label column 'targt' not found; columns are ['a', 'b', 'c', 'd', 'target']. Did you mean 'target'? "
+            "Pass --label with the name of the binary target column",
+        ),
         {"label": "targt"},
     ),
     "three classes": (
-        lambda f: (csv(f, good().assign(y=np.arange(120) % 3), "three.csv"),
-                   "label column 'y' must be binary (0/1, booleans or two strings); it holds [0, 1, 2]: "
-                   "map it to two classes, or pass --label with another column"),
+        lambda f: (
+            csv(f, good().assign(y=np.arange(120) % 3), "three.csv"),
+            "label column 'y' must be binary (0/1, booleans or two strings); it holds [0, 1, 2]: "
+            "map it to two classes, or pass --label with another column",
+        ),
         {},
     ),
     "two strings, no positive class": (
-        lambda f: (csv(f, good().assign(y=lambda d: d.y.map({0: "no", 1: "yes"})), "strings.csv"),
-                   "label column 'y' holds strings ['no', 'yes']: name the positive class, e.g. --positive-class 'yes'"),
+        lambda f: (
+            csv(f, good().assign(y=lambda d: d.y.map({0: "no", 1: "yes"})), "strings.csv"),
+            "label column 'y' holds strings ['no', 'yes']: name the positive class, e.g. --positive-class 'yes'",
+        ),
         {},
     ),
     "positive class not in label": (
-        lambda f: (csv(f, good().assign(y=lambda d: d.y.map({0: "no", 1: "yes"})), "strings2.csv"),
-                   "positive class 'si' is not a value of label column 'y'; it holds ['no', 'yes']"),
+        lambda f: (
+            csv(f, good().assign(y=lambda d: d.y.map({0: "no", 1: "yes"})), "strings2.csv"),
+            "positive class 'si' is not a value of label column 'y'; it holds ['no', 'yes']",
+        ),
         {"positive_class": "si"},
     ),
     "missing label value": (
-        lambda f: (csv(f, good().assign(y=lambda d: d.y.astype("Int64").mask(d.index == 0)), "holes.csv"),
-                   "label column 'y' has 1 missing values: drop or fill those rows"),
+        lambda f: (
+            csv(f, good().assign(y=lambda d: d.y.astype("Int64").mask(d.index == 0)), "holes.csv"),
+            "label column 'y' has 1 missing values: drop or fill those rows",
+        ),
         {},
     ),
     "NaN feature": (lambda f: (csv(f, good().assign(a=lambda d: d.a.mask(d.index == 3)), "nan.csv"), ONE_BAD), {}),
@@ -150,19 +182,25 @@ DATA_CASES: dict[str, tuple[DataCase, dict]] = {
         {},
     ),
     "text feature": (
-        lambda f: (csv(f, good().assign(c="rough"), "text.csv"),
-                   "features must be numeric; non-numeric columns: ['c (string)']. "
-                   "Encode them, or leave them out with --features"),
+        lambda f: (
+            csv(f, good().assign(c="rough"), "text.csv"),
+            "features must be numeric; non-numeric columns: ['c (string)']. "
+            "Encode them, or leave them out with --features",
+        ),
         {},
     ),
     "duplicate columns": (
-        lambda f: (raw(f, "dup.csv", ("a,a,y\n" + "\n".join(f"{i},{i},{i % 2}" for i in range(60))).encode()),
-                   "data has duplicate columns ['a']: give every column a unique name"),
+        lambda f: (
+            raw(f, "dup.csv", ("a,a,y\n" + "\n".join(f"{i},{i},{i % 2}" for i in range(60))).encode()),
+            "data has duplicate columns ['a']: give every column a unique name",
+        ),
         {},
     ),
     "one class only": (
-        lambda f: (csv(f, good().assign(y=0), "one.csv"),
-                   "label column 'y' has a single class, 0 (negative): a classifier needs both"),
+        lambda f: (
+            csv(f, good().assign(y=0), "one.csv"),
+            "label column 'y' has a single class, 0 (negative): a classifier needs both",
+        ),
         {},
     ),
     "fewer rows than needed": (
@@ -170,9 +208,11 @@ DATA_CASES: dict[str, tuple[DataCase, dict]] = {
         {},
     ),
     "folds larger than a class": (
-        lambda f: (csv(f, pd.DataFrame({"a": np.linspace(0, 1, 140), "y": [1] * 20 + [0] * 120}), "rare.csv"),
-                   "19 folds need at least 19 rows of each class in the training data; "
-                   "the smallest class has 18: lower --folds"),
+        lambda f: (
+            csv(f, pd.DataFrame({"a": np.linspace(0, 1, 140), "y": [1] * 20 + [0] * 120}), "rare.csv"),
+            "19 folds need at least 19 rows of each class in the training data; "
+            "the smallest class has 18: lower --folds",
+        ),
         {"folds": 19, "val_fraction": 0.1, "test_fraction": 0.1},
     ),
     "outside the data roots": (
@@ -180,10 +220,12 @@ DATA_CASES: dict[str, tuple[DataCase, dict]] = {
         {},
     ),
     "disallowed scheme": (
-        lambda f: ("http://127.0.0.1:9/d.csv",
-                   "data URI scheme 'http' of 'http://127.0.0.1:9/d.csv' is not allowed; "
-                   "allowed schemes are ['file', 's3', 'gs', 'hdfs']. Copy the file to an allowed location, "
-                   "or set WD_PIPELINE_DATA_SCHEMES=file,s3,gs,hdfs,http"),
+        lambda f: (
+            "http://127.0.0.1:9/d.csv",
+            "data URI scheme 'http' of 'http://127.0.0.1:9/d.csv' is not allowed; "
+            "allowed schemes are ['file', 's3', 'gs', 'hdfs']. Copy the file to an allowed location, "
+            "or set WD_PIPELINE_DATA_SCHEMES=file,s3,gs,hdfs,http",
+        ),
         {},
     ),
 }
@@ -233,10 +275,15 @@ CLI_FLAGS = {
     "empty λ grid": (["--grid", ""], "--grid is empty: give comma-separated λ values, e.g. --grid 0,1e-4,1e-2"),
     "negative λ": (["--grid=-1e-3"], "invalid settings: grid.0: Input should be greater than or equal to 0"),
     "NaN λ": (["--grid", "nan"], "invalid settings: grid.0: Input should be a finite number"),
-    "text λ": (["--grid", "0,small"], "--grid must hold numbers separated by commas (e.g. 0,1e-4,1e-2): "
-               "could not convert string to float: 'small'"),
+    "text λ": (
+        ["--grid", "0,small"],
+        "--grid must hold numbers separated by commas (e.g. 0,1e-4,1e-2): could not convert string to float: 'small'",
+    ),
     "zero epochs": (["--epochs", "0"], "invalid settings: epochs: Input should be greater than or equal to 1"),
-    "huge epochs": (["--epochs", "1000000000"], "invalid settings: epochs: Input should be less than or equal to 100000"),
+    "huge epochs": (
+        ["--epochs", "1000000000"],
+        "invalid settings: epochs: Input should be less than or equal to 100000",
+    ),
     "batch size 0": (["--batch-size", "0"], "invalid settings: batch_size: Input should be greater than or equal to 1"),
     "unknown mode": (["--modes", "l3"], "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
     "folds 0": (["--folds", "0"], "invalid settings: folds: Input should be greater than or equal to 1"),
@@ -280,6 +327,7 @@ def test_bad_config_file(case: str, store: Path, capsys: pytest.CaptureFixture[s
 
 # --- environment --------------------------------------------------------------------------------------------------
 
+
 def test_unreachable_tracking_server(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The flow itself: FAILED with the one line, not retried by Prefect; the real store untouched."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -303,7 +351,10 @@ def test_work_folder_not_writable_flow(store: Path) -> None:
     work, reason = unwritable_work_dir(store)
     path = csv(store, good(), "fine.csv")
     message = failure(weight_decay_pipeline(**{**RUN, "data": path, "work_dir": work}, return_state=True))
-    assert message == f"work folder {work} is not writable ({reason}): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+    assert (
+        message
+        == f"work folder {work} is not writable ({reason}): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+    )
     assert registry_state() == UNCHANGED
 
 
@@ -316,10 +367,14 @@ def test_read_only_work_folder_cli(store: Path, capsys: pytest.CaptureFixture[st
         message = one_line_exit_2(["--work-dir", str(folder / "work")], capsys)
     finally:
         folder.chmod(0o755)
-    assert message == f"work folder {folder / 'work'} is not writable (Permission denied): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+    assert (
+        message
+        == f"work folder {folder / 'work'} is not writable (Permission denied): pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
+    )
 
 
 # --- the real command, for representative cases -------------------------------------------------------------------
+
 
 def cli(store: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_HOME": str(store / "prefect-cli")}
@@ -327,9 +382,28 @@ def cli(store: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.pop("PREFECT_API_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "wd_pipeline.cli", "run", "--label", "y", "--grid", "0", "--epochs", "1",
-         "--folds", "1", "--model-name", MODEL, *argv],
-        capture_output=True, text=True, env=env, cwd=store, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "wd_pipeline.cli",
+            "run",
+            "--label",
+            "y",
+            "--grid",
+            "0",
+            "--epochs",
+            "1",
+            "--folds",
+            "1",
+            "--model-name",
+            MODEL,
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=store,
+        timeout=300,
     )
 
 
@@ -348,7 +422,9 @@ def test_cli_semicolon_file_exits_1_with_one_line(store: Path) -> None:
     done = cli(store, "--data", path)
     assert done.returncode == EXIT_RUN_FAILED
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: data file {path} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
-                      "save it comma-separated, or as Parquet"], done.stderr[-4000:]
+    assert errors == [
+        f"error: data file {path} looks semicolon-separated (its one column is 'a;b;c;d;y'): "
+        "save it comma-separated, or as Parquet"
+    ], done.stderr[-4000:]
     assert "Traceback" not in done.stderr
     assert registry_state() == UNCHANGED

@@ -22,9 +22,26 @@ pytestmark = pytest.mark.slow
 
 MODEL = "wd-crash"
 COMMAND = [
-    sys.executable, "-m", "wd_pipeline.cli", "run", "--grid", "0,1e-3,1e-2", "--folds", "2", "--chunk-size", "1",
-    "--epochs", "150", "--patience", "0", "--bootstrap-samples", "100", "--model-name", MODEL,
-    "--experiment", "crash-resume",
+    sys.executable,
+    "-m",
+    "wd_pipeline.cli",
+    "run",
+    "--grid",
+    "0,1e-3,1e-2",
+    "--folds",
+    "2",
+    "--chunk-size",
+    "1",
+    "--epochs",
+    "150",
+    "--patience",
+    "0",
+    "--bootstrap-samples",
+    "100",
+    "--model-name",
+    MODEL,
+    "--experiment",
+    "crash-resume",
 ]
 
 
@@ -42,19 +59,25 @@ def assert_group_gone(pgid: int, timeout: float = 10.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.2)
-    survivors = subprocess.run(["ps", "-o", "pid,stat,cmd", "--no-headers", "-g", str(pgid)], capture_output=True, text=True)
+    survivors = subprocess.run(
+        ["ps", "-o", "pid,stat,cmd", "--no-headers", "-g", str(pgid)], capture_output=True, text=True
+    )
     raise AssertionError(f"process group {pgid} still has members:\n{survivors.stdout}")
 
 
 def test_kill_9_then_rerun_resumes_and_leaves_nothing_running(tmp_path: Path) -> None:
     work = tmp_path / "work"
     env = {
-        **os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "WD_PIPELINE_WORK_DIR": str(work),
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "WD_PIPELINE_WORK_DIR": str(work),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(COMMAND, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(
+        COMMAND, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 400
         while not finished_units(work):

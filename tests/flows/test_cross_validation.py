@@ -20,8 +20,14 @@ MODES = ["l2", "decoupled"]
 def cv_run(prefect_api, tmp_path_factory):
     with isolated_store(tmp_path_factory.mktemp("cv")):
         state = weight_decay_pipeline(
-            grid=GRID, modes=MODES, folds=FOLDS, epochs=40, patience=5, rule="one-se",
-            model_name="wd-cv", return_state=True,
+            grid=GRID,
+            modes=MODES,
+            folds=FOLDS,
+            epochs=40,
+            patience=5,
+            rule="one-se",
+            model_name="wd-cv",
+            return_state=True,
         )
         yield state
 
@@ -57,7 +63,11 @@ def test_selection_refit_and_test_are_recorded(cv_run) -> None:
     assert tags["selection.rule"] == "one-se"
     assert {tags["selection.l2.lambda"], tags["selection.decoupled.lambda"]} <= {"0.0", "0.01"}
     assert summary["chosen_mode"] in MODES and summary["chosen_lambda"] in GRID
-    refit = [r for r in runs_under(client, summary["experiment_id"], summary["parent_run_id"]) if r.info.run_name.startswith("refit")]
+    refit = [
+        r
+        for r in runs_under(client, summary["experiment_id"], summary["parent_run_id"])
+        if r.info.run_name.startswith("refit")
+    ]
     assert len(refit) == 1
     assert refit[0].data.params["fold"] == "-1"
     assert int(refit[0].data.params["epochs"]) == parent.data.metrics["refit_epochs"]
@@ -69,7 +79,9 @@ def test_lambda_zero_is_trained_once_for_both_modes(cv_run) -> None:
     summary = cv_run.result()
     client = MlflowClient()
     zero_points = [
-        r for r in runs_under(client, summary["experiment_id"], summary["parent_run_id"]) if r.info.run_name.endswith("λ=0")
+        r
+        for r in runs_under(client, summary["experiment_id"], summary["parent_run_id"])
+        if r.info.run_name.endswith("λ=0")
     ]
     resumed = [
         run.data.tags["resumed"]

@@ -23,8 +23,14 @@ MODEL = "wd-test-model"
 
 def run(**overrides):
     params = {
-        "grid": GRID, "epochs": 30, "batch_size": 32, "model_name": MODEL, "max_parallel": 2,
-        "folds": 1, "patience": 0, **overrides,
+        "grid": GRID,
+        "epochs": 30,
+        "batch_size": 32,
+        "model_name": MODEL,
+        "max_parallel": 2,
+        "folds": 1,
+        "patience": 0,
+        **overrides,
     }
     return weight_decay_pipeline(**params, return_state=True)
 
@@ -59,7 +65,9 @@ def test_registry_champion_then_challenger(three_runs) -> None:
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "3"
     version = client.get_model_version(MODEL, "3")
-    assert "sha256" in version.description and "95% bootstrap confidence intervals" in version.description  # the model card
+    assert (
+        "sha256" in version.description and "95% bootstrap confidence intervals" in version.description
+    )  # the model card
     tags = version.tags
     assert tags["gate.alias"] == "challenger" and "does not beat champion v2" in tags["gate.reason"]
 
@@ -79,13 +87,25 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
     for name in ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier"):
         assert 0 <= parent.data.metrics[f"test_{name}"] <= 1 or name == "log_loss"
     assert parent.data.metrics["test_accuracy"] > 0.9
-    artifacts = {a.path for folder in ("plots", "grid", "data", "") for a in client.list_artifacts(parent.info.run_id, folder)}
-    plots = {f"plots/{name}.png" for name in (
-        "validation_curve", "weight_norm", "generalization_gap", "learning_curves", "roc_curve", "confusion_matrix",
-        "calibration",
-    )}
+    artifacts = {
+        a.path for folder in ("plots", "grid", "data", "") for a in client.list_artifacts(parent.info.run_id, folder)
+    }
+    plots = {
+        f"plots/{name}.png"
+        for name in (
+            "validation_curve",
+            "weight_norm",
+            "generalization_gap",
+            "learning_curves",
+            "roc_curve",
+            "confusion_matrix",
+            "calibration",
+        )
+    }
     assert artifacts >= plots | {"grid/results.csv", "grid/folds.csv", "data/manifest.json", "model_card.md"}
-    png = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="plots/validation_curve.png"))
+    png = Path(
+        mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="plots/validation_curve.png")
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     contexts = {tag.value for d in parent.inputs.dataset_inputs for tag in d.tags}
     assert contexts == {"train", "validation", "test"}
@@ -102,9 +122,24 @@ def test_parent_run_says_where_its_time_went(three_runs) -> None:
     flow, training = metrics["time_flow_seconds"], metrics["time_training_seconds"]
     assert 0 < training < flow
     steps = [
-        "ingest_prepare", "tracking_start", "tracking_dataset", "tracking_points", "tracking_units", "unit_load_data",
-        "unit_score", "unit_save", "evaluate_predict", "evaluate_bootstrap", "evaluate_report", "tracking_evaluation",
-        "register_log_model", "register_gate", "phase_ingest", "phase_train_grid", "phase_evaluate", "phase_register",
+        "ingest_prepare",
+        "tracking_start",
+        "tracking_dataset",
+        "tracking_points",
+        "tracking_units",
+        "unit_load_data",
+        "unit_score",
+        "unit_save",
+        "evaluate_predict",
+        "evaluate_bootstrap",
+        "evaluate_report",
+        "tracking_evaluation",
+        "register_log_model",
+        "register_gate",
+        "phase_ingest",
+        "phase_train_grid",
+        "phase_evaluate",
+        "phase_register",
     ]
     assert all(metrics[f"time_{step}_seconds"] > 0 for step in steps)
     phases = sum(metrics[f"time_phase_{phase}_seconds"] for phase in ("ingest", "train_grid", "evaluate", "register"))
@@ -125,7 +160,9 @@ def test_one_child_run_per_grid_point(three_runs) -> None:
         assert float(child.data.params["keras_l2"]) == pytest.approx(lam / 2)
         for series in ("loss", "val_loss", "accuracy", "val_accuracy"):
             assert len(client.get_metric_history(child.info.run_id, series)) == 30
-        assert {"val_log_loss", "val_accuracy", "val_roc_auc", "weight_norm", "train_log_loss"} <= set(child.data.metrics)
+        assert {"val_log_loss", "val_accuracy", "val_roc_auc", "weight_norm", "train_log_loss"} <= set(
+            child.data.metrics
+        )
         point = next(p for p in summary["grid"] if p["lambda"] == lam)
         assert point["mode"] == "l2" and point["n_folds"] == 1
         assert child.data.metrics["val_accuracy"] == pytest.approx(point["val_accuracy"], abs=1e-6)

@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
-from wd_pipeline.tracking import registry
-from wd_pipeline.tracking import runs
 from wd_pipeline.errors import DataError, TrackingError
 from wd_pipeline.serving.scoring import make_score_settings, score_file
+from wd_pipeline.tracking import registry, runs
 
 NAME = "score-model"
 
@@ -75,7 +74,11 @@ def test_scoring_run_is_recorded_in_mlflow(champion: str, module_store: Path) ->
             f"columns do not match the input signature of {NAME} v1: missing ['c'], unexpected ['z', 'extra']. "
             "The model takes exactly ['a', 'b', 'c']",
         ),
-        ("text", lambda f: f.assign(b="x"), f"feature columns must be numeric for {NAME} v1; non-numeric: ['b (string)']"),
+        (
+            "text",
+            lambda f: f.assign(b="x"),
+            f"feature columns must be numeric for {NAME} v1; non-numeric: ['b (string)']",
+        ),
         (
             "nan",
             lambda f: f.assign(a=[np.nan] + [1.0] * (len(f) - 1)),
@@ -92,9 +95,7 @@ def test_a_file_that_does_not_fit_the_signature_is_refused(
         score_file(settings(path, module_store / "never.parquet", experiment=f"bad {case}"))
     assert str(caught.value) == message
     assert not (module_store / "never.parquet").exists()
-    failed = runs.get_client().search_runs(
-        [runs.get_client().get_experiment_by_name(f"bad {case}").experiment_id]
-    )
+    failed = runs.get_client().search_runs([runs.get_client().get_experiment_by_name(f"bad {case}").experiment_id])
     assert [run.info.status for run in failed] == ["FAILED"]
 
 
@@ -103,7 +104,9 @@ def test_no_champion_is_a_clear_error(module_store: Path) -> None:
     with pytest.raises(TrackingError, match="model 'never-registered' has no @champion version"):
         score_file(
             make_score_settings(
-                data=str(module_store / "unscored.csv"), output=str(module_store / "x.parquet"), model_name="never-registered"
+                data=str(module_store / "unscored.csv"),
+                output=str(module_store / "x.parquet"),
+                model_name="never-registered",
             )
         )
 
@@ -114,7 +117,10 @@ def test_score_flow_through_prefect(champion: str, module_store: Path, prefect_a
 
     labelled_frame(25, seed=5)[SIGNAL].to_csv(module_store / "flow.csv", index=False)
     state = score(
-        data=str(module_store / "flow.csv"), output=str(module_store / "flow.parquet"), model_name=NAME, experiment="scoring",
+        data=str(module_store / "flow.csv"),
+        output=str(module_store / "flow.parquet"),
+        model_name=NAME,
+        experiment="scoring",
         return_state=True,
     )
     assert state.is_completed()

@@ -30,14 +30,22 @@ def closed_port() -> int:
 
 
 def run_cli(folder: Path, uri: str, *argv: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = {**os.environ, "PREFECT_HOME": str(folder / "prefect"), "MLFLOW_TRACKING_URI": uri,
-           "WD_PIPELINE_WORK_DIR": str(folder / "work")}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(folder / "prefect"),
+        "MLFLOW_TRACKING_URI": uri,
+        "WD_PIPELINE_WORK_DIR": str(folder / "work"),
+    }
     for name in ("PREFECT_API_URL", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         env.pop(name, None)
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "wd_pipeline.cli", "run", "--grid", "0", "--epochs", "1", "--folds", "1", *argv],
-        capture_output=True, text=True, env=env, cwd=folder, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder,
+        timeout=300,
     )
     return done, time.monotonic() - start
 

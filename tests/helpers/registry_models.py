@@ -34,10 +34,11 @@ def train_keras(
     return str(path)
 
 
-def log_pyfunc(keras_path: str, frame: pd.DataFrame, features: list[str], experiment: str = "gate-test") -> tuple[str, str]:
+def log_pyfunc(
+    keras_path: str, frame: pd.DataFrame, features: list[str], experiment: str = "gate-test"
+) -> tuple[str, str]:
     """Log a keras file as the pipeline's pyfunc model in a fresh run; returns (model URI, run id)."""
-    from wd_pipeline.tracking import registry
-    from wd_pipeline.tracking import runs
+    from wd_pipeline.tracking import registry, runs
 
     client = runs.get_client()
     run_id = client.create_run(runs.ensure_experiment(client, experiment)).info.run_id

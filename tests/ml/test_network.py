@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wd_pipeline.ml.network import build_model, kernels, keras_l2, penalty, weight_norm
+from wd_pipeline.ml.network import build_model, keras_l2, kernels, penalty, weight_norm
 
 
 @pytest.fixture(scope="module")

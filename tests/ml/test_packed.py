@@ -32,11 +32,16 @@ def independent_fit(arrays, lam: float, mode: str, patience: int):
     model = build_model(x_train, lam=lam, mode=mode, learning_rate=1e-2, seed=SEED)
     callbacks = (
         [keras.callbacks.EarlyStopping(monitor="val_bce", mode="min", patience=patience, restore_best_weights=True)]
-        if patience else []
+        if patience
+        else []
     )
     history = model.fit(
-        epoch_batches(x_train, y_train, EPOCHS, SEED, BATCH), validation_data=(x_val, y_val), epochs=EPOCHS,
-        steps_per_epoch=-(-len(x_train) // BATCH), callbacks=callbacks, verbose=0,
+        epoch_batches(x_train, y_train, EPOCHS, SEED, BATCH),
+        validation_data=(x_val, y_val),
+        epochs=EPOCHS,
+        steps_per_epoch=-(-len(x_train) // BATCH),
+        callbacks=callbacks,
+        verbose=0,
     )
     best = callbacks[0].best_epoch + 1 if callbacks else EPOCHS
     return model, history.history, best
@@ -47,8 +52,17 @@ def independent_fit(arrays, lam: float, mode: str, patience: int):
 def test_every_member_matches_its_independent_training(arrays, mode: str, patience: int) -> None:
     x_train, y_train, x_val, y_val = arrays
     members = train_packed(
-        x_train, y_train, (x_val, y_val), lams=LAMS, mode=mode, hidden_units=[10, 10], learning_rate=1e-2,
-        seed=SEED, batch_size=BATCH, epochs=EPOCHS, patience=patience,
+        x_train,
+        y_train,
+        (x_val, y_val),
+        lams=LAMS,
+        mode=mode,
+        hidden_units=[10, 10],
+        learning_rate=1e-2,
+        seed=SEED,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        patience=patience,
     )
     for lam, member in zip(LAMS, members, strict=True):
         model, history, best_epoch = independent_fit(arrays, lam, mode, patience)
@@ -65,8 +79,17 @@ def test_every_member_matches_its_independent_training(arrays, mode: str, patien
 def test_members_differ_only_by_lambda(arrays) -> None:
     x_train, y_train, x_val, y_val = arrays
     big, small = train_packed(
-        x_train, y_train, (x_val, y_val), lams=[1.0, 0.0], mode="l2", hidden_units=[10, 10], learning_rate=1e-2,
-        seed=SEED, batch_size=BATCH, epochs=EPOCHS, patience=0,
+        x_train,
+        y_train,
+        (x_val, y_val),
+        lams=[1.0, 0.0],
+        mode="l2",
+        hidden_units=[10, 10],
+        learning_rate=1e-2,
+        seed=SEED,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        patience=0,
     )
     norm = lambda model: sum(float(np.sum(k**2)) for k in kernels(model, penalized_only=True))  # noqa: E731
     assert norm(big.model) < norm(small.model)
@@ -77,8 +100,17 @@ def test_epoch_function_is_compiled_once_not_per_epoch(arrays, rows: int, caplog
     x_train, y_train, x_val, y_val = arrays
     with caplog.at_level(logging.DEBUG, logger="wd_pipeline.ml.packed"):
         train_packed(
-            x_train[:rows], y_train[:rows], (x_val, y_val), lams=LAMS, mode="l2", hidden_units=[10, 10],
-            learning_rate=1e-2, seed=SEED, batch_size=BATCH, epochs=3, patience=0,
+            x_train[:rows],
+            y_train[:rows],
+            (x_val, y_val),
+            lams=LAMS,
+            mode="l2",
+            hidden_units=[10, 10],
+            learning_rate=1e-2,
+            seed=SEED,
+            batch_size=BATCH,
+            epochs=3,
+            patience=0,
         )
     assert "packed training: 3 epoch(s), epoch function traced 1 time(s)" in caplog.messages
 

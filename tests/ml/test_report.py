@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from wd_pipeline.ml import report
-from wd_pipeline.ml.metrics import METRICS
 from wd_pipeline.ml.bootstrap import bootstrap_cis
+from wd_pipeline.ml.metrics import METRICS
 
 LAMBDAS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
 SHA = "ab" * 32
@@ -29,7 +29,12 @@ def grid() -> pd.DataFrame:
                 val = 0.2 + 0.01 * (i - 2) ** 2 if metric in ("log_loss", "brier") else 0.9 - 0.01 * abs(i - 2)
                 train = val - 0.1 + 0.02 * i if metric in ("log_loss", "brier") else min(val + 0.08 - 0.015 * i, 1.0)
                 std = float(rng.uniform(0.01, 0.03))
-                row |= {f"train_{metric}": train, f"val_{metric}": val, f"val_{metric}_std": std, f"val_{metric}_se": std / np.sqrt(5)}
+                row |= {
+                    f"train_{metric}": train,
+                    f"val_{metric}": val,
+                    f"val_{metric}_std": std,
+                    f"val_{metric}_se": std / np.sqrt(5),
+                }
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -68,8 +73,15 @@ def test_validation_curve_has_error_bars_one_line_per_mode_and_the_choice(grid: 
 
 def test_a_single_split_table_without_mode_or_se_still_draws() -> None:
     table = pd.DataFrame(
-        {"lambda": LAMBDAS, "train_log_loss": [0.1] * 5, "val_log_loss": [0.2] * 5, "train_accuracy": [1.0] * 5,
-         "val_accuracy": [0.9] * 5, "weight_norm": [5.0, 4, 3, 2, 1], "penalized_weight_norm": [4.0, 3, 2, 1, 0.5]}
+        {
+            "lambda": LAMBDAS,
+            "train_log_loss": [0.1] * 5,
+            "val_log_loss": [0.2] * 5,
+            "train_accuracy": [1.0] * 5,
+            "val_accuracy": [0.9] * 5,
+            "weight_norm": [5.0, 4, 3, 2, 1],
+            "penalized_weight_norm": [4.0, 3, 2, 1, 0.5],
+        }
     )
     renders(report.validation_curve_figure(table, "log_loss", 1e-2))
     norms = report.weight_norm_figure(table, 1e-2)
@@ -77,11 +89,18 @@ def test_a_single_split_table_without_mode_or_se_still_draws() -> None:
 
 
 def test_weight_norm_and_gap_one_line_per_mode(grid: pd.DataFrame) -> None:
-    for figure in (report.weight_norm_figure(grid, 1e-3, "l2"), report.generalization_gap_figure(grid, "roc_auc", 1e-3, "l2")):
+    for figure in (
+        report.weight_norm_figure(grid, 1e-3, "l2"),
+        report.generalization_gap_figure(grid, "roc_auc", 1e-3, "l2"),
+    ):
         renders(figure)
         (ax,) = figure.axes
         assert ax.get_xscale() == "symlog"
-        mode_lines = [line for line in ax.lines if line.get_label() in ("l2", "decoupled", "l2 all kernels", "decoupled all kernels")]
+        mode_lines = [
+            line
+            for line in ax.lines
+            if line.get_label() in ("l2", "decoupled", "l2 all kernels", "decoupled all kernels")
+        ]
         assert len(mode_lines) == 2
     assert "overfitting" in figure.axes[0].get_ylabel()
 
@@ -96,7 +115,8 @@ def test_gap_is_positive_when_train_beats_validation(metric: str) -> None:
 def test_learning_curves_show_every_grid_point() -> None:
     curves = [
         (f"{mode} λ={lam}", {"loss": list(np.linspace(1, 0.1 + lam, 20)), "val_loss": list(np.linspace(1, 0.2, 20))})
-        for mode in ("l2", "decoupled") for lam in (0, 1e-2, 1e-1)
+        for mode in ("l2", "decoupled")
+        for lam in (0, 1e-2, 1e-1)
     ]
     figure = report.learning_curves_figure(curves)
     renders(figure)
@@ -113,7 +133,9 @@ def test_test_split_figures(test_predictions) -> None:
     for figure in figures.values():
         renders(figure)
     roc = figures["roc_curve.png"].axes[0]
-    assert roc.get_xlabel() == "false positive rate" and re.search(r"AUC = 0\.\d{3}", roc.get_legend_handles_labels()[1][0])
+    assert roc.get_xlabel() == "false positive rate" and re.search(
+        r"AUC = 0\.\d{3}", roc.get_legend_handles_labels()[1][0]
+    )
     confusion = figures["confusion_matrix.png"].axes[0]
     counts = sorted(int(text.get_text()) for text in confusion.texts)
     assert sum(counts) == len(y) and "threshold 0.3" in confusion.get_title()
@@ -125,15 +147,25 @@ def test_model_card_holds_fingerprint_choice_table_and_intervals(grid: pd.DataFr
     y, p = test_predictions
     intervals = bootstrap_cis(y, p, n_resamples=200)
     card = report.model_card(
-        model_name="wd-classifier", version="3", data_source="data/breast_cancer.csv", data_sha256=SHA,
+        model_name="wd-classifier",
+        version="3",
+        data_source="data/breast_cancer.csv",
+        data_sha256=SHA,
         config={"grid": [0.0, 1e-3], "epochs": 100, "learning_rate": 1e-3, "positive_class": None},
-        chosen_mode="decoupled", chosen_lambda=1e-3, metric="log_loss", rule="one-se", table=grid,
+        chosen_mode="decoupled",
+        chosen_lambda=1e-3,
+        metric="log_loss",
+        rule="one-se",
+        table=grid,
         test_intervals=intervals,
     )
     assert card.startswith("# Model card: wd-classifier v3")
     assert SHA in card and "data/breast_cancer.csv" in card
     assert "**λ**: 1e-03" in card and "decoupled weight decay (AdamW)" in card and "one-SE rule" in card
-    assert f"| roc auc | {intervals['roc_auc'].estimate:.4f} | [{intervals['roc_auc'].low:.4f}, {intervals['roc_auc'].high:.4f}] |" in card
+    assert (
+        f"| roc auc | {intervals['roc_auc'].estimate:.4f} | [{intervals['roc_auc'].low:.4f}, {intervals['roc_auc'].high:.4f}] |"
+        in card
+    )
     assert "95% bootstrap confidence intervals, 200 resamples" in card
     chosen_rows = [line for line in card.splitlines() if line.endswith("| ✔ |")]
     assert len(chosen_rows) == 1 and chosen_rows[0].startswith("| decoupled | 1e-03 |")
@@ -144,8 +176,16 @@ def test_model_card_holds_fingerprint_choice_table_and_intervals(grid: pd.DataFr
 def test_model_card_refuses_an_unknown_rule(grid: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="unknown selection rule 'median'"):
         report.model_card(
-            model_name="m", data_source="s", data_sha256=SHA, config={}, chosen_mode="l2", chosen_lambda=0.0,
-            metric="log_loss", rule="median", table=grid, test_intervals={},
+            model_name="m",
+            data_source="s",
+            data_sha256=SHA,
+            config={},
+            chosen_mode="l2",
+            chosen_lambda=0.0,
+            metric="log_loss",
+            rule="median",
+            table=grid,
+            test_intervals={},
         )
 
 
@@ -155,17 +195,34 @@ def test_report_artifacts_bundle_every_figure_and_the_card(grid: pd.DataFrame, t
     y, p = test_predictions
     curves = [("l2 λ=0", {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]})]
     card = {
-        "model_name": "m", "data_source": "d.csv", "data_sha256": SHA, "config": {"epochs": 2}, "rule": "best",
+        "model_name": "m",
+        "data_source": "d.csv",
+        "data_sha256": SHA,
+        "config": {"epochs": 2},
+        "rule": "best",
         "test_intervals": bootstrap_cis(y, p, n_resamples=100),
     }
     artifacts = report.report_artifacts(
-        table=grid, curves=curves, y_test=y, p_test=p, metric="log_loss", chosen_mode="l2", chosen_lambda=1e-2, card=card,
+        table=grid,
+        curves=curves,
+        y_test=y,
+        p_test=p,
+        metric="log_loss",
+        chosen_mode="l2",
+        chosen_lambda=1e-2,
+        card=card,
     )
     figures = {path for path, item in artifacts.items() if isinstance(item, Figure)}
     assert figures == {
-        f"plots/{name}.png" for name in (
-            "validation_curve", "weight_norm", "generalization_gap", "learning_curves", "roc_curve",
-            "confusion_matrix", "calibration",
+        f"plots/{name}.png"
+        for name in (
+            "validation_curve",
+            "weight_norm",
+            "generalization_gap",
+            "learning_curves",
+            "roc_curve",
+            "confusion_matrix",
+            "calibration",
         )
     }
     assert SHA in artifacts["model_card.md"] and "the best cross-validated log loss" in artifacts["model_card.md"]

@@ -96,7 +96,6 @@ def test_is_better_is_strict_and_knows_direction() -> None:
     assert is_better(0.1, 0.2, "log_loss") and not is_better(0.2, 0.2, "log_loss")
 
 
-
 def test_a_choice_at_the_top_of_the_grid_is_flagged() -> None:
     table = _table([0.30, 0.25, 0.22, 0.20])
     assert select(table, "log_loss", "best").at_grid_edge(table["lambda"])

@@ -20,7 +20,12 @@ INFRA = Path(__file__).resolve().parents[2] / "infra"
 ROOT = INFRA.parent
 SECRET_KEYS = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|AUTH_STRING|_USER$|_USERNAME$")
 # Credentials compose demands besides the database and object-store ones.
-AUTH_SETTINGS = ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_API_AUTH_STRING")
+AUTH_SETTINGS = (
+    "MLFLOW_ADMIN_USERNAME",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "PREFECT_API_AUTH_STRING",
+)
 
 
 def deployments() -> dict[str, dict]:
@@ -71,12 +76,24 @@ def test_compose_takes_every_credential_from_the_environment() -> None:
     assert "infra/.env" in (ROOT / ".gitignore").read_text()
 
 
-needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed"
+)
 
 
 def compose_config(env_file: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """``docker-compose config`` with only ``env_file`` as the source of variables."""
-    command = ["docker-compose", "--project-directory", str(INFRA), "-f", str(INFRA / "docker-compose.yml"), "--env-file", str(env_file), "config", *flags]
+    command = [
+        "docker-compose",
+        "--project-directory",
+        str(INFRA),
+        "-f",
+        str(INFRA / "docker-compose.yml"),
+        "--env-file",
+        str(env_file),
+        "config",
+        *flags,
+    ]
     clean_env = {"PATH": os.environ["PATH"]}  # no credential may leak in from the caller
     return subprocess.run(command, capture_output=True, text=True, env=clean_env, check=False)
 
@@ -108,8 +125,12 @@ def test_compose_refuses_to_start_without_each_server_credential(tmp_path: Path,
 
 @needs_compose
 def test_both_servers_demand_the_credentials_the_worker_sends(tmp_path: Path) -> None:
-    values = {"MLFLOW_ADMIN_USERNAME": "ops", "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-              "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "PREFECT_API_AUTH_STRING": f"ops:{secrets.token_urlsafe(18)}"}
+    values = {
+        "MLFLOW_ADMIN_USERNAME": "ops",
+        "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+        "PREFECT_API_AUTH_STRING": f"ops:{secrets.token_urlsafe(18)}",
+    }
     resolved = compose_config(env_file_with(tmp_path, **values))
     assert resolved.returncode == 0, resolved.stderr
     services = yaml.safe_load(resolved.stdout)["services"]
@@ -119,13 +140,19 @@ def test_both_servers_demand_the_credentials_the_worker_sends(tmp_path: Path) ->
     assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == worker["MLFLOW_TRACKING_PASSWORD"] == values["MLFLOW_ADMIN_PASSWORD"]
     assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == values["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     assert mlflow["WD_MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
-    assert prefect["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"] == values["PREFECT_API_AUTH_STRING"]
+    assert (
+        prefect["PREFECT_SERVER_API_AUTH_STRING"]
+        == worker["PREFECT_API_AUTH_STRING"]
+        == values["PREFECT_API_AUTH_STRING"]
+    )
     assert services["deploy"]["environment"]["PREFECT_API_AUTH_STRING"] == values["PREFECT_API_AUTH_STRING"]
     assert "mlflow_auth" in (INFRA / "postgres" / "create-databases.sh").read_text()
 
 
 # NAME=value / NAME: value for credential-like upper-case names, and user:password@ inside URLs.
-SECRET_ASSIGNMENT = re.compile(r"(?<![\w${])[A-Z][A-Z0-9_]*(?:PASSWORD|SECRET|SECRET_KEY|AUTH_STRING|TOKEN|ACCESS_KEY)[A-Z0-9_]*[ \t]*[=:][ \t]*[\"']?([^\s\"',}]*)")
+SECRET_ASSIGNMENT = re.compile(
+    r"(?<![\w${])[A-Z][A-Z0-9_]*(?:PASSWORD|SECRET|SECRET_KEY|AUTH_STRING|TOKEN|ACCESS_KEY)[A-Z0-9_]*[ \t]*[=:][ \t]*[\"']?([^\s\"',}]*)"
+)
 REFERENCE = ("$", "{", "<")  # ${VAR}, $VAR, {name}, <placeholder>
 URL_CREDENTIALS = re.compile(r"://[\w.-]+:([\w.~%!*-]+)@")
 
@@ -166,8 +193,20 @@ def test_committed_files_hold_no_secret() -> None:
 
 
 SUMMARY = {
-    "chosen_mode": "l2", "chosen_lambda": 1e-3, "rule": "one-se", "per_mode": {"l2": 1e-3}, "selection_metric": "log_loss", "test_metrics": {"accuracy": 0.97},
-    "run_url": "…", "registry": {"model_name": "wd-classifier", "version": "4", "alias": "champion", "reason": "first", "model_uri": "models:/m-1"},
+    "chosen_mode": "l2",
+    "chosen_lambda": 1e-3,
+    "rule": "one-se",
+    "per_mode": {"l2": 1e-3},
+    "selection_metric": "log_loss",
+    "test_metrics": {"accuracy": 0.97},
+    "run_url": "…",
+    "registry": {
+        "model_name": "wd-classifier",
+        "version": "4",
+        "alias": "champion",
+        "reason": "first",
+        "model_uri": "models:/m-1",
+    },
 }
 
 

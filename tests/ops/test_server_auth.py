@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from wd_pipeline.ops import server_auth
 from wd_pipeline.errors import ConfigError
+from wd_pipeline.ops import server_auth
 from wd_pipeline.ops.stack import StackAuth, prefect_auth_header
 
 # '%' as URL-quoting leaves it in a password: MLflow's ini parser would take it for interpolation.
@@ -52,7 +52,11 @@ def test_the_launcher_exits_2_with_the_message_and_starts_nothing(
 
 
 def test_stack_auth_comes_from_the_client_variables() -> None:
-    env = {"PREFECT_API_AUTH_STRING": "ops:pw", "MLFLOW_TRACKING_USERNAME": "ops", "MLFLOW_TRACKING_PASSWORD": "pw-long-enough"}
+    env = {
+        "PREFECT_API_AUTH_STRING": "ops:pw",
+        "MLFLOW_TRACKING_USERNAME": "ops",
+        "MLFLOW_TRACKING_PASSWORD": "pw-long-enough",
+    }
     assert StackAuth.from_env(env) == StackAuth("ops:pw", "ops", "pw-long-enough")
     assert StackAuth.from_env({}) == StackAuth()
     with pytest.raises(ConfigError, match="set both MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):

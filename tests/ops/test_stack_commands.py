@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wd_pipeline.ops import stack
 from wd_pipeline.cli import EXIT_RUN_FAILED, main
 from wd_pipeline.errors import PortInUseError
+from wd_pipeline.ops import stack
 
 
 def test_stack_modules_import_neither_prefect_nor_mlflow() -> None:
@@ -32,7 +32,18 @@ def test_port_in_use_is_refused_with_the_fix(tmp_path: Path, capsys) -> None:
         port = holder.getsockname()[1]
         with pytest.raises(PortInUseError, match=f"port {port} .* is in use"):
             stack.ensure_port_free(port, "Prefect server")
-        code = main(["stack", "up", "--state-dir", str(tmp_path), "--prefect-port", str(port), "--mlflow-port", str(stack.free_port())])
+        code = main(
+            [
+                "stack",
+                "up",
+                "--state-dir",
+                str(tmp_path),
+                "--prefect-port",
+                str(port),
+                "--mlflow-port",
+                str(stack.free_port()),
+            ]
+        )
     err = capsys.readouterr().err
     assert code == EXIT_RUN_FAILED
     assert err.count("\n") == 1 and "pick another port" in err

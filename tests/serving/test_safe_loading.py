@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import COLUMNS, SIGNAL, labelled_frame, log_pyfunc
-from wd_pipeline.tracking import registry
 from wd_pipeline.errors import ConfigError
+from wd_pipeline.tracking import registry
 
 
 def network_with_code(path: Path, marker: Path) -> str:
@@ -20,7 +20,7 @@ def network_with_code(path: Path, marker: Path) -> str:
     """
     import keras
 
-    payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # noqa: S307
+    payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")
     inputs = keras.Input(shape=(len(SIGNAL),), name="features")
     hidden = keras.layers.Lambda(payload, name="payload")(inputs)
     outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
@@ -50,7 +50,14 @@ def test_a_network_with_a_lambda_layer_is_refused_by_the_serving_loader(workspac
 
 @pytest.mark.parametrize(
     "uri",
-    ["runs:/0123abcd/model", "/tmp/model", "file:///tmp/model", "https://example.org/model.zip", "models://profile@databricks/wd/1", "models:"],
+    [
+        "runs:/0123abcd/model",
+        "/tmp/model",
+        "file:///tmp/model",
+        "https://example.org/model.zip",
+        "models://profile@databricks/wd/1",
+        "models:",
+    ],
 )
 def test_a_model_uri_outside_the_registry_is_refused(uri: str) -> None:
     expected = (

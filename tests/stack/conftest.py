@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.local_stack import LocalStack
 from wd_pipeline.ops import stack
 from wd_pipeline.ops.deploy import deploy
 
-from tests.helpers.local_stack import LocalStack
 
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.local_stack import ADHOC, TINY
-from wd_pipeline.ops import stack
-from wd_pipeline.tracking import runs
 from wd_pipeline.config import DEFAULT_MODEL_NAME
-from wd_pipeline.ops.deploy import deploy
 from wd_pipeline.errors import TrackingError
+from wd_pipeline.ops import stack
+from wd_pipeline.ops.deploy import deploy
+from wd_pipeline.tracking import runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -134,16 +134,33 @@ def test_a_deployed_run_completes_through_the_worker_and_registers_the_champion(
     deploy(secured.state_dir, names=["adhoc"])
     run = subprocess.run(
         [
-            "prefect", "deployment", "run", ADHOC,
-            "-p", f"grid={json.dumps(TINY['grid'])}", "-p", f"epochs={TINY['epochs']}", "-p", "folds=1",
-            "--watch", "--watch-interval", "2", "--watch-timeout", "600",
+            "prefect",
+            "deployment",
+            "run",
+            ADHOC,
+            "-p",
+            f"grid={json.dumps(TINY['grid'])}",
+            "-p",
+            f"epochs={TINY['epochs']}",
+            "-p",
+            "folds=1",
+            "--watch",
+            "--watch-interval",
+            "2",
+            "--watch-timeout",
+            "600",
         ],
-        env=secured.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=660,
+        env=secured.env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=660,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     flow_run_id = UUID.search(run.stdout).group(0)
     request = urllib.request.Request(
-        f"{secured.state.prefect_api_url}/flow_runs/{flow_run_id}", headers=stack.prefect_auth_header(secured.auth.prefect_auth_string)
+        f"{secured.state.prefect_api_url}/flow_runs/{flow_run_id}",
+        headers=stack.prefect_auth_header(secured.auth.prefect_auth_string),
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert json.loads(response.read())["state_type"] == "COMPLETED"

@@ -23,7 +23,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 GRID = [0.0, 1e-2]
 SETTINGS: dict[str, Any] = {
-    "grid": GRID, "folds": 1, "epochs": 5, "chunk_size": 1, "bootstrap_samples": 200, "seed": 42,
+    "grid": GRID,
+    "folds": 1,
+    "epochs": 5,
+    "chunk_size": 1,
+    "bootstrap_samples": 200,
+    "seed": 42,
 }
 
 
@@ -58,9 +63,7 @@ def point_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> dic
 
 
 def val_metrics(table: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, float]]:
-    return {
-        (row["mode"], row["lambda"]): {k: v for k, v in row.items() if k.startswith("val_")} for row in table
-    }
+    return {(row["mode"], row["lambda"]): {k: v for k, v in row.items() if k.startswith("val_")} for row in table}
 
 
 def test_dask_grid_matches_the_thread_pool(local_stack: LocalStack, tmp_path: Path, monkeypatch) -> None:

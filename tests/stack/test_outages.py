@@ -16,9 +16,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers.local_stack import ADHOC, LocalStack
+from wd_pipeline.ml.training import HISTORY_KEYS
 from wd_pipeline.ops import stack
 from wd_pipeline.tracking import runs
-from wd_pipeline.ml.training import HISTORY_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -32,8 +32,15 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 def parameters(name: str, seed: int) -> dict[str, Any]:
     """A run of its own: the seed is part of every unit's key, so nothing is resumed from another test."""
     return {
-        "grid": GRID, "folds": FOLDS, "chunk_size": 1, "epochs": EPOCHS, "patience": 0, "seed": seed,
-        "bootstrap_samples": 100, "experiment": name, "model_name": name,
+        "grid": GRID,
+        "folds": FOLDS,
+        "chunk_size": 1,
+        "epochs": EPOCHS,
+        "patience": 0,
+        "seed": seed,
+        "bootstrap_samples": 100,
+        "experiment": name,
+        "model_name": name,
     }
 
 
@@ -82,7 +89,12 @@ def wait_for_end(flow_run_id: Any, timeout: float = 300) -> Any:
 def task_runs(flow_run_id: Any) -> tuple[list[Any], list[Any]]:
     """The subflow runs of a flow run, and the task runs of it and of its subflows."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
         subflows = client.read_flow_runs(
@@ -115,8 +127,9 @@ def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> li
 def assert_complete_record(client: MlflowClient, experiment: str, flow_run_id: Any, work: Path) -> None:
     """One FINISHED run per grid point and fold, every epoch's value once and equal to the trained unit's."""
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    (parent,) = client.search_runs([experiment_id], f"tags.`{runs.PREFECT_RUN_TAG}` = '{flow_run_id}'"
-                                   f" and tags.`{runs.OWNER_TAG}` != ''")
+    (parent,) = client.search_runs(
+        [experiment_id], f"tags.`{runs.PREFECT_RUN_TAG}` = '{flow_run_id}' and tags.`{runs.OWNER_TAG}` != ''"
+    )
     assert parent.info.status == "FINISHED"
     points = [run for run in children(client, experiment_id, parent.info.run_id) if run.info.run_name.startswith("l2 ")]
     assert sorted(run.info.run_name for run in points) == ["l2 λ=0", "l2 λ=1e-01", "l2 λ=1e-02"]
@@ -130,7 +143,9 @@ def assert_complete_record(client: MlflowClient, experiment: str, flow_run_id: A
             for key in HISTORY_KEYS:
                 logged = sorted((m.step, m.value) for m in client.get_metric_history(fold.info.run_id, key))
                 assert logged == list(enumerate(trained[key])), (point.info.run_name, fold.info.run_name, key)
-    refits = [run for run in children(client, experiment_id, parent.info.run_id) if run.info.run_name.startswith("refit ")]
+    refits = [
+        run for run in children(client, experiment_id, parent.info.run_id) if run.info.run_name.startswith("refit ")
+    ]
     assert [run.info.status for run in refits] == ["FINISHED"]
     versions = client.search_model_versions(f"name = '{experiment}'")
     assert [v.run_id for v in versions] == [parent.info.run_id]
@@ -177,6 +192,8 @@ def test_prefect_server_restart_during_training(local_stack: LocalStack) -> None
     assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
     assert_complete_record(client, name, final.id, local_stack.state_dir / "work")
     assert [(h.name, h.healthy) for h in stack.status(local_stack.state_dir)] == [
-        (stack.PREFECT_SERVER, True), (stack.MLFLOW_SERVER, True), (stack.PREFECT_WORKER, True)
+        (stack.PREFECT_SERVER, True),
+        (stack.MLFLOW_SERVER, True),
+        (stack.PREFECT_WORKER, True),
     ]
     print(f"Prefect server down {down:.1f} s (stop + start); the run still completed")

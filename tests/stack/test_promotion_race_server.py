@@ -46,13 +46,31 @@ def test_creating_the_lock_is_atomic_through_the_tracking_server(mlflow_url: str
 
 def start_run(kind: str, mlflow_url: str, folder: Path) -> subprocess.Popen:
     env = stack.base_env(
-        MLFLOW_TRACKING_URI=mlflow_url, PREFECT_HOME=str(folder / f"prefect-{kind}"),
-        WD_PIPELINE_WORK_DIR=str(folder / f"work-{kind}"), TF_CPP_MIN_LOG_LEVEL="2",
+        MLFLOW_TRACKING_URI=mlflow_url,
+        PREFECT_HOME=str(folder / f"prefect-{kind}"),
+        WD_PIPELINE_WORK_DIR=str(folder / f"work-{kind}"),
+        TF_CPP_MIN_LOG_LEVEL="2",
     )
     env.pop("PREFECT_API_URL", None)
     command = [
-        sys.executable, "-m", "wd_pipeline.cli", "run", "--grid", LAMBDAS[kind], "--folds", "1", "--epochs", "20",
-        "--patience", "0", "--bootstrap-samples", "200", "--model-name", MODEL, "--experiment", "race",
+        sys.executable,
+        "-m",
+        "wd_pipeline.cli",
+        "run",
+        "--grid",
+        LAMBDAS[kind],
+        "--folds",
+        "1",
+        "--epochs",
+        "20",
+        "--patience",
+        "0",
+        "--bootstrap-samples",
+        "200",
+        "--model-name",
+        MODEL,
+        "--experiment",
+        "race",
     ]
     return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -65,7 +83,10 @@ def test_two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(mlfl
         assert f"registry      {MODEL} v" in outputs[kind][0]
 
     client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
-    versions = {str(v.version): client.get_model_version(MODEL, v.version) for v in client.search_model_versions(f"name = '{MODEL}'")}
+    versions = {
+        str(v.version): client.get_model_version(MODEL, v.version)
+        for v in client.search_model_versions(f"name = '{MODEL}'")
+    }
     assert sorted(versions) == ["1", "2"]
     by_lambda = {float(client.get_run(v.run_id).data.params["grid"]): v for v in versions.values()}
     assert all(client.get_run(v.run_id).info.status == "FINISHED" for v in versions.values())

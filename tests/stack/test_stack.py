@@ -19,9 +19,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers.local_stack import ADHOC, NIGHTLY, TINY, LocalStack
-from wd_pipeline.ops import stack
 from wd_pipeline.cli import main
 from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from wd_pipeline.ops import stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -51,11 +51,25 @@ def two_runs(local_stack: LocalStack) -> list:
     by_api = run_deployment(ADHOC, parameters=TINY, timeout=600, poll_interval=2)
     cli = subprocess.run(
         [
-            "prefect", "deployment", "run", ADHOC,
-            "-p", f"grid={json.dumps(TINY['grid'])}", "-p", f"epochs={TINY['epochs']}",
-            "--watch", "--watch-interval", "2", "--watch-timeout", "600",
+            "prefect",
+            "deployment",
+            "run",
+            ADHOC,
+            "-p",
+            f"grid={json.dumps(TINY['grid'])}",
+            "-p",
+            f"epochs={TINY['epochs']}",
+            "--watch",
+            "--watch-interval",
+            "2",
+            "--watch-timeout",
+            "600",
         ],
-        env=local_stack.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=660,
+        env=local_stack.env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=660,
     )
     assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
     by_cli = read_flow_run(UUID.search(cli.stdout).group(0))
@@ -142,14 +156,27 @@ def test_bad_parameters_are_refused_by_the_server_and_register_nothing(
 def test_served_champion_predicts_probabilities(two_runs, local_stack: LocalStack, bundled: pd.DataFrame) -> None:
     port = stack.free_port()
     command = [
-        "mlflow", "models", "serve", "-m", f"models:/{DEFAULT_MODEL_NAME}@champion",
-        "--env-manager", "local", "-p", str(port), "--host", stack.HOST,
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{DEFAULT_MODEL_NAME}@champion",
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+        "--host",
+        stack.HOST,
     ]
     SCREENSHOTS.mkdir(exist_ok=True)
     log = SCREENSHOTS / "mlflow-models-serve.log"
     with log.open("wb") as sink:
         server = subprocess.Popen(
-            command, env=local_stack.env, cwd=local_stack.state_dir, stdout=sink, stderr=subprocess.STDOUT,
+            command,
+            env=local_stack.env,
+            cwd=local_stack.state_dir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -162,7 +189,8 @@ def test_served_champion_predicts_probabilities(two_runs, local_stack: LocalStac
         payload = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
         request = urllib.request.Request(
             f"http://{stack.HOST}:{port}/invocations",
-            data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"},
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             predictions = json.loads(response.read())["predictions"]
@@ -181,8 +209,12 @@ def test_served_champion_predicts_probabilities(two_runs, local_stack: LocalStac
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
 ]
 SCREENSHOTS = PROJECT_ROOT / "test-artifacts"
 DOCS_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
@@ -250,10 +282,17 @@ def test_mlflow_ui_shows_runs_and_registered_model(two_runs, local_stack: LocalS
     client = MlflowClient(tracking_uri=local_stack.mlflow_url)
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     show(
-        browser, f"{local_stack.mlflow_url}/#/experiments/{experiment.experiment_id}/runs",
-        [run.name for run in two_runs], "mlflow-experiment-runs.png",
+        browser,
+        f"{local_stack.mlflow_url}/#/experiments/{experiment.experiment_id}/runs",
+        [run.name for run in two_runs],
+        "mlflow-experiment-runs.png",
     )
-    show(browser, f"{local_stack.mlflow_url}/#/models/{DEFAULT_MODEL_NAME}", [DEFAULT_MODEL_NAME, "Version 2"], "mlflow-registered-model.png")
+    show(
+        browser,
+        f"{local_stack.mlflow_url}/#/models/{DEFAULT_MODEL_NAME}",
+        [DEFAULT_MODEL_NAME, "Version 2"],
+        "mlflow-registered-model.png",
+    )
 
 
 def _listening(port: int) -> set[str]:

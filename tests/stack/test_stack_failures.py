@@ -6,16 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from wd_pipeline.ops import stack
 from wd_pipeline.errors import ServiceStartError
+from wd_pipeline.ops import stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 def test_a_server_that_exits_on_start_is_reported_and_the_rest_stopped(tmp_path: Path) -> None:
     settings = stack.StackSettings(
-        state_dir=tmp_path, prefect_port=stack.free_port(), mlflow_port=stack.free_port(),
-        mlflow_backend_uri="nosuchdb://nowhere", timeout=180,
+        state_dir=tmp_path,
+        prefect_port=stack.free_port(),
+        mlflow_port=stack.free_port(),
+        mlflow_backend_uri="nosuchdb://nowhere",
+        timeout=180,
     )
     started: list[int] = []
     original = stack._start

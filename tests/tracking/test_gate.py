@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
-from wd_pipeline.tracking import registry
-from wd_pipeline.tracking import runs
+from wd_pipeline.tracking import registry, runs
 from wd_pipeline.tracking.registry import GatePolicy, schema_change
 
 NO_FLOORS = GatePolicy(min_roc_auc=None)
@@ -45,7 +44,9 @@ def aliases(name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in runs.get_client().get_registered_model(name).aliases.items()}
 
 
-def test_equal_and_worse_models_are_refused_a_clearly_better_one_promoted(module_store: Path, keras_files, data) -> None:
+def test_equal_and_worse_models_are_refused_a_clearly_better_one_promoted(
+    module_store: Path, keras_files, data
+) -> None:
     name = "gate-compare"
     first = gate(name, "weak", keras_files, data)
     assert (first.version, first.alias) == ("1", "champion")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from mlflow.entities import Metric
 
-from wd_pipeline.tracking import runs
 from wd_pipeline.ml.training import HISTORY_KEYS, FitResult
+from wd_pipeline.tracking import runs
 
 EPOCHS = 200  # 6 series × 200 epochs = 1200 values: more than one log_batch (MAX_BATCH = 1000)
 
@@ -15,9 +15,20 @@ EPOCHS = 200  # 6 series × 200 epochs = 1200 values: more than one log_batch (M
 def fit_result() -> FitResult:
     history = {key: [1.0 / (epoch + 1) + index for epoch in range(EPOCHS)] for index, key in enumerate(HISTORY_KEYS)}
     return FitResult(
-        mode="l2", lam=1e-3, fold=0, key="k" * 20, model_path="/nowhere/model.keras", history=history,
-        train_metrics={"log_loss": 0.2}, val_metrics={"log_loss": 0.3}, weight_norm=1.5,
-        penalized_weight_norm=1.2, penalty=0.01, best_epoch=150, epochs_run=EPOCHS, train_seconds=3.0,
+        mode="l2",
+        lam=1e-3,
+        fold=0,
+        key="k" * 20,
+        model_path="/nowhere/model.keras",
+        history=history,
+        train_metrics={"log_loss": 0.2},
+        val_metrics={"log_loss": 0.3},
+        weight_norm=1.5,
+        penalized_weight_norm=1.2,
+        penalty=0.01,
+        best_epoch=150,
+        epochs_run=EPOCHS,
+        train_seconds=3.0,
         settings={"mode": "l2", "lambda": 1e-3},
     )
 
@@ -37,7 +48,9 @@ def test_a_half_logged_unit_logged_again_has_each_step_once(workspace: Path) -> 
     result = fit_result()
     # What a first attempt leaves when the server goes away after the first of two batches.
     stamp = runs.metric_stamp(client, run_id)
-    first = [Metric(key, value, stamp, step) for key, series in result.history.items() for step, value in enumerate(series)]
+    first = [
+        Metric(key, value, stamp, step) for key, series in result.history.items() for step, value in enumerate(series)
+    ]
     client.log_batch(run_id, metrics=first[: runs.MAX_BATCH])
     assert sum(map(len, steps_per_key(client, run_id).values())) == runs.MAX_BATCH
 
@@ -86,5 +99,6 @@ def test_runs_logging_the_same_dataset_at_once_all_succeed(workspace: Path) -> N
     assert errors == []
     for run_id in run_ids:
         assert sorted(d.dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs) == [
-            f"{manifest['sha256'][:12]}-test", f"{manifest['sha256'][:12]}-train",
+            f"{manifest['sha256'][:12]}-test",
+            f"{manifest['sha256'][:12]}-train",
         ]

@@ -28,7 +28,10 @@ def test_only_runs_of_a_dead_local_process_are_closed(workspace: Path) -> None:
     untagged = client.create_run(experiment).info.run_id
 
     assert sorted(runs.close_orphaned_runs(client, experiment)) == sorted([dead, point, fold])
-    status = {run_id: client.get_run(run_id).info.status for run_id in (dead, point, fold, alive, alive_child, foreign, untagged)}
+    status = {
+        run_id: client.get_run(run_id).info.status
+        for run_id in (dead, point, fold, alive, alive_child, foreign, untagged)
+    }
     assert [status[r] for r in (dead, point, fold)] == ["KILLED"] * 3
     assert [status[r] for r in (alive, alive_child, foreign, untagged)] == ["RUNNING"] * 4
     assert "is gone" in client.get_run(fold).data.tags[runs.CLOSED_TAG]

@@ -23,10 +23,17 @@ from mlflow.exceptions import MlflowException
 
 from tests.helpers.lock_contender import race
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
-from wd_pipeline.tracking import registry
-from wd_pipeline.tracking import runs
 from wd_pipeline.errors import TrackingError
-from wd_pipeline.tracking.promotion_lock import EXPIRES_TAG, OWNER_TAG, TOKEN_TAG, LockSettings, lock_name, promotion_lock, read_holder
+from wd_pipeline.tracking import registry, runs
+from wd_pipeline.tracking.promotion_lock import (
+    EXPIRES_TAG,
+    OWNER_TAG,
+    TOKEN_TAG,
+    LockSettings,
+    lock_name,
+    promotion_lock,
+    read_holder,
+)
 from wd_pipeline.tracking.registry import GatePolicy
 
 POLICY = GatePolicy(min_roc_auc=None, bootstrap_samples=200)
@@ -43,7 +50,10 @@ def logged(module_store: Path, tmp_path_factory, data) -> dict[str, tuple[str, s
     """(model URI, run id) of a trained model ("better") and an untrained one ("worse")."""
     train, _ = data
     folder = tmp_path_factory.mktemp("keras")
-    files = {"better": train_keras(train, folder / "better.keras"), "worse": train_keras(train, folder / "worse.keras", epochs=0)}
+    files = {
+        "better": train_keras(train, folder / "better.keras"),
+        "worse": train_keras(train, folder / "worse.keras", epochs=0),
+    }
     return {kind: log_pyfunc(path, train, SIGNAL, experiment="race-test") for kind, path in files.items()}
 
 
@@ -69,7 +79,9 @@ class PausingClient(MlflowClient):
 def register(client: MlflowClient, name: str, kind: str, logged, data, **extra) -> registry.RegistryDecision:
     _, test = data
     model_uri, run_id = logged[kind]
-    return registry.register(client, name, model_uri, run_id, test.drop(columns="y"), test["y"].to_numpy(), POLICY, **extra)
+    return registry.register(
+        client, name, model_uri, run_id, test.drop(columns="y"), test["y"].to_numpy(), POLICY, **extra
+    )
 
 
 def run_concurrently(name: str, last: str, logged, data) -> dict[str, registry.RegistryDecision]:
@@ -102,7 +114,9 @@ def aliases(name: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("last", ["worse", "better"])
-def test_two_concurrent_registrations_end_with_the_better_model_as_champion(module_store: Path, logged, data, last: str) -> None:
+def test_two_concurrent_registrations_end_with_the_better_model_as_champion(
+    module_store: Path, logged, data, last: str
+) -> None:
     name = f"race-{last}-last"
     decisions = run_concurrently(name, last, logged, data)
     first = "better" if last == "worse" else "worse"
@@ -149,7 +163,9 @@ def test_a_stale_lock_is_broken_and_kept_as_a_tombstone(module_store: Path, logg
     assert tombstone.tags[OWNER_TAG] == owner  # the broken holder stays on record
 
 
-def test_a_live_holder_makes_registration_fail_after_the_timeout_and_keep_nothing(module_store: Path, logged, data) -> None:
+def test_a_live_holder_makes_registration_fail_after_the_timeout_and_keep_nothing(
+    module_store: Path, logged, data
+) -> None:
     name = "race-held"
     hold_lock(name, runs.process_owner(), "alive", time.time() + 3600)
     started = time.monotonic()
@@ -197,7 +213,6 @@ def test_creating_the_lock_is_atomic_on_a_sqlite_store(module_store: Path) -> No
     runs.get_client().search_registered_models()  # the store's tables exist before the race
     outcomes = race(runs.tracking_uri(), "atomic.promotion-lock", module_store / "race")
     assert outcomes == ["RESOURCE_ALREADY_EXISTS", "RESOURCE_ALREADY_EXISTS", "created"]
-
 
 
 def test_waiters_on_a_stale_lock_break_it_once_and_then_hold_it_one_at_a_time(module_store: Path) -> None:

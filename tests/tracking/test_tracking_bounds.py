@@ -6,8 +6,8 @@ import pytest
 import requests
 
 from flows.retry import TRACKING_TASK, retry_if_transient, retry_unless_unreachable
-from wd_pipeline.tracking import runs
 from wd_pipeline.errors import TrackingError
+from wd_pipeline.tracking import runs
 
 
 class FailedState:
@@ -21,7 +21,9 @@ class FailedState:
 def refused() -> TrackingError:
     try:
         try:
-            raise requests.exceptions.ConnectionError("HTTPConnectionPool: Max retries exceeded") from ConnectionRefusedError(111, "Connection refused")
+            raise requests.exceptions.ConnectionError(
+                "HTTPConnectionPool: Max retries exceeded"
+            ) from ConnectionRefusedError(111, "Connection refused")
         except requests.exceptions.ConnectionError as exc:
             raise TrackingError("cannot reach") from exc
     except TrackingError as exc:
@@ -56,10 +58,17 @@ def test_transient_failures_are_retried_mid_run_and_others_fail_at_once() -> Non
     assert runs.is_transient(refused())
     assert runs.is_transient(requests.exceptions.ReadTimeout("slow"))
     assert runs.is_transient(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
-    assert runs.is_transient(MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code 503 != 200", error_code=TEMPORARILY_UNAVAILABLE))
+    assert runs.is_transient(
+        MlflowException(
+            "API request to endpoint /api/2.0/mlflow/runs/get failed with error code 503 != 200",
+            error_code=TEMPORARILY_UNAVAILABLE,
+        )
+    )
     assert not runs.is_transient(MlflowException("raised here, not by the server"))  # default code is 500 too
     assert runs.is_transient(TrackingError("sqlite3.OperationalError: database is locked"))
-    assert not runs.is_transient(MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE))
+    assert not runs.is_transient(
+        MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE)
+    )
     assert not runs.is_transient(KeyError("val_log_loss"))
     assert retry_if_transient(None, None, FailedState(refused())) is True
     assert retry_if_transient(None, None, FailedState(ValueError("a bug"))) is False

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from wd_pipeline.config import PROJECT_ROOT
 from wd_pipeline.errors import DataError, first_line
 
-
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -36,8 +35,6 @@ class Source:
     @property
     def is_parquet_by_name(self) -> bool:
         return self.path.lower().endswith(PARQUET_SUFFIXES)
-
-
 
 
 DATA_ROOTS_ENV = "WD_PIPELINE_DATA_ROOTS"
@@ -181,5 +178,3 @@ def _refuse_other_delimiters(table: pa.Table, source: Source) -> None:
                 f"data file {source.uri} looks {name}-separated (its one column is {header[:80]!r}): "
                 "save it comma-separated, or as Parquet"
             )
-
-

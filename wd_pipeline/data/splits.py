@@ -21,10 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import PipelineConfig, check_work_dir
-from wd_pipeline.errors import DataError
-
 from wd_pipeline.data.sources import Source, fingerprint, locate, parse_table, read_bytes
 from wd_pipeline.data.validation import CheckedTable, validate
+from wd_pipeline.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
@@ -49,7 +48,6 @@ class LabeledData:
         return {"0": len(self.label) - positives, "1": positives}
 
 
-
 def split_rows(label: np.ndarray, config: PipelineConfig) -> dict[str, np.ndarray]:
     """Seeded, stratified train / validation / test split: each split's row numbers, ascending.
 
@@ -60,9 +58,7 @@ def split_rows(label: np.ndarray, config: PipelineConfig) -> dict[str, np.ndarra
     index = np.arange(len(label))
     rest, test = train_test_split(index, test_size=config.test_fraction, stratify=label, random_state=config.seed)
     val_share = config.val_fraction / (1.0 - config.test_fraction)
-    train, validation = train_test_split(
-        rest, test_size=val_share, stratify=label[rest], random_state=config.seed
-    )
+    train, validation = train_test_split(rest, test_size=val_share, stratify=label[rest], random_state=config.seed)
     return {name: np.sort(rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
 
 
@@ -126,7 +122,12 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, 
 
 
 def build_manifest(
-    source: Source, sha256: str, table: pa.Table, data: CheckedTable, rows: dict[str, np.ndarray], config: PipelineConfig
+    source: Source,
+    sha256: str,
+    table: pa.Table,
+    data: CheckedTable,
+    rows: dict[str, np.ndarray],
+    config: PipelineConfig,
 ) -> dict[str, Any]:
     """What a reader needs to trust the splits: provenance, sizes, balance, schema."""
     features = data.features.column_names
@@ -207,5 +208,3 @@ def _read_split(split: Path) -> LabeledData:
     frame = pq.read_table(split).to_pandas()
     label = frame.pop(manifest["label"]).to_numpy(dtype=np.int8)
     return LabeledData(frame[manifest["features"]], label)
-
-

@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import DataError
 
-
 TRUE_NAMES = {"1", "true"}
 
 
@@ -108,7 +107,9 @@ def encode_label(column: pa.ChunkedArray, name: str, positive_class: str | None)
             raise DataError(
                 f"positive class {positive_class!r} is not a value of label column {name!r}; it holds {strings}"
             )
-        return np.asarray(pc.equal(column.cast(pa.string()), positive_class).to_numpy(zero_copy_only=False), dtype=np.int8)
+        return np.asarray(
+            pc.equal(column.cast(pa.string()), positive_class).to_numpy(zero_copy_only=False), dtype=np.int8
+        )
     raise DataError(f"label column {name!r} has type {kind}; it must be 0/1, booleans or two strings")
 
 
@@ -161,7 +162,6 @@ def _check_class_sizes(counts: dict[str, int], config: PipelineConfig) -> None:
         raise DataError(
             f"too few rows per class {counts}: each class needs at least {needed} rows so every split holds both"
         )
-
 
 
 def _preview(items: list[Any], limit: int = 12) -> str:

@@ -67,7 +67,11 @@ def resample_blocks(n_rows: int, n_resamples: int, seed: int) -> Iterator[np.nda
 
 
 def _resampled(
-    y_true: np.ndarray, probabilities: tuple[np.ndarray, ...], metrics: tuple[str, ...], n_resamples: int, seed: int,
+    y_true: np.ndarray,
+    probabilities: tuple[np.ndarray, ...],
+    metrics: tuple[str, ...],
+    n_resamples: int,
+    seed: int,
     threshold: float,
 ) -> dict[tuple[int, str], np.ndarray]:
     """Each metric of each probability vector on every resample, block by block."""
@@ -237,6 +241,7 @@ def paired_bootstrap_difference(
     samples = _resampled(y_true, (p_new, p_old), (metric,), n_resamples, seed, threshold)
     new, old = samples[(0, metric)], samples[(1, metric)]
     estimate = sign * (
-        classification_metrics(y_true, p_new, threshold)[metric] - classification_metrics(y_true, p_old, threshold)[metric]
+        classification_metrics(y_true, p_new, threshold)[metric]
+        - classification_metrics(y_true, p_old, threshold)[metric]
     )
     return _interval(estimate, sign * (new - old), level)

@@ -6,11 +6,9 @@ favour λ = 0.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from wd_pipeline.config import HIGHER_IS_BETTER
-
 
 METRICS = ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier")
 PROBABILITY_CLIP = 1e-7
@@ -42,5 +40,3 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshol
 def is_better(candidate: float, reference: float, metric: str) -> bool:
     """Strictly better: a tie never counts as an improvement."""
     return candidate > reference if HIGHER_IS_BETTER[metric] else candidate < reference
-
-

@@ -62,7 +62,9 @@ def train_packed(
     if mode not in MODES:
         raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
     lams = [float(lam) for lam in lams]
-    reference = build_model(x_train, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
+    reference = build_model(
+        x_train, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed
+    )
     stack = _Stack(reference, len(lams))
     lam_vector = tf.constant(lams, dtype=tf.float32)
     penalty_coef = lam_vector / 2.0 if mode == "l2" else tf.zeros_like(lam_vector)
@@ -82,13 +84,19 @@ def train_packed(
             history[key].append(metrics[key])
         if validation is not None and tracker.update(epoch, metrics["val_bce"]):
             break
-    _log.debug("packed training: %d epoch(s), epoch function traced %d time(s)",
-               len(history["loss"]), run_epoch.experimental_get_tracing_count())
+    _log.debug(
+        "packed training: %d epoch(s), epoch function traced %d time(s)",
+        len(history["loss"]),
+        run_epoch.experimental_get_tracing_count(),
+    )
     tracker.restore()
     return [
         MemberFit(
             model=stack.unpack(g, lam, mode, hidden_units, learning_rate, seed, x_train),
-            history={key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]] for key, series in history.items()},
+            history={
+                key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]]
+                for key, series in history.items()
+            },
             best_epoch=tracker.best_epoch(g, len(history["loss"])),
         )
         for g, lam in enumerate(lams)
@@ -115,10 +123,14 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch_si
     )
 
 
-
 def _compiled_epoch(
-    stack: _Stack, optimizer: Any, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray] | None,
-    penalty_coef: Any, decay_coef: Any, batch_size: int,
+    stack: _Stack,
+    optimizer: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    penalty_coef: Any,
+    decay_coef: Any,
+    batch_size: int,
 ) -> Any:
     """One epoch, every training step and then the validation pass, as one XLA-compiled function.
 
@@ -169,6 +181,7 @@ def _compiled_epoch(
         return metrics
 
     return run_epoch
+
 
 def _bce(y: Any, logits: Any) -> Any:
     """Mean binary cross-entropy per member, from logits: (G, B, 1) → (G,)."""
@@ -248,12 +261,23 @@ class _Stack:
         self.theta.assign(values[0])
 
     def unpack(
-        self, g: int, lam: float, mode: str, hidden_units: Sequence[int],
-        learning_rate: float, seed: int, x_train: np.ndarray,
+        self,
+        g: int,
+        lam: float,
+        mode: str,
+        hidden_units: Sequence[int],
+        learning_rate: float,
+        seed: int,
+        x_train: np.ndarray,
     ) -> Any:
         """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
         model = build_model(
-            x_train, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed,
+            x_train,
+            lam=lam,
+            mode=mode,
+            hidden_units=hidden_units,
+            learning_rate=learning_rate,
+            seed=seed,
             normalizer=self.normalizer,
         )
         flat = np.array(self.theta.value)[g]
@@ -305,4 +329,3 @@ class _BestTracker:
 
     def best_epoch(self, g: int, total: int) -> int:
         return int(self.best_at[g]) + 1 if self.patience else total
-

@@ -100,8 +100,13 @@ def validation_curve_figure(
         for mode, rows in _by_mode(table):
             x = rows["lambda"].to_numpy(float)
             ax.errorbar(
-                x, rows[f"val_{name}"], yerr=_standard_error(rows, name), fmt="o-", color=_color(mode),
-                capsize=3, label=f"{mode} validation (±1 SE)",
+                x,
+                rows[f"val_{name}"],
+                yerr=_standard_error(rows, name),
+                fmt="o-",
+                color=_color(mode),
+                capsize=3,
+                label=f"{mode} validation (±1 SE)",
             )
             ax.plot(x, rows[f"train_{name}"], "s--", color=_color(mode), alpha=0.6, label=f"{mode} train")
             chosen = _chosen_rows(rows, mode, chosen_lambda, chosen_mode)
@@ -124,7 +129,11 @@ def weight_norm_figure(table: pd.DataFrame, chosen_lambda: float, chosen_mode: s
         ax.plot(rows["lambda"], rows["weight_norm"], "o-", color=_color(mode), label=f"{mode} all kernels")
         if "penalized_weight_norm" in rows.columns:
             ax.plot(
-                rows["lambda"], rows["penalized_weight_norm"], "s--", color=_color(mode), alpha=0.6,
+                rows["lambda"],
+                rows["penalized_weight_norm"],
+                "s--",
+                color=_color(mode),
+                alpha=0.6,
                 label=f"{mode} penalised kernels",
             )
     _mark_chosen(ax, chosen_lambda, chosen_mode)
@@ -253,7 +262,6 @@ def diagnostic_figures(y_true: np.ndarray, probability: np.ndarray, threshold: f
         "confusion_matrix.png": confusion_matrix_figure(y_true, probability, threshold),
         "calibration.png": calibration_figure(y_true, probability),
     }
-
 
 
 def cv_table_markdown(

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from wd_pipeline.config import HIGHER_IS_BETTER
-
 from wd_pipeline.ml.metrics import METRICS
+
 
 def fold_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     """One row per trained (mode, λ, fold)."""
@@ -58,8 +58,13 @@ def select(table: pd.DataFrame, metric: str, rule: str) -> Selection:
     per_mode = {mode: _select_in_mode(rows, metric, rule) for mode, rows in table.groupby("mode", sort=False)}
     best = _best_row(table, metric)
     return Selection(
-        mode=best["mode"], lam=per_mode[best["mode"]], rule=rule, metric=metric,
-        best_mode=best["mode"], best_lambda=float(best["lambda"]), per_mode=per_mode,
+        mode=best["mode"],
+        lam=per_mode[best["mode"]],
+        rule=rule,
+        metric=metric,
+        best_mode=best["mode"],
+        best_lambda=float(best["lambda"]),
+        per_mode=per_mode,
     )
 
 
@@ -86,7 +91,7 @@ def refit_epochs(folds: pd.DataFrame, selection: Selection, default: int) -> int
     chosen = folds[(folds["mode"] == selection.mode) & (folds["lambda"] == selection.lam)]
     if chosen.empty or "stopped_epoch" not in chosen:
         return default
-    return max(1, int(round(float(chosen["stopped_epoch"].mean()))))
+    return max(1, round(float(chosen["stopped_epoch"].mean())))
 
 
 def test_predictions(model_path: str, split_folder: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wd_pipeline.data import splits
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
+from wd_pipeline.data import splits
 from wd_pipeline.ml.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ class FitResult:
     def result_path(self) -> str:
         """Where this unit's result lives: what flows pass around instead of the (large) result."""
         return str(Path(self.model_path).with_name(RESULT_FILE))
-
 
     def row(self) -> dict[str, Any]:
         """The per-fold table row: mode, λ, fold, train_* and val_* metrics, norms."""
@@ -181,15 +180,24 @@ def train_chunk(
         started = time.perf_counter()
         with timing.interval(timing.TRAINING):
             members = train_packed(
-                x_train, y_train, val_arrays,
-                lams=[lam for lam, _ in missing], mode=mode, hidden_units=config.hidden_units,
-                learning_rate=config.learning_rate, seed=config.seed + max(fold, 0) * 101,
-                batch_size=config.batch_size, epochs=epochs, patience=config.patience,
+                x_train,
+                y_train,
+                val_arrays,
+                lams=[lam for lam, _ in missing],
+                mode=mode,
+                hidden_units=config.hidden_units,
+                learning_rate=config.learning_rate,
+                seed=config.seed + max(fold, 0) * 101,
+                batch_size=config.batch_size,
+                epochs=epochs,
+                patience=config.patience,
             )
         share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
         for (lam, key), member in zip(missing, members, strict=True):
             folder = unit_folder(config, key, work_dir)
-            results[lam] = _record(member, share, (x_train, y_train), val_arrays, config, mode, lam, fold, key, epochs, folder)
+            results[lam] = _record(
+                member, share, (x_train, y_train), val_arrays, config, mode, lam, fold, key, epochs, folder
+            )
     return [results[lam] for lam in lams]
 
 

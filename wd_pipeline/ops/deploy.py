@@ -38,8 +38,12 @@ def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] 
     command = [str(venv_bin() / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(prefect_file.resolve())]
     command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
     result = subprocess.run(
-        command, cwd=PROJECT_ROOT, env=base_env(PREFECT_API_URL=api_url),
-        capture_output=True, text=True, check=False,
+        command,
+        cwd=PROJECT_ROOT,
+        env=base_env(PREFECT_API_URL=api_url),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     output = result.stdout + result.stderr
     if result.returncode != 0:

@@ -11,6 +11,7 @@ This module only starts subprocesses and speaks HTTP: it never imports Prefect o
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -173,9 +174,7 @@ def stop_service(state_dir: Path, name: str) -> ServiceRecord:
     return record
 
 
-def start_service(
-    settings: StackSettings, name: str, echo: Callable[[str], None] = lambda _: None
-) -> ServiceRecord:
+def start_service(settings: StackSettings, name: str, echo: Callable[[str], None] = lambda _: None) -> ServiceRecord:
     """(Re)start one service with the command, port and store ``up`` gives it, and wait until healthy.
 
     Without a recorded stack it starts a stack of just this service (``down`` stops it).
@@ -276,12 +275,14 @@ def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, tuple[
     auth = _auth(settings)
     return {
         PREFECT_SERVER: (
-            _prefect_server_command(settings), _prefect_env(settings, state_dir, auth),
+            _prefect_server_command(settings),
+            _prefect_env(settings, state_dir, auth),
             f"http://{HOST}:{settings.prefect_port}",
         ),
         MLFLOW_SERVER: (_mlflow_command(settings, state_dir, auth), _mlflow_env(state_dir, auth), settings.mlflow_url),
         PREFECT_WORKER: (
-            _worker_command(settings), _worker_env(settings, state_dir, auth),
+            _worker_command(settings),
+            _worker_env(settings, state_dir, auth),
             f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
         ),
     }
@@ -340,12 +341,22 @@ def _prefect_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> d
 def _mlflow_command(settings: StackSettings, state_dir: Path, auth: StackAuth) -> list[str]:
     backend = settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
     # With credentials, through the same entry point as the compose service (it adds `server --app-name basic-auth`).
-    launcher = [sys.executable, "-m", "wd_pipeline.ops.server_auth"] if auth.mlflow else [str(venv_bin() / "mlflow"), "server"]
+    launcher = (
+        [sys.executable, "-m", "wd_pipeline.ops.server_auth"] if auth.mlflow else [str(venv_bin() / "mlflow"), "server"]
+    )
     return [
         *launcher,
-        "--host", HOST, "--port", str(settings.mlflow_port), "--workers", "1",
-        "--backend-store-uri", backend,
-        "--serve-artifacts", "--artifacts-destination", str(state_dir / "mlartifacts"),
+        "--host",
+        HOST,
+        "--port",
+        str(settings.mlflow_port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(state_dir / "mlartifacts"),
     ]
 
 
@@ -364,8 +375,15 @@ def _mlflow_env(state_dir: Path, auth: StackAuth) -> dict[str, str]:
 
 def _worker_command(settings: StackSettings) -> list[str]:
     return [
-        str(venv_bin() / "prefect"), "worker", "start",
-        "--pool", settings.work_pool, "--type", "process", "--name", f"{settings.work_pool}-local",
+        str(venv_bin() / "prefect"),
+        "worker",
+        "start",
+        "--pool",
+        settings.work_pool,
+        "--type",
+        "process",
+        "--name",
+        f"{settings.work_pool}-local",
     ]
 
 
@@ -414,7 +432,9 @@ def worker_online(prefect_api_url: str, work_pool: str, auth_string: str | None 
     """True once a worker of ``work_pool`` has sent a heartbeat (the pool exists then too)."""
     request = urllib.request.Request(
         f"{prefect_api_url}/work_pools/{work_pool}/workers/filter",
-        data=b"{}", headers={"Content-Type": "application/json", **prefect_auth_header(auth_string)}, method="POST",
+        data=b"{}",
+        headers={"Content-Type": "application/json", **prefect_auth_header(auth_string)},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=2.0) as response:
@@ -456,15 +476,22 @@ def free_port() -> int:
 # ---------------------------------------------------------------- processes
 
 
-def _start(state: StackState, state_dir: Path, name: str, command: list[str], env: dict[str, str], url: str) -> ServiceRecord:
+def _start(
+    state: StackState, state_dir: Path, name: str, command: list[str], env: dict[str, str], url: str
+) -> ServiceRecord:
     """Launch ``command`` in a new session and record it at once, so ``down`` can always find it."""
     import subprocess
 
     log_path = state_dir / "logs" / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=PROJECT_ROOT, start_new_session=True,
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
         )
     record = ServiceRecord(name, process.pid, _start_ticks(process.pid) or 0, url, str(log_path), command, time.time())
     state.services.append(record)
@@ -508,10 +535,8 @@ def _stop_records(records: Iterable[ServiceRecord]) -> None:
 
 def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
     for group in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _pgid(pid: int) -> int | None:
@@ -523,10 +548,8 @@ def _pgid(pid: int) -> int | None:
 
 def _reap(pid: int) -> None:
     """Collect the exit status when the stack was started by this very process (tests)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _proc_stat(pid: int) -> list[str] | None:

@@ -18,25 +18,51 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser("stack", help="local Prefect server, MLflow server and worker (no Docker)")
     actions = group.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = actions.add_parser("up", help="start the servers and the worker, wait until healthy, print the exports")
-    up.add_argument("--prefect-port", type=int, default=stack.DEFAULT_PREFECT_PORT, help="Prefect server port (default %(default)s)")
-    up.add_argument("--mlflow-port", type=int, default=stack.DEFAULT_MLFLOW_PORT, help="MLflow server port (default %(default)s)")
-    up.add_argument("--mlflow-backend-uri", metavar="URI", help="MLflow backend store, e.g. postgresql+psycopg2://… (default: SQLite in the state dir)")
-    up.add_argument("--prefect-database-url", metavar="URL", help="Prefect database, e.g. postgresql+asyncpg://… (default: SQLite in the state dir)")
-    up.add_argument("--work-pool", default=stack.DEFAULT_WORK_POOL, help="process work pool the worker polls (default %(default)s)")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds each service may take to become healthy (default %(default)s)")
+    up.add_argument(
+        "--prefect-port", type=int, default=stack.DEFAULT_PREFECT_PORT, help="Prefect server port (default %(default)s)"
+    )
+    up.add_argument(
+        "--mlflow-port", type=int, default=stack.DEFAULT_MLFLOW_PORT, help="MLflow server port (default %(default)s)"
+    )
+    up.add_argument(
+        "--mlflow-backend-uri",
+        metavar="URI",
+        help="MLflow backend store, e.g. postgresql+psycopg2://… (default: SQLite in the state dir)",
+    )
+    up.add_argument(
+        "--prefect-database-url",
+        metavar="URL",
+        help="Prefect database, e.g. postgresql+asyncpg://… (default: SQLite in the state dir)",
+    )
+    up.add_argument(
+        "--work-pool", default=stack.DEFAULT_WORK_POOL, help="process work pool the worker polls (default %(default)s)"
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds each service may take to become healthy (default %(default)s)",
+    )
     parsers = [up] + [
         actions.add_parser(action, help=text)
         for action, text in (
             ("status", "show whether each recorded process runs and is healthy"),
             ("down", "stop every recorded process (and what it spawned)"),
-            ("env", "print the export lines, for eval \"$(wd-pipeline stack env)\""),
+            ("env", 'print the export lines, for eval "$(wd-pipeline stack env)"'),
         )
     ]
-    deploy = commands.add_parser("deploy", help="apply infra/prefect.yaml to the Prefect server (PREFECT_API_URL or the local stack)")
+    deploy = commands.add_parser(
+        "deploy", help="apply infra/prefect.yaml to the Prefect server (PREFECT_API_URL or the local stack)"
+    )
     deploy.add_argument("--prefect-file", type=Path, default=None, help="deployment file (default infra/prefect.yaml)")
     deploy.add_argument("--name", action="append", dest="names", help="only this deployment (repeatable; default all)")
     for parser in (*parsers, deploy):
-        parser.add_argument("--state-dir", type=Path, default=Path(stack.DEFAULT_STATE_DIR), help="folder holding the stack's state, logs and data (default %(default)s)")
+        parser.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(stack.DEFAULT_STATE_DIR),
+            help="folder holding the stack's state, logs and data (default %(default)s)",
+        )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -51,13 +77,19 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     settings = stack.StackSettings(
-        state_dir=args.state_dir, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-        mlflow_backend_uri=args.mlflow_backend_uri, prefect_database_url=args.prefect_database_url,
-        work_pool=args.work_pool, timeout=args.timeout,
+        state_dir=args.state_dir,
+        prefect_port=args.prefect_port,
+        mlflow_port=args.mlflow_port,
+        mlflow_backend_uri=args.mlflow_backend_uri,
+        prefect_database_url=args.prefect_database_url,
+        work_pool=args.work_pool,
+        timeout=args.timeout,
     )
     state = stack.up(settings, echo=print)
     ui = state.prefect_api_url.removesuffix("/api")
-    print(f"\nPrefect UI  {ui}\nMLflow UI   {state.mlflow_url}\nstate       {settings.state_dir.resolve()}/ (logs/ for each service)\n")
+    print(
+        f"\nPrefect UI  {ui}\nMLflow UI   {state.mlflow_url}\nstate       {settings.state_dir.resolve()}/ (logs/ for each service)\n"
+    )
     print("Point clients at the stack:")
     print(_export_lines(state.exports()))
     return 0

@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wd_pipeline.data import sources
 from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold, describe_validation_error
+from wd_pipeline.data import sources
 from wd_pipeline.errors import ConfigError, DataError, TrackingError
 
 if TYPE_CHECKING:
@@ -94,14 +94,18 @@ def check_features(table: pa.Table, expected: list[str], model: str) -> pd.DataF
         )
     if table.num_rows == 0:
         raise DataError("data holds a header but no rows: nothing to score")
-    text = [f"{name} ({table.schema.field(name).type})" for name in expected if not _numeric(table.schema.field(name).type)]
+    text = [
+        f"{name} ({table.schema.field(name).type})" for name in expected if not _numeric(table.schema.field(name).type)
+    ]
     if text:
         raise DataError(f"feature columns must be numeric for {model}; non-numeric: {text}")
     frame = table.select(expected).to_pandas().astype("float64")
     finite = np.isfinite(frame.to_numpy())
     bad = {name: int((~finite[:, i]).sum()) for i, name in enumerate(expected) if not finite[:, i].all()}
     if bad:
-        raise DataError(f"feature columns hold missing or infinite values (column: count) {bad}: clean or drop those rows")
+        raise DataError(
+            f"feature columns hold missing or infinite values (column: count) {bad}: clean or drop those rows"
+        )
     return frame
 
 
@@ -134,8 +138,7 @@ def score_file(
     settings: ScoreSettings, client: MlflowClient | None = None, tags: dict[str, str] | None = None
 ) -> ScoreResult:
     """Validate, predict, write and record one file with the current champion."""
-    from wd_pipeline.tracking import registry
-    from wd_pipeline.tracking import runs
+    from wd_pipeline.tracking import registry, runs
 
     source = sources.locate(settings.data)
     raw = sources.read_bytes(source)

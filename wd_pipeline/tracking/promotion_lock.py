@@ -175,7 +175,9 @@ def release(lock: Lock) -> None:
         else:
             log.warning("promotion lock %s was broken by another run before release", lock.name)
     except Exception as exc:  # a lock left behind is broken later as stale; don't mask the real error
-        log.warning("could not release promotion lock %s: %s; %s", lock.name, first_line(exc, 200), clear_hint(lock.name))
+        log.warning(
+            "could not release promotion lock %s: %s; %s", lock.name, first_line(exc, 200), clear_hint(lock.name)
+        )
 
 
 def read_holder(client: MlflowClient, name: str) -> Holder | None:

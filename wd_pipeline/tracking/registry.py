@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from wd_pipeline.errors import ConfigError, TrackingError, first_line
+from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 from wd_pipeline.ml.metrics import classification_metrics
 from wd_pipeline.tracking.promotion_lock import LockSettings, promotion_lock
-from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -105,9 +105,7 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
 
 
-def log_model(
-    parent_run_id: str, keras_model_path: str, example: pd.DataFrame, features: list[str]
-) -> tuple[str, str]:
+def log_model(parent_run_id: str, keras_model_path: str, example: pd.DataFrame, features: list[str]) -> tuple[str, str]:
     """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id)."""
     import mlflow
     from mlflow.models import infer_signature
@@ -278,8 +276,15 @@ def _decide(
     alias, reason = _verdict(champion_version, new_value, comparison, new.failed_floors, policy)
     difference = comparison.difference
     return RegistryDecision(
-        name, version_number, alias, policy.metric, new_value, champion_version,
-        comparison.champion_value, reason, f"models:/{name}/{version_number}",
+        name,
+        version_number,
+        alias,
+        policy.metric,
+        new_value,
+        champion_version,
+        comparison.champion_value,
+        reason,
+        f"models:/{name}/{version_number}",
         margin=policy.margin,
         difference=difference.estimate if difference else None,
         ci_low=difference.low if difference else None,
@@ -315,8 +320,14 @@ def _compare(
     except Exception as exc:  # a champion that cannot score these rows cannot be compared
         return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({first_line(exc, 200)})")
     difference = paired_bootstrap_difference(
-        label, new.probability, champion_probability, policy.metric,
-        n_resamples=policy.bootstrap_samples, seed=policy.seed, level=policy.level, threshold=policy.threshold,
+        label,
+        new.probability,
+        champion_probability,
+        policy.metric,
+        n_resamples=policy.bootstrap_samples,
+        seed=policy.seed,
+        level=policy.level,
+        threshold=policy.threshold,
     )
     champion_value = classification_metrics(label, champion_probability, policy.threshold)[policy.metric]
     return _Comparison(champion_value, difference)
@@ -344,7 +355,10 @@ def _verdict(
     )
     if difference.low > policy.margin:
         return CHAMPION, f"{numbers} — lower bound above margin {policy.margin:g}: beats champion"
-    return CHALLENGER, f"{numbers} — does not beat champion v{champion_version} by margin {policy.margin:g}; champion kept"
+    return (
+        CHALLENGER,
+        f"{numbers} — does not beat champion v{champion_version} by margin {policy.margin:g}; champion kept",
+    )
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

@@ -110,7 +110,9 @@ def is_transient(exc: BaseException) -> bool:
     from mlflow.exceptions import MlflowException, RestException
 
     for current in _causes(exc):
-        if isinstance(current, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+        if isinstance(
+            current, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)
+        ):
             return True
         # Only what the server answered: MLflow's own default error code is also 500.
         answered = isinstance(current, RestException) or str(current).startswith("API request to")
