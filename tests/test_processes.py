@@ -39,7 +39,7 @@ def test_this_process_is_alive_and_itself() -> None:
 
 
 def test_start_ticks_are_the_kernels_field_22(sleeper: subprocess.Popen) -> None:
-    # Owner tags written before psutil was used hold this field as read from /proc: they must still match.
+    # MLflow owner tags and stack.json hold this field as the kernel reports it: the helper must agree.
     for pid in (os.getpid(), sleeper.pid):
         assert processes.start_ticks(pid) == int(proc_stat(pid)[19])
     assert processes.identity() == f"{HOST}:{os.getpid()}:{proc_stat(os.getpid())[19]}"

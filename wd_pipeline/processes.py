@@ -8,8 +8,8 @@ A pid alone does not name a process for long: the kernel hands a freed pid to th
 process that starts. A process is therefore recorded as pid + start time, and the start
 time is kept in clock ticks since boot (field 22 of ``/proc/<pid>/stat``), not as a date:
 it is fixed for the life of the process, whereas a wall-clock start time is derived from
-the boot time and moves whenever the system clock is stepped. It is also the form that
-``host:pid:ticks`` owner tags in MLflow and ``start_ticks`` in ``stack.json`` already hold.
+the boot time and moves whenever the system clock is stepped. Owner tags in MLflow
+(``host:pid:ticks``) and ``start_ticks`` in ``stack.json`` hold it in this form.
 """
 
 from __future__ import annotations
