@@ -127,20 +127,32 @@ def test_learning_curves_show_every_grid_point() -> None:
 
 
 def test_test_split_figures(test_predictions) -> None:
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
     y, p = test_predictions
     figures = report.diagnostic_figures(y, p, threshold=0.3)
     assert set(figures) == {"roc_curve.png", "confusion_matrix.png", "calibration.png"}
     for figure in figures.values():
         renders(figure)
     roc = figures["roc_curve.png"].axes[0]
-    assert roc.get_xlabel() == "false positive rate" and re.search(
-        r"AUC = 0\.\d{3}", roc.get_legend_handles_labels()[1][0]
-    )
+    assert (roc.get_xlabel(), roc.get_ylabel()) == ("false positive rate", "true positive rate")
+    assert roc.get_legend_handles_labels()[1] == [f"model (AUC = {roc_auc_score(y, p):.3f})", "chance"]
     confusion = figures["confusion_matrix.png"].axes[0]
-    counts = sorted(int(text.get_text()) for text in confusion.texts)
-    assert sum(counts) == len(y) and "threshold 0.3" in confusion.get_title()
+    counts = [[int(text.get_text()) for text in confusion.texts][i : i + 2] for i in (0, 2)]
+    assert counts == confusion_matrix(y, (p >= 0.3).astype(int)).tolist()  # rows: true label, at the threshold
+    assert "threshold 0.3" in confusion.get_title()
+    assert (confusion.get_xlabel(), confusion.get_ylabel()) == ("predicted label", "true label")
     calibration = figures["calibration.png"].axes[0]
     assert calibration.get_ylabel() == "fraction of positives" and len(calibration.lines) == 2
+    assert calibration.get_legend_handles_labels()[1] == ["perfectly calibrated", "model"]
+
+
+def test_test_split_figures_stay_out_of_pyplot(test_predictions) -> None:
+    from matplotlib._pylab_helpers import Gcf
+
+    before = len(Gcf.get_all_fig_managers())
+    report.diagnostic_figures(*test_predictions)
+    assert len(Gcf.get_all_fig_managers()) == before  # nothing registered: no global state, safe in threads
 
 
 def test_model_card_holds_fingerprint_choice_table_and_intervals(grid: pd.DataFrame, test_predictions) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from wd_pipeline import processes
 from wd_pipeline.cli import EXIT_RUN_FAILED, main
 from wd_pipeline.errors import PortInUseError
 from wd_pipeline.ops import stack
@@ -75,13 +76,13 @@ def test_down_stops_the_recorded_process_and_what_it_spawned_in_another_session(
     while not log.read_text().strip() and time.monotonic() < deadline:
         time.sleep(0.1)
     grandchild = int(log.read_text().split()[0])
-    assert stack.is_alive(record.pid) and stack.is_alive(grandchild)
+    assert processes.alive(record.pid) and processes.alive(grandchild)
     assert json.loads((tmp_path / stack.STATE_FILE).read_text())["services"][0]["pid"] == record.pid
 
     stopped = stack.down(tmp_path)
 
     assert [r.pid for r in stopped] == [record.pid]
-    assert not stack.is_alive(record.pid) and not stack.is_alive(grandchild)
+    assert not processes.alive(record.pid) and not processes.alive(grandchild)
     assert not (tmp_path / stack.STATE_FILE).exists()
 
 
@@ -90,4 +91,4 @@ def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
     state.services.append(stack.ServiceRecord("ghost", 1, start_ticks=-1, url="-", log="-"))  # pid 1, other start
     state.save(tmp_path)
     assert stack.down(tmp_path)[0].pid == 1  # returns without touching init
-    assert stack.is_alive(1)
+    assert processes.alive(1)

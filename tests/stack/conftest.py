@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.local_stack import LocalStack
+from wd_pipeline import processes
 from wd_pipeline.ops import stack
 from wd_pipeline.ops.deploy import deploy
 
@@ -32,5 +33,5 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     finally:
         patch.undo()
         recorded = stack.down(state_dir)
-        alive = [r.name for r in recorded if stack.is_alive(r.pid)]
+        alive = [r.name for r in recorded if processes.alive(r.pid)]
         assert not alive, f"still running after stack down: {alive}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.local_stack import ADHOC, TINY
+from wd_pipeline import processes
 from wd_pipeline.config import DEFAULT_MODEL_NAME
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.ops import stack
@@ -63,7 +64,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
     finally:
         patch.undo()
         recorded = stack.down(state_dir)
-        alive = [r.name for r in recorded if stack.is_alive(r.pid)]
+        alive = [r.name for r in recorded if processes.alive(r.pid)]
         assert not alive, f"still running after stack down: {alive}"
 
 

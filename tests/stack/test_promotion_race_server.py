@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers.lock_contender import race
+from wd_pipeline import processes
 from wd_pipeline.ops import stack
 from wd_pipeline.tracking.promotion_lock import lock_name
 
@@ -36,7 +37,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield state.mlflow_url
     finally:
         recorded = stack.down(state_dir)
-        assert not [r.name for r in recorded if stack.is_alive(r.pid)]
+        assert not [r.name for r in recorded if processes.alive(r.pid)]
 
 
 def test_creating_the_lock_is_atomic_through_the_tracking_server(mlflow_url: str, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from wd_pipeline import processes
 from wd_pipeline.errors import ServiceStartError
 from wd_pipeline.ops import stack
 
@@ -33,5 +34,5 @@ def test_a_server_that_exits_on_start_is_reported_and_the_rest_stopped(tmp_path:
         with pytest.raises(ServiceStartError, match="mlflow-server exited during start-up") as failed:
             stack.up(settings)
     assert "mlflow-server.log" in str(failed.value)
-    assert len(started) == 2 and not any(stack.is_alive(pid) for pid in started)
+    assert len(started) == 2 and not any(processes.alive(pid) for pid in started)
     assert not (tmp_path / stack.STATE_FILE).exists()

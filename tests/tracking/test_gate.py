@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
+from wd_pipeline.errors import TrackingError
 from wd_pipeline.tracking import registry, runs
 from wd_pipeline.tracking.registry import GatePolicy, schema_change
 
@@ -95,6 +96,37 @@ def test_a_changed_schema_blocks_promotion(module_store: Path, keras_files, data
     assert "input columns differ from champion v1 (added ['d'], removed ['c'])" in changed.reason
     assert changed.difference is None
     assert aliases(name)["champion"] == champion.version
+
+
+def test_a_version_that_never_becomes_ready_is_deleted_and_reported(
+    module_store: Path, keras_files, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.store.model_registry.abstract_store import AbstractStore
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    create = SqlAlchemyStore.create_model_version
+
+    def failing_registration(self: SqlAlchemyStore, *args, **kwargs):
+        """Answers PENDING, as a registry that prepares versions in the background does; the work then fails."""
+        version = create(self, *args, **kwargs)
+        with self.ManagedSessionMaker() as session:
+            session.query(SqlModelVersion).filter(
+                SqlModelVersion.name == version.name, SqlModelVersion.version == int(version.version)
+            ).update({"status": "FAILED_REGISTRATION", "status_message": "copying the artifacts failed"})
+        version._status = "PENDING_REGISTRATION"
+        return version
+
+    monkeypatch.setattr(SqlAlchemyStore, "create_model_version", failing_registration)
+    # MLflow's generic wait for READY (a SQL store skips it: its versions are READY at once).
+    monkeypatch.setattr(SqlAlchemyStore, "_await_model_version_creation", AbstractStore._await_model_version_creation)
+    with pytest.raises(TrackingError) as failure:
+        gate("gate-unready", "strong", keras_files, data)
+    assert str(failure.value) == (
+        "gate-unready v1 did not become READY in the model registry "
+        "(FAILED_REGISTRATION: copying the artifacts failed); the version was deleted, nothing was registered"
+    )
+    assert runs.get_client().search_model_versions("name = 'gate-unready'") == []
 
 
 def test_schema_change_names_columns_and_order() -> None:

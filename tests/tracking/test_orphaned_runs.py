@@ -1,4 +1,4 @@
-"""Runs left RUNNING by a killed pipeline process are closed KILLED; live and foreign runs are not."""
+"""Runs left RUNNING by a killed or exited pipeline process are closed KILLED; live and foreign runs are not."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.zombies import zombie
+from wd_pipeline import processes
 from wd_pipeline.tracking import runs
 
 
@@ -22,23 +24,19 @@ def test_only_runs_of_a_dead_local_process_are_closed(workspace: Path) -> None:
     dead = client.create_run(experiment, tags={runs.OWNER_TAG: dead_owner()}).info.run_id
     point = client.create_run(experiment, tags={runs.PARENT_RUN_TAG: dead}).info.run_id
     fold = client.create_run(experiment, tags={runs.PARENT_RUN_TAG: point}).info.run_id
-    alive = client.create_run(experiment, tags={runs.OWNER_TAG: runs.process_owner()}).info.run_id
+    alive = client.create_run(experiment, tags={runs.OWNER_TAG: processes.identity()}).info.run_id
     alive_child = client.create_run(experiment, tags={runs.PARENT_RUN_TAG: alive}).info.run_id
     foreign = client.create_run(experiment, tags={runs.OWNER_TAG: "another-host:1:1"}).info.run_id
     untagged = client.create_run(experiment).info.run_id
 
-    assert sorted(runs.close_orphaned_runs(client, experiment)) == sorted([dead, point, fold])
+    with zombie() as pid:  # exited, not yet reaped by its parent: it will never finish its run
+        exited = f"{socket.gethostname()}:{pid}:{processes.start_ticks(pid)}"
+        unreaped = client.create_run(experiment, tags={runs.OWNER_TAG: exited}).info.run_id
+        assert sorted(runs.close_orphaned_runs(client, experiment)) == sorted([dead, point, fold, unreaped])
     status = {
         run_id: client.get_run(run_id).info.status
-        for run_id in (dead, point, fold, alive, alive_child, foreign, untagged)
+        for run_id in (dead, point, fold, unreaped, alive, alive_child, foreign, untagged)
     }
-    assert [status[r] for r in (dead, point, fold)] == ["KILLED"] * 3
+    assert [status[r] for r in (dead, point, fold, unreaped)] == ["KILLED"] * 4
     assert [status[r] for r in (alive, alive_child, foreign, untagged)] == ["RUNNING"] * 4
     assert "is gone" in client.get_run(fold).data.tags[runs.CLOSED_TAG]
-
-
-def test_owner_of_a_recycled_pid_is_dead() -> None:
-    host, pid, start = runs.process_owner().split(":")
-    assert runs.owner_alive(f"{host}:{pid}:{start}") is True
-    assert runs.owner_alive(f"{host}:{pid}:{int(start) + 1}") is False
-    assert runs.owner_alive(f"elsewhere:{pid}:{start}") is None

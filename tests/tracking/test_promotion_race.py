@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from tests.helpers.lock_contender import race
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
+from wd_pipeline import processes
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.tracking import registry, runs
 from wd_pipeline.tracking.promotion_lock import (
@@ -167,13 +168,13 @@ def test_a_live_holder_makes_registration_fail_after_the_timeout_and_keep_nothin
     module_store: Path, logged, data
 ) -> None:
     name = "race-held"
-    hold_lock(name, runs.process_owner(), "alive", time.time() + 3600)
+    hold_lock(name, processes.identity(), "alive", time.time() + 3600)
     started = time.monotonic()
     with pytest.raises(TrackingError) as failure:
         register(runs.get_client(), name, "better", logged, data, lock=LockSettings(timeout=2, poll=0.2))
     assert time.monotonic() - started < 60
     assert str(failure.value) == (
-        f"promotion lock 'race-held.promotion-lock' is held by {runs.process_owner()} and was not released "
+        f"promotion lock 'race-held.promotion-lock' is held by {processes.identity()} and was not released "
         "within 2 s (WD_PIPELINE_LOCK_TIMEOUT); if no run is promoting, delete registered model "
         "'race-held.promotion-lock' in the MLflow UI or with "
         "`python -c \"import mlflow; mlflow.MlflowClient().delete_registered_model('race-held.promotion-lock')\"`"

@@ -2,6 +2,8 @@
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, never through pyplot, so
 they hold no global state and several can be drawn at once from Prefect worker threads.
+The test-split figures use scikit-learn's display classes: those import pyplot, but given
+an ``ax`` they draw on it alone and never create or register a figure there.
 
 The grid figures read the cross-validated grid table: one row per (``mode``, ``lambda``)
 with ``train_<m>``, ``val_<m>``, ``val_<m>_std``, ``val_<m>_se`` for each metric ``m``,
@@ -200,17 +202,21 @@ def learning_curves_figure(
 def roc_figure(y_true: np.ndarray, probability: np.ndarray) -> Figure:
     """ROC curve of the registered model on the test split."""
     from matplotlib.figure import Figure
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import RocCurveDisplay
 
-    false_positive, true_positive, _ = roc_curve(y_true, probability)
     figure = Figure(figsize=(4.8, 4.5), layout="constrained")
     ax = figure.subplots()
-    ax.plot(false_positive, true_positive, label=f"model (AUC = {roc_auc_score(y_true, probability):.3f})")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    display = RocCurveDisplay.from_predictions(
+        y_true,
+        probability,
+        ax=ax,
+        plot_chance_level=True,
+        chance_level_kw={"label": "chance", "color": "grey", "linestyle": "--"},
+    )
+    display.line_.set_label(f"model (AUC = {display.roc_auc:.3f})")  # sklearn's legend rounds to 2 digits
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC curve (test split)")
-    ax.set_aspect("equal")
     ax.legend(loc="lower right")
     return figure
 
@@ -218,35 +224,31 @@ def roc_figure(y_true: np.ndarray, probability: np.ndarray) -> Figure:
 def confusion_matrix_figure(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> Figure:
     """Counts of right and wrong labels at ``threshold`` on the test split."""
     from matplotlib.figure import Figure
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     predicted = (np.asarray(probability) >= threshold).astype(int)
-    counts = confusion_matrix(np.asarray(y_true).astype(int), predicted, labels=[0, 1])
     figure = Figure(figsize=(4.5, 4.0), layout="constrained")
     ax = figure.subplots()
-    image = ax.imshow(counts, cmap="Blues")
-    for (row, column), count in np.ndenumerate(counts):
-        dark = count > counts.max() / 2
-        ax.text(column, row, str(count), ha="center", va="center", color="white" if dark else "black")
-    ax.set_xticks([0, 1], labels=["0", "1"])
-    ax.set_yticks([0, 1], labels=["0", "1"])
+    ConfusionMatrixDisplay.from_predictions(
+        np.asarray(y_true).astype(int), predicted, labels=[0, 1], cmap="Blues", values_format="d", ax=ax
+    )
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
     ax.set_title(f"confusion matrix (threshold {threshold:g})")
-    figure.colorbar(image, ax=ax)
     return figure
 
 
 def calibration_figure(y_true: np.ndarray, probability: np.ndarray, n_bins: int = 10) -> Figure:
     """Observed positive rate against predicted probability: do the probabilities mean what they say?"""
     from matplotlib.figure import Figure
-    from sklearn.calibration import calibration_curve
+    from sklearn.calibration import CalibrationDisplay
 
-    observed, predicted = calibration_curve(y_true, probability, n_bins=n_bins, strategy="quantile")
     figure = Figure(figsize=(4.8, 4.5), layout="constrained")
     ax = figure.subplots()
-    ax.plot(predicted, observed, "o-", label="model")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    CalibrationDisplay.from_predictions(
+        y_true, probability, n_bins=n_bins, strategy="quantile", name="model", ax=ax, ref_line=False, marker="o"
+    )
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("fraction of positives")
     ax.set_title(f"calibration (test split, {n_bins} quantile bins)")

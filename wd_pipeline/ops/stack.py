@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wd_pipeline import processes
 from wd_pipeline.config import PROJECT_ROOT
 from wd_pipeline.errors import ConfigError, PortInUseError, ServiceStartError, StackNotRunningError
 from wd_pipeline.ops.server_auth import AUTH_DATABASE_ENV
@@ -493,7 +494,9 @@ def _start(
             cwd=PROJECT_ROOT,
             start_new_session=True,
         )
-    record = ServiceRecord(name, process.pid, _start_ticks(process.pid) or 0, url, str(log_path), command, time.time())
+    record = ServiceRecord(
+        name, process.pid, processes.start_ticks(process.pid) or 0, url, str(log_path), command, time.time()
+    )
     state.services.append(record)
     state.save(state_dir)
     return record
@@ -521,13 +524,15 @@ def _stop_records(records: Iterable[ServiceRecord]) -> None:
     for record in records:
         if not _is_same_process(record):
             continue
-        groups = {_pgid(pid) for pid in [record.pid, *_descendants(record.pid)]} - {None}
+        # Prefect starts each flow run in a session of its own: signalling the worker's group
+        # alone would orphan a running flow.
+        groups = processes.process_groups([record.pid, *processes.descendants(record.pid)])
         _signal_groups(groups, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline and _groups_alive(groups):
+        while time.monotonic() < deadline and processes.groups_alive(groups):
             _reap(record.pid)
             time.sleep(0.2)
-        if _groups_alive(groups):
+        if processes.groups_alive(groups):
             _signal_groups(groups, signal.SIGKILL)
             time.sleep(0.2)
         _reap(record.pid)
@@ -539,73 +544,14 @@ def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
             os.killpg(group, sig)
 
 
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
 def _reap(pid: int) -> None:
     """Collect the exit status when the stack was started by this very process (tests)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (which may contain spaces)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()
-
-
-def _pid_alive(pid: int) -> bool:
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def is_alive(pid: int) -> bool:
-    """Public form for tests and status: a zombie counts as dead."""
-    return _pid_alive(pid)
-
-
-def _start_ticks(pid: int) -> int | None:
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
 def _is_same_process(record: ServiceRecord) -> bool:
-    return _pid_alive(record.pid) and (record.start_ticks == 0 or _start_ticks(record.pid) == record.start_ticks)
-
-
-def _all_processes() -> dict[int, tuple[int, int]]:
-    """pid → (parent pid, process group) of every live process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
-            if fields and fields[0] not in ("Z", "X"):
-                table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def _descendants(pid: int) -> list[int]:
-    # Prefect starts each flow run in a session of its own: killing the worker's group
-    # alone would orphan a running flow.
-    table = _all_processes()
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, (ppid, _) in table.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def _groups_alive(groups: set[int]) -> bool:
-    return any(pgid in groups for _, pgid in _all_processes().values())
+    return processes.same_process(record.pid, record.start_ticks or None)
 
 
 def _refuse_if_running(state_dir: Path) -> None:

@@ -18,7 +18,7 @@ expiry are written as tags in the same create, and the description says how to c
 hand. Releasing deletes it, in ``finally``.
 
 A holder that died leaves its lock behind. It is *stale* when its owner process is known to
-be gone (same host: pid and start time no longer match) or, for owners on other hosts where
+be gone (same host: pid and start time no longer match a running process) or, for owners on other hosts where
 that cannot be checked, when its expiry has passed. A live owner on this host is never
 broken. Breaking is a rename to ``<lock>.broken-<token>`` rather than a delete: two waiters
 that found the same stale lock both try the rename, and only the first can succeed — the
@@ -38,8 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from wd_pipeline import processes
 from wd_pipeline.errors import TrackingError, first_line
-from wd_pipeline.tracking.runs import owner_alive, process_owner
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -94,7 +94,7 @@ class Holder:
 
     def stale(self, now: float) -> str | None:
         """Why this holder may be broken, or None while it may still be promoting."""
-        alive = owner_alive(self.owner) if self.owner else None
+        alive = processes.identity_alive(self.owner) if self.owner else None
         if alive is False:
             return f"its owner process {self.owner} is gone"
         if alive is None and now > self.expires:
@@ -208,7 +208,7 @@ def _try_create(client: MlflowClient, name: str, token: str, ttl: float) -> bool
     """The test-and-set: True if this call created the lock, False if it already exists."""
     from mlflow.exceptions import MlflowException
 
-    owner = process_owner()
+    owner = processes.identity()
     tags = {TOKEN_TAG: token, OWNER_TAG: owner, EXPIRES_TAG: f"{time.time() + ttl:.3f}"}
     description = f"Promotion lock held by {owner} (wd-pipeline). Deleted when that run is done; {clear_hint(name)}."
     try:

@@ -225,7 +225,6 @@ def register(
 
     version_number = _create_version(client, name, model_uri, run_id, tags, description)
     try:
-        _wait_ready(client, name, version_number)
         with promotion_lock(client, name, lock) as held:
             champion_version = current_champion(client, name)
             if champion_version != seen:
@@ -254,12 +253,36 @@ class _Candidate:
 def _create_version(
     client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str] | None, description: str | None
 ) -> str:
+    """Create the version and return its number once the registry reports it READY.
+
+    ``create_model_version`` does the waiting (``await_creation_for``, five minutes by
+    default); a SQL or file store creates versions READY at once. A version that failed, or
+    was still pending when the wait ran out, exists but can never be served: it is deleted
+    again, so no half-registered version stays behind, and the user gets a
+    :class:`TrackingError` naming it.
+    """
+    from mlflow.exceptions import MlflowException
+
     _ensure_registered_model(client, name)
     # A tracking server (unlike a local store) refuses a ``models:/m-…`` source without its model id.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    created = client.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=model_id
-    )
+    try:
+        created = client.create_model_version(
+            name, model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=model_id
+        )
+    except MlflowException as exc:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        unready = [version for version in versions if version.status != "READY"]
+        if not unready:
+            raise
+        for version in unready:
+            client.delete_model_version(name, version.version)
+        stuck = unready[0]
+        detail = f"{stuck.status}: {stuck.status_message}" if stuck.status_message else stuck.status
+        raise TrackingError(
+            f"{name} v{stuck.version} did not become READY in the model registry ({detail}); "
+            "the version was deleted, nothing was registered"
+        ) from exc
     return str(created.version)
 
 
@@ -374,16 +397,3 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
         except MlflowException as exc:
             if "already exists" not in str(exc).lower():
                 raise TrackingError(f"cannot create registered model {name!r}: {first_line(exc, 200)}") from exc
-
-
-def _wait_ready(client: MlflowClient, name: str, version_number: str, attempts: int = 60) -> None:
-    import time
-
-    for _ in range(attempts):
-        status = client.get_model_version(name, version_number).status
-        if status == "READY":
-            return
-        if status == "FAILED_REGISTRATION":
-            raise TrackingError(f"registration of {name} v{version_number} failed in the model registry")
-        time.sleep(0.5)
-    raise TrackingError(f"{name} v{version_number} did not become READY in the model registry")

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wd_pipeline import processes
 from wd_pipeline.config import PipelineConfig, format_lambda
 from wd_pipeline.errors import TrackingError, first_line
 
@@ -196,47 +197,11 @@ def start_parent_run(
     """Create the parent run of one pipeline run, with the whole config as params."""
     from mlflow.entities import Param
 
-    tags = {**dict(tags or {}), OWNER_TAG: process_owner()}
+    tags = {**dict(tags or {}), OWNER_TAG: processes.identity()}
     run = client.create_run(experiment_id, run_name=tags.get("run_name"), tags=tags)
     params = [Param(key, value) for key, value in config.params().items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
-
-
-def process_owner() -> str:
-    """``host:pid:start`` of this process, so a later run can tell whether it is still alive.
-
-    The start time (clock ticks since boot, from ``/proc``) guards against a recycled pid.
-    """
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
-
-
-def _process_start(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after "pid (comm)"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """Whether the process that opened a pipeline run still runs; None when it cannot be known here."""
-    import socket
-
-    host, _, rest = owner.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    return not start or _process_start(pid) in ("", start)
 
 
 def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -246,7 +211,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     RUNNING for ever, which the UI shows as still in progress. Rule: a RUNNING run is closed
     when the pipeline run at the top of its ``mlflow.parentRunId`` chain was opened by a
     process (:data:`OWNER_TAG`, host + pid + start time) on *this* host that no longer
-    exists. It is exact where it applies and never touches a live run: runs of other hosts
+    runs (a zombie has exited: see :func:`wd_pipeline.processes.alive`). It is exact where it applies and never touches a live run: runs of other hosts
     and runs without the tag (scoring, hand-made runs) are left alone. Rejected rules: the
     Prefect flow run's state (a ``kill -9`` under the ephemeral API leaves it RUNNING too),
     and an age limit (kills long legitimate runs, misses a crash a minute ago).
@@ -273,7 +238,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
                 known[parent_id] = client.get_run(parent_id)
             root = known[parent_id]
         owner = root.data.tags.get(OWNER_TAG)
-        if owner and owner_alive(owner) is False:
+        if owner and processes.identity_alive(owner) is False:
             set_tags(client, run_id, {CLOSED_TAG: f"owner process {owner} is gone"})
             client.set_terminated(run_id, status="KILLED")
             closed.append(run_id)
