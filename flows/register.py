@@ -38,12 +38,12 @@ def _register_and_gate(
     client = runs.get_client()
     decision = registry.register(
         client,
-        config.model_name,
-        model_uri,
-        parent_run_id,
-        test.features,
-        test.label,
-        registry.GatePolicy.from_config(config),
+        name=config.model_name,
+        model_uri=model_uri,
+        run_id=parent_run_id,
+        test_features=test.features,
+        test_label=test.label,
+        policy=registry.GatePolicy.from_config(config),
         tags={"data.sha256": splits.read_manifest(split_folder)["sha256"]},
         description=model_card,
     )

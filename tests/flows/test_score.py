@@ -27,7 +27,13 @@ def champion(module_store: Path, keras_file: str) -> str:
     model_uri, run_id = log_pyfunc(keras_file, frame, SIGNAL)
     client = runs.get_client()
     decision = registry.register(
-        client, NAME, model_uri, run_id, frame[SIGNAL], frame["y"].to_numpy(), registry.GatePolicy()
+        client,
+        name=NAME,
+        model_uri=model_uri,
+        run_id=run_id,
+        test_features=frame[SIGNAL],
+        test_label=frame["y"].to_numpy(),
+        policy=registry.GatePolicy(),
     )
     assert decision.alias == "champion"
     return decision.version
