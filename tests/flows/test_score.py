@@ -131,6 +131,6 @@ def test_score_flow_through_prefect(champion: str, module_store: Path, prefect_a
     )
     assert state.is_completed()
     result = state.result()
-    run = runs.get_client().get_run(result["run_id"])
+    run = runs.get_client().get_run(result.run_id)
     assert run.data.tags[runs.PREFECT_RUN_TAG] == str(state.state_details.flow_run_id)
-    assert len(pd.read_parquet(result["output"])) == 25
+    assert len(pd.read_parquet(result.output)) == 25

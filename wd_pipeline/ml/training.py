@@ -74,6 +74,16 @@ class FitResult:
         """Where this unit's result lives: what flows pass around instead of the (large) result."""
         return str(Path(self.model_path).with_name(RESULT_FILE))
 
+    def summary(self) -> UnitSummary:
+        return UnitSummary(
+            mode=self.mode,
+            lam=self.lam,
+            fold=self.fold,
+            resumed=self.resumed,
+            row=self.row(),
+            model_path=self.model_path,
+        )
+
     def row(self) -> dict[str, Any]:
         """The per-fold table row: mode, λ, fold, train_* and val_* metrics, norms."""
         return {
@@ -88,6 +98,30 @@ class FitResult:
             "stopped_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
         }
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """A trained unit as flows hand it on: identity, its table row, and where the full result is.
+
+    No per-epoch history: task results travel between processes (Dask) and become flow
+    parameters, which Prefect caps at 512 KiB per flow run.
+    """
+
+    mode: str
+    lam: float
+    fold: int
+    resumed: bool
+    row: dict[str, Any]
+    model_path: str
+
+    @property
+    def result_path(self) -> str:
+        return str(Path(self.model_path).with_name(RESULT_FILE))
+
+    def load(self) -> FitResult:
+        """The full stored result, labelled with this summary's mode."""
+        return load_result(self.result_path, self.mode)
 
 
 def load_result(path: str | Path, mode: str | None = None) -> FitResult:

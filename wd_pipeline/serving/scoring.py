@@ -9,7 +9,7 @@ Every scoring run is recorded in MLflow next to the pipeline runs that produced 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +58,6 @@ class ScoreResult:
     output: str
     run_id: str
     input_sha256: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
