@@ -1,6 +1,6 @@
 """Prefect flow ``train-grid``: one task per (mode, fold, chunk of λ), run concurrently.
 
-A chunk's λ values train together as one packed model (see ``wd_pipeline/packed.py``);
+A chunk's λ values train together as one packed model (see ``wd_pipeline/ml/packed.py``);
 ``chunk_size`` 1 gives one task per grid point, so a cluster can spread them. MLflow layout
 is the same either way: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent
 run, and with k > 1 folds a nested run per fold (``fold 2/5``) under it; the grid point's
