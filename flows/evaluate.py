@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,10 +20,26 @@ from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epo
 from wd_pipeline.tracking import runs
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluation hands on: the choice, the refit model, its test numbers and the grid."""
+
+    selection: Selection
+    refit_epochs: int
+    model_path: str  # the chosen point refit on train + validation: the model to register
+    test_intervals: dict[str, bootstrap.Interval]
+    model_card: str
+    grid: list[dict[str, Any]]  # one row per (mode, λ): cross-validated means, std and SE
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return {name: interval.estimate for name, interval in self.test_intervals.items()}
+
+
 @task(name="refit", cache_policy=NO_CACHE, **TRACKING_TASK)
 def refit(
     split_folder: str, config: PipelineConfig, selection: Selection, epochs: int, parent_run_id: str
-) -> dict[str, Any]:
+) -> training.UnitSummary:
     """The chosen point retrained on train + validation, recorded as its own child run."""
     result = training.train_unit(split_folder, config, selection.mode, selection.lam, training.REFIT, epochs=epochs)
     with timing.measure("tracking_units"):
@@ -31,17 +48,18 @@ def refit(
         run_id = runs.start_child_run(client, parent_run_id, name, {runs.PREFECT_RUN_TAG: str(flow_run.get_id())})
         runs.log_fit(client, run_id, result)
         runs.finish(client, run_id)
-    return result.to_dict()
+    return result.summary()
 
 
 @task(name="log-evaluation", cache_policy=NO_CACHE, **TRACKING_TASK)
 def log_evaluation(
     parent_run_id: str,
+    selection: Selection,
+    *,
     table: pd.DataFrame,
     folds: pd.DataFrame,
-    selection: Selection,
     test_intervals: dict[str, bootstrap.Interval],
-    refit_epochs: int,
+    epochs: int,
     artifacts: dict[str, Any],
 ) -> None:
     """Selection, test metrics with their bootstrap intervals, tables, plots and the model card."""
@@ -53,7 +71,7 @@ def log_evaluation(
             {
                 "chosen_lambda": selection.lam,
                 "best_lambda": selection.best_lambda,
-                "refit_epochs": refit_epochs,
+                "refit_epochs": epochs,
                 **{f"test_{k}": v.estimate for k, v in test_intervals.items()},
                 **{f"test_{k}_ci_low": v.low for k, v in test_intervals.items()},
                 **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
@@ -83,11 +101,11 @@ def log_evaluation(
 
 @flow(name="evaluate")
 def evaluate(
-    config: PipelineConfig, split_folder: str, fold_results: list[dict[str, Any]], parent_run_id: str
-) -> dict[str, Any]:
-    """Returns the selection, the refit model's path, test metrics with intervals and the model card."""
+    config: PipelineConfig, split_folder: str, fold_results: list[training.UnitSummary], parent_run_id: str
+) -> Evaluation:
+    """The selection, the refit model's path, test metrics with intervals and the model card."""
     logger = get_run_logger()
-    results = [training.load_result(r["result_path"], r["mode"]) for r in fold_results]
+    results = [unit.load() for unit in fold_results]
     folds = fold_table(result.row() for result in results)
     table = aggregate(folds)
     selection = select(table, config.selection_metric, config.rule)
@@ -108,7 +126,7 @@ def evaluate(
         )
     refitted = refit(split_folder, config, selection, epochs, parent_run_id)
     with timing.measure("evaluate_predict"):
-        y_test, p_test = test_predictions(refitted["model_path"], split_folder)
+        y_test, p_test = test_predictions(refitted.model_path, split_folder)
     with timing.measure("evaluate_bootstrap"):
         intervals = bootstrap.bootstrap_cis(
             y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
@@ -133,7 +151,15 @@ def evaluate(
                 "test_intervals": intervals,
             },
         )
-    log_evaluation(parent_run_id, table, folds, selection, intervals, epochs, artifacts)
+    log_evaluation(
+        parent_run_id,
+        selection,
+        table=table,
+        folds=folds,
+        test_intervals=intervals,
+        epochs=epochs,
+        artifacts=artifacts,
+    )
     create_table_artifact(
         grid_rows(table, selection),
         key="grid-results",
@@ -141,19 +167,14 @@ def evaluate(
         f"by rule {selection.rule} on validation {selection.metric}",
     )
     logger.info("Test: %s", ", ".join(f"{k} {v.format()}" for k, v in intervals.items()))
-    return {
-        "chosen_mode": selection.mode,
-        "chosen_lambda": selection.lam,
-        "best_lambda": selection.best_lambda,
-        "rule": selection.rule,
-        "per_mode": selection.per_mode,
-        "refit_epochs": epochs,
-        "chosen_model_path": refitted["model_path"],
-        "test_metrics": {k: v.estimate for k, v in intervals.items()},
-        "test_intervals": {k: v.to_dict() for k, v in intervals.items()},
-        "model_card": artifacts["model_card.md"],
-        "table": table.to_dict("records"),
-    }
+    return Evaluation(
+        selection=selection,
+        refit_epochs=epochs,
+        model_path=refitted.model_path,
+        test_intervals=intervals,
+        model_card=artifacts["model_card.md"],
+        grid=table.to_dict("records"),
+    )
 
 
 def learning_curves(results: list[training.FitResult]) -> list[tuple[str, dict[str, list[float]]]]:

@@ -19,7 +19,7 @@ def prepare_splits(config: PipelineConfig) -> str:
 
 
 @task(cache_policy=NO_CACHE, name="log-dataset", **TRACKING_TASK)
-def log_dataset(parent_run_id: str, split_folder: str) -> None:
+def log_splits(parent_run_id: str, split_folder: str) -> None:
     with timing.measure("tracking_dataset"):
         manifest = splits.read_manifest(split_folder)
         frames = {name: splits.load_split(split_folder, name).frame(manifest["label"]) for name in splits.SPLITS}
@@ -40,5 +40,5 @@ def ingest(config: PipelineConfig, parent_run_id: str) -> str:
         len(manifest["features"]),
         sizes,
     )
-    log_dataset(parent_run_id, split_folder)
+    log_splits(parent_run_id, split_folder)
     return split_folder

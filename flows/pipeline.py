@@ -21,9 +21,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.evaluate import evaluate
 from flows.ingest import ingest
-from flows.register import register
+from flows.register import register_chosen_model
 from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
-from flows.summary import summary_markdown
+from flows.summary import PipelineSummary, summary_markdown
 from flows.train_grid import train_grid
 from wd_pipeline import timing
 from wd_pipeline.config import (
@@ -175,7 +175,7 @@ def timings(flow_seconds: float, logger: Any) -> dict[str, float]:
     return {f"time_{name}_seconds": value for name, value in seconds.items()}
 
 
-def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(config: PipelineConfig) -> PipelineSummary:
     """The four steps as subflows, with the MLflow parent run closed FAILED on any error."""
     logger = get_run_logger()
     started = time.perf_counter()
@@ -197,41 +197,34 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 'its own temporary API. Set PREFECT_API_URL (e.g. `eval "$(wd-pipeline stack env)"`)'
             )
         with timing.measure("phase_train_grid"):
-            results = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
+            units = train_grid.with_options(task_runner=grid_task_runner(config))(config, split_folder, parent_run_id)
         with timing.measure("phase_evaluate"):
-            evaluation = evaluate(config, split_folder, results, parent_run_id)
+            evaluation = evaluate(config, split_folder, units, parent_run_id)
         with timing.measure("phase_register"):
-            decision = register(
-                config, split_folder, evaluation["chosen_model_path"], parent_run_id, evaluation["model_card"]
+            decision = register_chosen_model(
+                config, split_folder, evaluation.model_path, parent_run_id, evaluation.model_card
             )
     except BaseException:
         finish_quietly(client, parent_run_id, "FAILED")
         raise
     finish_tracking(parent_run_id, timings(time.perf_counter() - started, logger))
-    summary = {
-        "experiment_id": experiment_id,
-        "parent_run_id": parent_run_id,
-        "run_url": runs.run_url(client, experiment_id, parent_run_id),
-        "tracking_uri": client.tracking_uri,
-        "chosen_mode": evaluation["chosen_mode"],
-        "chosen_lambda": evaluation["chosen_lambda"],
-        "rule": evaluation["rule"],
-        "per_mode": evaluation["per_mode"],
-        "selection_metric": config.selection_metric,
-        "test_metrics": evaluation["test_metrics"],
-        "test_intervals": evaluation["test_intervals"],
-        "registry": decision,
-        "grid": evaluation["table"],
-    }
+    summary = PipelineSummary(
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        run_url=runs.run_url(client, experiment_id, parent_run_id),
+        tracking_uri=client.tracking_uri,
+        evaluation=evaluation,
+        registry=decision,
+    )
     create_markdown_artifact(
         summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision"
     )
     logger.info(
         "Chosen %s λ=%s; %s v%s → @%s",
-        summary["chosen_mode"],
-        format_lambda(summary["chosen_lambda"]),
-        decision["model_name"],
-        decision["version"],
-        decision["alias"],
+        evaluation.selection.mode,
+        format_lambda(evaluation.selection.lam),
+        decision.model_name,
+        decision.version,
+        decision.alias,
     )
     return summary

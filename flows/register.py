@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -15,7 +13,7 @@ from wd_pipeline.tracking import registry, runs
 
 
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
-def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
+def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
     with timing.measure("register_log_model"):
         manifest = splits.read_manifest(split_folder)
         example = splits.load_split(split_folder, "train").features.head(5)
@@ -26,24 +24,24 @@ def log_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
 @task(cache_policy=NO_CACHE, name="register-and-gate")
 def register_and_gate(
     config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
-) -> dict[str, Any]:
+) -> registry.RegistryDecision:
     with timing.measure("register_gate"):
         return _register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
 
 
 def _register_and_gate(
     config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
-) -> dict[str, Any]:
+) -> registry.RegistryDecision:
     test = splits.load_split(split_folder, "test")
     client = runs.get_client()
     decision = registry.register(
         client,
-        config.model_name,
-        model_uri,
-        parent_run_id,
-        test.features,
-        test.label,
-        registry.GatePolicy.from_config(config),
+        name=config.model_name,
+        model_uri=model_uri,
+        run_id=parent_run_id,
+        test_features=test.features,
+        test_label=test.label,
+        policy=registry.GatePolicy.from_config(config),
         tags={"data.sha256": splits.read_manifest(split_folder)["sha256"]},
         description=model_card,
     )
@@ -57,17 +55,15 @@ def _register_and_gate(
         "gate_promoted": float(decision.alias == registry.CHAMPION),
     }
     runs.log_metrics(client, parent_run_id, {k: v for k, v in numbers.items() if v is not None})
-    return decision.to_dict()
+    return decision
 
 
 @flow(name="register")
-def register(
+def register_chosen_model(
     config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
-) -> dict[str, Any]:
+) -> registry.RegistryDecision:
     """Returns the registry decision: version, alias and the numbers behind it."""
-    model_uri = log_model(parent_run_id, split_folder, model_path)
+    model_uri = log_chosen_model(parent_run_id, split_folder, model_path)
     decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
-    get_run_logger().info(
-        "%s v%s → @%s: %s", decision["model_name"], decision["version"], decision["alias"], decision["reason"]
-    )
+    get_run_logger().info("%s v%s → @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
     return decision

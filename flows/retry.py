@@ -1,6 +1,6 @@
 """Retry policy for tasks that write to the tracking store (a server can blip, restart or be redeployed).
 
-A tracking task that fails on a transient error (see :func:`wd_pipeline.tracking.is_transient`)
+A tracking task that fails on a transient error (see :func:`wd_pipeline.tracking.runs.is_transient`)
 is retried 5 times, 2, 4, 8, 16 and 32 s apart on average (±20 % jitter, so that tasks that
 failed together do not all come back in the same second): about a minute of waiting, plus
 MLflow's own ~3 s of HTTP retries per attempt, which outlasts a server restart. Any other

@@ -14,9 +14,10 @@ from wd_pipeline.tracking import runs
 
 
 @task(cache_policy=NO_CACHE, name="score-file")
-def score_file(settings: scoring.ScoreSettings) -> dict[str, Any]:
+def score_in_flow_run(settings: scoring.ScoreSettings) -> scoring.ScoreResult:
+    """Score the file; the MLflow scoring run is tagged with this flow run, so each side links to the other."""
     tags = {runs.PREFECT_RUN_TAG: str(flow_run.get_id()), runs.PREFECT_URL_TAG: flow_run.get_flow_run_ui_url() or ""}
-    return scoring.score_file(settings, tags=tags).to_dict()
+    return scoring.score_file(settings, tags=tags)
 
 
 @flow(name="score")
@@ -29,13 +30,13 @@ def score(
 ) -> dict[str, Any]:
     """Score ``data`` with ``model_name@champion``; returns where the predictions went and the run id."""
     settings = scoring.make_score_settings(**locals())
-    result = score_file(settings)
+    result = score_in_flow_run(settings)
     get_run_logger().info(
         "Scored %d rows with %s (v%s): positive rate %.4f → %s",
-        result["rows"],
-        result["model_uri"],
-        result["version"],
-        result["positive_rate"],
-        result["output"],
+        result.rows,
+        result.model_uri,
+        result.version,
+        result.positive_rate,
+        result.output,
     )
     return result

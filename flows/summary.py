@@ -1,30 +1,44 @@
-"""The markdown a person reads in the Prefect UI after a pipeline run."""
+"""What a pipeline run hands back, and the markdown a person reads in the Prefect UI after it."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
+from flows.evaluate import Evaluation
 from wd_pipeline.config import format_lambda
+from wd_pipeline.tracking.registry import RegistryDecision
 from wd_pipeline.tracking.runs import model_version_url
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-    decision = summary["registry"]
-    metrics = " | ".join(f"{name} {value:.4f}" for name, value in summary["test_metrics"].items())
+@dataclass(frozen=True)
+class PipelineSummary:
+    """One pipeline run: where MLflow holds it, what evaluation chose and what the registry decided."""
+
+    experiment_id: str
+    parent_run_id: str
+    run_url: str  # the parent run's MLflow UI page, or how to open a local store
+    tracking_uri: str
+    evaluation: Evaluation
+    registry: RegistryDecision
+
+
+def summary_markdown(summary: PipelineSummary) -> str:
+    selection, decision = summary.evaluation.selection, summary.registry
+    metrics = " | ".join(f"{name} {value:.4f}" for name, value in summary.evaluation.test_metrics.items())
     lines = [
         "# Weight-decay pipeline",
         "",
-        f"- **Chosen**: {summary['chosen_mode']} λ = {format_lambda(summary['chosen_lambda'])} "
-        f"(rule {summary['rule']} on validation {summary['selection_metric']}; per mode: "
-        + ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in summary["per_mode"].items())
+        f"- **Chosen**: {selection.mode} λ = {format_lambda(selection.lam)} "
+        f"(rule {selection.rule} on validation {selection.metric}; per mode: "
+        + ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items())
         + ")",
         f"- **Test metrics**: {metrics}",
-        f"- **Registry**: `{decision['model_name']}` v{decision['version']} → `@{decision['alias']}` — {decision['reason']}",
-        f"- **MLflow parent run**: {summary['run_url']}",
-        f"- **Model**: `{decision['model_uri']}`",
+        f"- **Registry**: `{decision.model_name}` v{decision.version} → `@{decision.alias}` — {decision.reason}",
+        f"- **MLflow parent run**: {summary.run_url}",
+        f"- **Model**: `{decision.model_uri}`",
     ]
     # Only a tracking server has a UI page to link to; a local store has just the URI above.
-    version_url = model_version_url(summary.get("tracking_uri", ""), decision["model_name"], decision["version"])
+    version_url = model_version_url(summary.tracking_uri, decision.model_name, decision.version)
     if version_url:
-        lines.append(f"- **Model version in MLflow**: [{decision['model_name']} v{decision['version']}]({version_url})")
+        lines.append(f"- **Model version in MLflow**: [{decision.model_name} v{decision.version}]({version_url})")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Prefect flow ``train-grid``: one task per (mode, fold, chunk of λ), run concurrently.
 
-A chunk's λ values train together as one packed model (see ``wd_pipeline/packed.py``);
+A chunk's λ values train together as one packed model (see ``wd_pipeline/ml/packed.py``);
 ``chunk_size`` 1 gives one task per grid point, so a cluster can spread them. MLflow layout
 is the same either way: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent
 run, and with k > 1 folds a nested run per fold (``fold 2/5``) under it; the grid point's
@@ -46,32 +46,25 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
     cache_policy=NO_CACHE,
     **TRACKING_TASK,
 )
-def train_chunk(
-    split_folder: str, config: PipelineConfig, mode: str, lams: list[float], fold: int, point_runs: dict[float, str]
-) -> list[dict[str, Any]]:
+def train_and_record_chunk(
+    split_folder: str,
+    config: PipelineConfig,
+    *,
+    mode: str,
+    lams: list[float],
+    fold: int,
+    point_runs: dict[float, str],
+) -> list[training.UnitSummary]:
     """Train (or resume) a chunk and record each unit; a retry after a tracking error reuses the trained models.
 
-    Returns small summaries (no per-epoch histories): Prefect stores task results and flow
-    parameters, and caps a flow run's parameters at 512 KiB.
+    Returns the units' small summaries, not their per-epoch histories (see ``UnitSummary``).
     """
     results = training.train_chunk(split_folder, config, mode, lams, fold)
     with timing.measure("tracking_units"):
         client = runs.get_client()
         for result in results:
             _record_unit(client, config, result, point_runs[result.lam])
-    return [unit_summary(result) for result in results]
-
-
-def unit_summary(result: training.FitResult) -> dict[str, Any]:
-    """What the flow needs of a unit: identity, the table row, and where the full result is."""
-    return {
-        "mode": result.mode,
-        "lam": result.lam,
-        "fold": result.fold,
-        "resumed": result.resumed,
-        "row": result.row(),
-        "result_path": result.result_path,
-    }
+    return [result.summary() for result in results]
 
 
 def _record_unit(client: Any, config: PipelineConfig, result: training.FitResult, point_run_id: str) -> None:
@@ -96,9 +89,9 @@ def close_point_run(point_run_id: str, summary: dict[str, float]) -> None:
         runs.finish(client, point_run_id)
 
 
-def point_summary(fold_results: list[dict[str, Any]]) -> dict[str, float]:
+def point_summary(fold_results: list[training.UnitSummary]) -> dict[str, float]:
     """Fold means and, for validation metrics, std and standard error: what the point's run shows."""
-    rows = selection.fold_table(r["row"] for r in fold_results)
+    rows = selection.fold_table(unit.row for unit in fold_results)
     row = selection.aggregate(rows).iloc[0].drop(["mode", "lambda"])
     return {name: float(value) for name, value in row.items()}
 
@@ -110,7 +103,7 @@ def chunks(grid: list[float], size: int) -> list[list[float]]:
 
 
 @flow(name="train-grid")
-def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) -> list[dict[str, Any]]:
+def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) -> list[training.UnitSummary]:
     """Every fold of every grid point; the caller picks the task runner (and so the parallelism)."""
     logger = get_run_logger()
     points: list[Point] = [(mode, lam) for mode in config.modes for lam in config.grid]
@@ -121,7 +114,7 @@ def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) ->
         _fail_open_runs(list(point_runs.values()))
         raise
     results = [result for fold_results in done.values() for result in fold_results]
-    return sorted(results, key=lambda r: (r["mode"], r["lam"], r["fold"]))
+    return sorted(results, key=lambda unit: (unit.mode, unit.lam, unit.fold))
 
 
 def _fail_open_runs(run_ids: list[str]) -> None:
@@ -139,7 +132,7 @@ def _fail_open_runs(run_ids: list[str]) -> None:
 
 def _train_all(
     config: PipelineConfig, split_folder: str, point_runs: dict[Point, str], logger: Any
-) -> dict[Point, list[dict[str, Any]]]:
+) -> dict[Point, list[training.UnitSummary]]:
     first_mode_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
     futures: list[PrefectFuture] = []
     for mode in config.modes:
@@ -148,31 +141,48 @@ def _train_all(
             for lams in chunks(config.grid, config.chunk_size):
                 # λ = 0 is one model in every mode: later modes wait and load the first mode's.
                 wait = first_mode_chunks[fold] if mode != config.modes[0] and 0.0 in lams else []
-                future = train_chunk.submit(split_folder, config, mode, lams, fold, mode_runs, wait_for=wait)
+                future = train_and_record_chunk.submit(
+                    split_folder, config, mode=mode, lams=lams, fold=fold, point_runs=mode_runs, wait_for=wait
+                )
                 futures.append(future)
                 if mode == config.modes[0]:
                     first_mode_chunks[fold].append(future)
-    done: dict[Point, list[dict[str, Any]]] = defaultdict(list)
+    done: dict[Point, list[training.UnitSummary]] = defaultdict(list)
     finished_points = 0
     for future in as_completed(futures):
-        for result in future.result():
-            point = (result["mode"], result["lam"])
-            done[point].append(result)
+        for unit in future.result():
+            point = (unit.mode, unit.lam)
+            done[point].append(unit)
             if len(done[point]) == config.folds:
                 finished_points += 1
-                _close_point(config, point, done[point], point_runs[point], finished_points, len(point_runs), logger)
+                _close_point(
+                    config,
+                    point,
+                    done[point],
+                    run_id=point_runs[point],
+                    done=finished_points,
+                    total=len(point_runs),
+                    logger=logger,
+                )
     return done
 
 
 def _close_point(
-    config: PipelineConfig, point: Point, results: list[dict[str, Any]], run_id: str, done: int, total: int, logger: Any
+    config: PipelineConfig,
+    point: Point,
+    results: list[training.UnitSummary],
+    *,
+    run_id: str,
+    done: int,
+    total: int,
+    logger: Any,
 ) -> None:
     summary = point_summary(results)
     # With one fold the point's run already holds the per-epoch series; don't append to them.
     logged = summary if config.folds > 1 else {k: v for k, v in summary.items() if k not in training.HISTORY_KEYS}
     close_point_run(run_id, logged)
     metric = config.selection_metric
-    resumed = sum(r["resumed"] for r in results)
+    resumed = sum(unit.resumed for unit in results)
     logger.info(
         "%s done (%d/%d): val %s %.4f ± %.4f (SE), val accuracy %.4f, ‖w‖ %.3f, stopped at epoch %.0f%s",
         runs.point_run_name(*point),

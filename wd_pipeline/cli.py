@@ -16,11 +16,15 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
 from wd_pipeline.errors import ConfigError, PipelineError, first_line
 from wd_pipeline.ops import stack_commands
+
+if TYPE_CHECKING:
+    from flows.summary import PipelineSummary
+    from wd_pipeline.serving.scoring import ScoreResult, ScoreSettings
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
@@ -190,44 +194,44 @@ def _report_failure(command: str, message: str, log_path: Path) -> int:
     return EXIT_RUN_FAILED
 
 
-def _run(config: PipelineConfig) -> dict[str, Any]:
+def _run(config: PipelineConfig) -> PipelineSummary:
     from flows.pipeline import weight_decay_pipeline
 
     return weight_decay_pipeline(**config.model_dump())
 
 
-def _score(settings: Any) -> dict[str, Any]:
+def _score(settings: ScoreSettings) -> ScoreResult:
     from flows.score import score
 
     return score(**settings.model_dump())
 
 
-def format_score_summary(result: dict[str, Any]) -> str:
+def format_score_summary(result: ScoreResult) -> str:
     return "\n".join(
         [
             "",
-            f"scored        {result['rows']} rows with {result['model_uri']} (positive rate {result['positive_rate']:.4f})",
-            f"predictions   {result['output']}",
-            f"MLflow run    {result['run_id']}",
+            f"scored        {result.rows} rows with {result.model_uri} (positive rate {result.positive_rate:.4f})",
+            f"predictions   {result.output}",
+            f"MLflow run    {result.run_id}",
         ]
     )
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: PipelineSummary) -> str:
     """What a person needs at the end: λ, test metrics, registry decision, where to look."""
     from wd_pipeline.config import format_lambda
 
-    decision = summary["registry"]
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["test_metrics"].items())
+    selection, decision = summary.evaluation.selection, summary.registry
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary.evaluation.test_metrics.items())
     return "\n".join(
         [
             "",
-            f"chosen        {summary['chosen_mode']} λ={format_lambda(summary['chosen_lambda'])}  "
-            f"(rule {summary['rule']} on validation {summary['selection_metric']})",
+            f"chosen        {selection.mode} λ={format_lambda(selection.lam)}  "
+            f"(rule {selection.rule} on validation {selection.metric})",
             f"test metrics  {metrics}",
-            f"registry      {decision['model_name']} v{decision['version']} → @{decision['alias']}: {decision['reason']}",
-            f"MLflow run    {summary['run_url']}",
-            f"model         {decision['model_uri']}",
+            f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",
+            f"MLflow run    {summary.run_url}",
+            f"model         {decision.model_uri}",
         ]
     )
 

@@ -39,12 +39,12 @@ def store(module_store: Path, prefect_api) -> Path:
     model_uri, run_id = log_pyfunc(keras_path, frame, ["a", "b", "c"], experiment="matrix-seed")
     decision = registry.register(
         runs.get_client(),
-        MODEL,
-        model_uri,
-        run_id,
-        frame[["a", "b", "c"]],
-        frame["y"].to_numpy(),
-        registry.GatePolicy(min_roc_auc=None),
+        name=MODEL,
+        model_uri=model_uri,
+        run_id=run_id,
+        test_features=frame[["a", "b", "c"]],
+        test_label=frame["y"].to_numpy(),
+        policy=registry.GatePolicy(min_roc_auc=None),
     )
     assert (decision.version, decision.alias) == ("1", "champion")
     return module_store

@@ -40,11 +40,11 @@ def test_k_times_grid_fold_runs_under_point_runs(cv_run) -> None:
     assert cv_run.is_completed()
     summary = cv_run.result()
     client = MlflowClient()
-    children = runs_under(client, summary["experiment_id"], summary["parent_run_id"])
+    children = runs_under(client, summary.experiment_id, summary.parent_run_id)
     points = [run for run in children if not run.info.run_name.startswith("refit")]
     assert sorted(run.info.run_name for run in points) == ["decoupled λ=0", "decoupled λ=1e-02", "l2 λ=0", "l2 λ=1e-02"]
     for point in points:
-        folds = runs_under(client, summary["experiment_id"], point.info.run_id)
+        folds = runs_under(client, summary.experiment_id, point.info.run_id)
         assert sorted(run.info.run_name for run in folds) == [f"fold {i}/{FOLDS}" for i in range(1, FOLDS + 1)]
         values = np.array([run.data.metrics["val_log_loss"] for run in folds])
         assert point.data.metrics["val_log_loss"] == pytest.approx(values.mean())
@@ -58,14 +58,14 @@ def test_k_times_grid_fold_runs_under_point_runs(cv_run) -> None:
 def test_selection_refit_and_test_are_recorded(cv_run) -> None:
     summary = cv_run.result()
     client = MlflowClient()
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     tags = parent.data.tags
     assert tags["selection.rule"] == "one-se"
     assert {tags["selection.l2.lambda"], tags["selection.decoupled.lambda"]} <= {"0.0", "0.01"}
-    assert summary["chosen_mode"] in MODES and summary["chosen_lambda"] in GRID
+    assert summary.evaluation.selection.mode in MODES and summary.evaluation.selection.lam in GRID
     refit = [
         r
-        for r in runs_under(client, summary["experiment_id"], summary["parent_run_id"])
+        for r in runs_under(client, summary.experiment_id, summary.parent_run_id)
         if r.info.run_name.startswith("refit")
     ]
     assert len(refit) == 1
@@ -79,14 +79,12 @@ def test_lambda_zero_is_trained_once_for_both_modes(cv_run) -> None:
     summary = cv_run.result()
     client = MlflowClient()
     zero_points = [
-        r
-        for r in runs_under(client, summary["experiment_id"], summary["parent_run_id"])
-        if r.info.run_name.endswith("λ=0")
+        r for r in runs_under(client, summary.experiment_id, summary.parent_run_id) if r.info.run_name.endswith("λ=0")
     ]
     resumed = [
         run.data.tags["resumed"]
         for point in zero_points
-        for run in runs_under(client, summary["experiment_id"], point.info.run_id)
+        for run in runs_under(client, summary.experiment_id, point.info.run_id)
     ]
     assert sorted(resumed) == ["false"] * FOLDS + ["true"] * FOLDS
 

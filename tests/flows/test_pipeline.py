@@ -55,12 +55,12 @@ def test_every_run_completes(three_runs) -> None:
 
 def test_registry_champion_then_challenger(three_runs) -> None:
     _, states = three_runs
-    weak, better, same = (state.result()["registry"] for state in states)
-    assert (weak["version"], weak["alias"]) == ("1", "champion")
-    assert (better["version"], better["alias"]) == ("2", "champion")
-    assert better["new_value"] < better["champion_value"]  # log loss: lower is better
-    assert (same["version"], same["alias"]) == ("3", "challenger")
-    assert same["new_value"] == pytest.approx(same["champion_value"])  # a tie keeps the champion
+    weak, better, same = (state.result().registry for state in states)
+    assert (weak.version, weak.alias) == ("1", "champion")
+    assert (better.version, better.alias) == ("2", "champion")
+    assert better.new_value < better.champion_value  # log loss: lower is better
+    assert (same.version, same.alias) == ("3", "challenger")
+    assert same.new_value == pytest.approx(same.champion_value)  # a tie keeps the champion
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "3"
@@ -76,7 +76,7 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
     _, states = three_runs
     summary = states[1].result()
     client = MlflowClient()
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.name == DEFAULT_EXPERIMENT
     assert parent.info.status == "FINISHED"
@@ -118,7 +118,7 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
 def test_parent_run_says_where_its_time_went(three_runs) -> None:
     """Issue #5: the flow's wall time, the training inside it, and the named steps around it."""
     _, states = three_runs
-    metrics = MlflowClient().get_run(states[1].result()["parent_run_id"]).data.metrics
+    metrics = MlflowClient().get_run(states[1].result().parent_run_id).data.metrics
     flow, training = metrics["time_flow_seconds"], metrics["time_training_seconds"]
     assert 0 < training < flow
     steps = [
@@ -144,7 +144,7 @@ def test_parent_run_says_where_its_time_went(three_runs) -> None:
     assert all(metrics[f"time_{step}_seconds"] > 0 for step in steps)
     phases = sum(metrics[f"time_phase_{phase}_seconds"] for phase in ("ingest", "train_grid", "evaluate", "register"))
     assert phases + metrics["time_tracking_start_seconds"] <= flow
-    resumed = MlflowClient().get_run(states[2].result()["parent_run_id"]).data.metrics
+    resumed = MlflowClient().get_run(states[2].result().parent_run_id).data.metrics
     assert resumed["time_training_seconds"] == 0  # every unit, the refit too, was found trained
 
 
@@ -152,7 +152,7 @@ def test_one_child_run_per_grid_point(three_runs) -> None:
     _, states = three_runs
     summary = states[1].result()
     client = MlflowClient()
-    runs = children(client, summary["experiment_id"], summary["parent_run_id"])
+    runs = children(client, summary.experiment_id, summary.parent_run_id)
     assert sorted(r.info.run_name for r in runs) == ["l2 λ=0", "l2 λ=1e-01", "l2 λ=1e-02"]
     for child in runs:
         assert child.info.status == "FINISHED"
@@ -163,7 +163,7 @@ def test_one_child_run_per_grid_point(three_runs) -> None:
         assert {"val_log_loss", "val_accuracy", "val_roc_auc", "weight_norm", "train_log_loss"} <= set(
             child.data.metrics
         )
-        point = next(p for p in summary["grid"] if p["lambda"] == lam)
+        point = next(p for p in summary.evaluation.grid if p["lambda"] == lam)
         assert point["mode"] == "l2" and point["n_folds"] == 1
         assert child.data.metrics["val_accuracy"] == pytest.approx(point["val_accuracy"], abs=1e-6)
         assert child.data.metrics["val_log_loss"] == pytest.approx(point["val_log_loss"])
@@ -175,10 +175,10 @@ def test_rerun_resumes_finished_grid_points(three_runs) -> None:
     _, states = three_runs
     client = MlflowClient()
     first, again = states[1].result(), states[2].result()
-    resumed = [r.data.tags["resumed"] for r in children(client, again["experiment_id"], again["parent_run_id"])]
-    trained = [r.data.tags["resumed"] for r in children(client, first["experiment_id"], first["parent_run_id"])]
+    resumed = [r.data.tags["resumed"] for r in children(client, again.experiment_id, again.parent_run_id)]
+    trained = [r.data.tags["resumed"] for r in children(client, first.experiment_id, first.parent_run_id)]
     assert resumed == ["true"] * 3 and trained == ["false"] * 3
-    refit = children(client, again["experiment_id"], again["parent_run_id"], prefix="refit ")
+    refit = children(client, again.experiment_id, again.parent_run_id, prefix="refit ")
     assert [r.data.tags["resumed"] for r in refit] == ["true"]
 
 

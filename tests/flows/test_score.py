@@ -27,7 +27,13 @@ def champion(module_store: Path, keras_file: str) -> str:
     model_uri, run_id = log_pyfunc(keras_file, frame, SIGNAL)
     client = runs.get_client()
     decision = registry.register(
-        client, NAME, model_uri, run_id, frame[SIGNAL], frame["y"].to_numpy(), registry.GatePolicy()
+        client,
+        name=NAME,
+        model_uri=model_uri,
+        run_id=run_id,
+        test_features=frame[SIGNAL],
+        test_label=frame["y"].to_numpy(),
+        policy=registry.GatePolicy(),
     )
     assert decision.alias == "champion"
     return decision.version
@@ -125,6 +131,6 @@ def test_score_flow_through_prefect(champion: str, module_store: Path, prefect_a
     )
     assert state.is_completed()
     result = state.result()
-    run = runs.get_client().get_run(result["run_id"])
+    run = runs.get_client().get_run(result.run_id)
     assert run.data.tags[runs.PREFECT_RUN_TAG] == str(state.state_details.flow_run_id)
-    assert len(pd.read_parquet(result["output"])) == 25
+    assert len(pd.read_parquet(result.output)) == 25

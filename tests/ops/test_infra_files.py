@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from flows.summary import summary_markdown
+from tests.helpers.summaries import pipeline_summary
 from wd_pipeline.tracking.runs import model_version_url
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -192,29 +193,11 @@ def test_committed_files_hold_no_secret() -> None:
     assert committed_secrets("x", "MLFLOW_ADMIN_PASSWORD=change-me-mlflow-admin-password") == []
 
 
-SUMMARY = {
-    "chosen_mode": "l2",
-    "chosen_lambda": 1e-3,
-    "rule": "one-se",
-    "per_mode": {"l2": 1e-3},
-    "selection_metric": "log_loss",
-    "test_metrics": {"accuracy": 0.97},
-    "run_url": "…",
-    "registry": {
-        "model_name": "wd-classifier",
-        "version": "4",
-        "alias": "champion",
-        "reason": "first",
-        "model_uri": "models:/m-1",
-    },
-}
-
-
 def test_summary_links_the_model_version_page_on_a_tracking_server() -> None:
-    text = summary_markdown({**SUMMARY, "tracking_uri": "http://127.0.0.1:5000/"})
+    text = summary_markdown(pipeline_summary(tracking_uri="http://127.0.0.1:5000/"))
     assert "[wd-classifier v4](http://127.0.0.1:5000/#/models/wd-classifier/versions/4)" in text
 
 
 def test_summary_has_no_ui_link_for_a_local_store() -> None:
     assert model_version_url("sqlite:///mlflow.db", "m", 1) is None
-    assert "#/models" not in summary_markdown({**SUMMARY, "tracking_uri": "sqlite:///x.db"})
+    assert "#/models" not in summary_markdown(pipeline_summary(tracking_uri="sqlite:///x.db"))

@@ -70,7 +70,9 @@ def test_down_stops_the_recorded_process_and_what_it_spawned_in_another_session(
     )
     (tmp_path / "logs").mkdir()
     state = stack.StackState("http://127.0.0.1:1/api", "http://127.0.0.1:2", "pool")
-    record = stack._start(state, tmp_path, "spawner", [sys.executable, "-c", spawner], stack.base_env(), "-")
+    record = stack._start(
+        state, tmp_path, "spawner", stack.ServiceSpec([sys.executable, "-c", spawner], stack.base_env(), "-")
+    )
     log = Path(record.log)
     deadline = time.monotonic() + 20
     while not log.read_text().strip() and time.monotonic() < deadline:

@@ -39,7 +39,7 @@ def test_a_network_with_a_lambda_layer_is_refused_by_the_serving_loader(workspac
     model_uri, _ = log_pyfunc(keras_path, frame, SIGNAL, experiment="safe-mode")
 
     with pytest.raises(ValueError, match="arbitrary code execution"):
-        registry.score(model_uri, frame[SIGNAL])
+        registry.model_probability(model_uri, frame[SIGNAL])
     assert not marker.exists()
 
     # The same file loaded unsafely does run the stored code: what the refusal prevents.
@@ -66,7 +66,7 @@ def test_a_model_uri_outside_the_registry_is_refused(uri: str) -> None:
     )
     features = pd.DataFrame(np.zeros((1, len(COLUMNS))), columns=COLUMNS)
     with pytest.raises(ConfigError) as refused:
-        registry.score(uri, features)
+        registry.model_probability(uri, features)
     assert str(refused.value) == expected
     with pytest.raises(ConfigError):
         registry.input_columns(uri)

@@ -82,21 +82,21 @@ def test_dask_grid_matches_the_thread_pool(local_stack: LocalStack, tmp_path: Pa
 
     dask_summary, local_summary = dask_state.result(), local_state.result()
     client = MlflowClient(tracking_uri=local_stack.mlflow_url)
-    parent = client.get_run(dask_summary["parent_run_id"])
+    parent = client.get_run(dask_summary.parent_run_id)
     assert parent.data.params["work_dir"] == str(tmp_path.resolve() / "work-dask")
     assert parent.data.params["dask_workers"] == "2"
-    dask_points = point_runs(client, "dask-grid", dask_summary["parent_run_id"])
+    dask_points = point_runs(client, "dask-grid", dask_summary.parent_run_id)
     assert sorted(dask_points) == ["l2 λ=0", "l2 λ=1e-02"]
     for child in dask_points.values():
         assert child.info.status == "FINISHED"
         assert child.data.tags["resumed"] == "false"  # trained on a worker, not loaded from a cache
         assert "val_log_loss" in child.data.metrics
 
-    dask_table, local_table = val_metrics(dask_summary["grid"]), val_metrics(local_summary["grid"])
+    dask_table, local_table = val_metrics(dask_summary.evaluation.grid), val_metrics(local_summary.evaluation.grid)
     assert sorted(dask_table) == sorted(local_table) == [("l2", lam) for lam in GRID]
     for point, metrics in dask_table.items():
         assert metrics == pytest.approx(local_table[point], abs=1e-6, nan_ok=True), point
-    local_points = point_runs(client, "thread-grid", local_summary["parent_run_id"])
+    local_points = point_runs(client, "thread-grid", local_summary.parent_run_id)
     for name, child in dask_points.items():
         assert child.data.metrics["val_log_loss"] == pytest.approx(
             local_points[name].data.metrics["val_log_loss"], abs=1e-6

@@ -37,7 +37,13 @@ def gate(name: str, kind: str, keras_files, data, policy: GatePolicy = NO_FLOORS
     train, test = data
     model_uri, run_id = log_pyfunc(keras_files[kind], train, features)
     return registry.register(
-        runs.get_client(), name, model_uri, run_id, test.drop(columns="y"), test["y"].to_numpy(), policy
+        runs.get_client(),
+        name=name,
+        model_uri=model_uri,
+        run_id=run_id,
+        test_features=test.drop(columns="y"),
+        test_label=test["y"].to_numpy(),
+        policy=policy,
     )
 
 

@@ -81,7 +81,14 @@ def register(client: MlflowClient, name: str, kind: str, logged, data, **extra) 
     _, test = data
     model_uri, run_id = logged[kind]
     return registry.register(
-        client, name, model_uri, run_id, test.drop(columns="y"), test["y"].to_numpy(), POLICY, **extra
+        client,
+        name=name,
+        model_uri=model_uri,
+        run_id=run_id,
+        test_features=test.drop(columns="y"),
+        test_label=test["y"].to_numpy(),
+        policy=POLICY,
+        **extra,
     )
 
 

@@ -124,6 +124,7 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, 
 def build_manifest(
     source: Source,
     sha256: str,
+    *,
     table: pa.Table,
     data: CheckedTable,
     rows: dict[str, np.ndarray],
@@ -167,7 +168,9 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
         del raw
         data = validate(table, config)
         rows = split_rows(data.label, config)
-        write_splits(data, rows, folder, build_manifest(source, sha256, table, data, rows, config))
+        write_splits(
+            data, rows, folder, build_manifest(source, sha256, table=table, data=data, rows=rows, config=config)
+        )
     check_folds(folder, config.folds)
     return folder
 

@@ -70,6 +70,7 @@ def _resampled(
     y_true: np.ndarray,
     probabilities: tuple[np.ndarray, ...],
     metrics: tuple[str, ...],
+    *,
     n_resamples: int,
     seed: int,
     threshold: float,
@@ -84,7 +85,7 @@ def _resampled(
     for rows in resample_blocks(len(y), n_resamples, seed):
         weights = resample_weights(rows, len(y))
         for (i, metric), values in parts.items():
-            values.append(_weighted_metric(y, clipped[i], weights, metric, threshold, rankings[i]))
+            values.append(_weighted_metric(y, clipped[i], weights, metric, threshold=threshold, ranking=rankings[i]))
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
@@ -107,7 +108,7 @@ def resampled_metric(
 ) -> np.ndarray:
     """``metric`` on every resample in ``rows``; NaN where it is undefined (roc_auc on one class)."""
     y = np.asarray(y_true).astype(int).ravel()
-    return _weighted_metric(y, _clip(probability), resample_weights(rows, len(y)), metric, threshold)
+    return _weighted_metric(y, _clip(probability), resample_weights(rows, len(y)), metric, threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Ranking:
 
 
 def _weighted_metric(
-    y: np.ndarray, p: np.ndarray, weights: np.ndarray, metric: str, threshold: float, ranking: Ranking | None = None
+    y: np.ndarray, p: np.ndarray, weights: np.ndarray, metric: str, *, threshold: float, ranking: Ranking | None = None
 ) -> np.ndarray:
     """``metric`` of every resample given as draw counts per row (see :func:`resample_weights`)."""
     drawn = weights.shape[1]  # a resample draws as many rows as there are
@@ -197,26 +198,31 @@ def bootstrap_ci(
     y_true: np.ndarray,
     probability: np.ndarray,
     metric: str,
+    *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
     threshold: float = 0.5,
 ) -> Interval:
     """``metric`` on all rows with its percentile bootstrap interval."""
-    return bootstrap_cis(y_true, probability, (metric,), n_resamples, seed, level, threshold)[metric]
+    intervals = bootstrap_cis(
+        y_true, probability, (metric,), n_resamples=n_resamples, seed=seed, level=level, threshold=threshold
+    )
+    return intervals[metric]
 
 
 def bootstrap_cis(
     y_true: np.ndarray,
     probability: np.ndarray,
     metrics: tuple[str, ...] = METRICS,
+    *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
     threshold: float = 0.5,
 ) -> dict[str, Interval]:
     """Intervals for several metrics, all over the same resamples."""
-    samples = _resampled(y_true, (probability,), metrics, n_resamples, seed, threshold)
+    samples = _resampled(y_true, (probability,), metrics, n_resamples=n_resamples, seed=seed, threshold=threshold)
     estimates = classification_metrics(y_true, probability, threshold)
     return {metric: _interval(estimates[metric], samples[(0, metric)], level) for metric in metrics}
 
@@ -226,6 +232,7 @@ def paired_bootstrap_difference(
     p_new: np.ndarray,
     p_old: np.ndarray,
     metric: str,
+    *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
@@ -238,7 +245,7 @@ def paired_bootstrap_difference(
     which is what makes a real improvement visible on a small test split.
     """
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    samples = _resampled(y_true, (p_new, p_old), (metric,), n_resamples, seed, threshold)
+    samples = _resampled(y_true, (p_new, p_old), (metric,), n_resamples=n_resamples, seed=seed, threshold=threshold)
     new, old = samples[(0, metric)], samples[(1, metric)]
     estimate = sign * (
         classification_metrics(y_true, p_new, threshold)[metric]

@@ -73,7 +73,15 @@ def train_packed(
     optimizer.build(stack.variables)
 
     order = epoch_order(len(x_train), epochs, seed).astype(np.int32)
-    run_epoch = _compiled_epoch(stack, optimizer, (x_train, y_train), validation, penalty_coef, decay_coef, batch_size)
+    run_epoch = _compiled_epoch(
+        stack,
+        optimizer,
+        (x_train, y_train),
+        validation,
+        penalty_coef=penalty_coef,
+        decay_coef=decay_coef,
+        batch_size=batch_size,
+    )
 
     keys = ("loss", "bce", "accuracy") + (("val_loss", "val_bce", "val_accuracy") if validation else ())
     history: dict[str, list[np.ndarray]] = {key: [] for key in keys}
@@ -92,7 +100,9 @@ def train_packed(
     tracker.restore()
     return [
         MemberFit(
-            model=stack.unpack(g, lam, mode, hidden_units, learning_rate, seed, x_train),
+            model=stack.unpack(
+                g, x_train, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed
+            ),
             history={
                 key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]]
                 for key, series in history.items()
@@ -128,6 +138,7 @@ def _compiled_epoch(
     optimizer: Any,
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
+    *,
     penalty_coef: Any,
     decay_coef: Any,
     batch_size: int,
@@ -263,12 +274,13 @@ class _Stack:
     def unpack(
         self,
         g: int,
+        x_train: np.ndarray,
+        *,
         lam: float,
         mode: str,
         hidden_units: Sequence[int],
         learning_rate: float,
         seed: int,
-        x_train: np.ndarray,
     ) -> Any:
         """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
         model = build_model(

@@ -74,6 +74,16 @@ class FitResult:
         """Where this unit's result lives: what flows pass around instead of the (large) result."""
         return str(Path(self.model_path).with_name(RESULT_FILE))
 
+    def summary(self) -> UnitSummary:
+        return UnitSummary(
+            mode=self.mode,
+            lam=self.lam,
+            fold=self.fold,
+            resumed=self.resumed,
+            row=self.row(),
+            model_path=self.model_path,
+        )
+
     def row(self) -> dict[str, Any]:
         """The per-fold table row: mode, λ, fold, train_* and val_* metrics, norms."""
         return {
@@ -88,6 +98,30 @@ class FitResult:
             "stopped_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
         }
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """A trained unit as flows hand it on: identity, its table row, and where the full result is.
+
+    No per-epoch history: task results travel between processes (Dask) and become flow
+    parameters, which Prefect caps at 512 KiB per flow run.
+    """
+
+    mode: str
+    lam: float
+    fold: int
+    resumed: bool
+    row: dict[str, Any]
+    model_path: str
+
+    @property
+    def result_path(self) -> str:
+        return str(Path(self.model_path).with_name(RESULT_FILE))
+
+    def load(self) -> FitResult:
+        """The full stored result, labelled with this summary's mode."""
+        return load_result(self.result_path, self.mode)
 
 
 def load_result(path: str | Path, mode: str | None = None) -> FitResult:
@@ -163,13 +197,18 @@ def train_chunk(
 ) -> list[FitResult]:
     """Train the λ values of one (mode, fold) together; units already trained are loaded instead."""
     epochs = epochs or config.epochs
-    keys = [unit_key(split_folder, config, mode, lam, fold, epochs) for lam in lams]
+    units = []
+    for lam in lams:
+        key = unit_key(split_folder, config, mode, lam, fold, epochs)
+        units.append(
+            _Unit(mode=mode, lam=lam, fold=fold, epochs=epochs, key=key, folder=unit_folder(config, key, work_dir))
+        )
     results: dict[float, FitResult] = {}
-    for lam, key in zip(lams, keys, strict=True):
-        finished = load_finished(unit_folder(config, key, work_dir), mode)
+    for unit in units:
+        finished = load_finished(unit.folder, mode)
         if finished is not None:
-            results[lam] = finished
-    missing = [(lam, key) for lam, key in zip(lams, keys, strict=True) if lam not in results]
+            results[unit.lam] = finished
+    missing = [unit for unit in units if unit.lam not in results]
     if missing:
         from wd_pipeline.ml.packed import train_packed
 
@@ -183,7 +222,7 @@ def train_chunk(
                 x_train,
                 y_train,
                 val_arrays,
-                lams=[lam for lam, _ in missing],
+                lams=[unit.lam for unit in missing],
                 mode=mode,
                 hidden_units=config.hidden_units,
                 learning_rate=config.learning_rate,
@@ -193,10 +232,9 @@ def train_chunk(
                 patience=config.patience,
             )
         share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
-        for (lam, key), member in zip(missing, members, strict=True):
-            folder = unit_folder(config, key, work_dir)
-            results[lam] = _record(
-                member, share, (x_train, y_train), val_arrays, config, mode, lam, fold, key, epochs, folder
+        for unit, member in zip(missing, members, strict=True):
+            results[unit.lam] = _record(
+                member, unit, config, seconds=share, train=(x_train, y_train), validation=val_arrays
             )
     return [results[lam] for lam in lams]
 
@@ -215,18 +253,26 @@ def train_unit(
     return train_chunk(split_folder, config, mode, [lam], fold, epochs=epochs, work_dir=work_dir)[0]
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """One (mode, λ, fold) of a chunk: what its result records and the folder it is stored in."""
+
+    mode: str
+    lam: float
+    fold: int
+    epochs: int
+    key: str
+    folder: Path
+
+
 def _record(
     member: MemberFit,
+    unit: _Unit,
+    config: PipelineConfig,
+    *,
     seconds: float,
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
-    config: PipelineConfig,
-    mode: str,
-    lam: float,
-    fold: int,
-    key: str,
-    epochs: int,
-    folder: Path,
 ) -> FitResult:
     """Score a trained member, then save model and result (result last: it marks completion)."""
     from wd_pipeline.ml.network import keras_l2, penalty, weight_norm
@@ -235,12 +281,13 @@ def _record(
     with timing.measure("unit_score"):
         train_metrics = classification_metrics(train[1], _predict(network, train[0]))
         val_metrics = classification_metrics(validation[1], _predict(network, validation[0])) if validation else {}
+    mode, lam = unit.mode, unit.lam
     result = FitResult(
         mode=mode,
         lam=float(lam),
-        fold=fold,
-        key=key,
-        model_path=str((folder / MODEL_FILE).resolve()),
+        fold=unit.fold,
+        key=unit.key,
+        model_path=str((unit.folder / MODEL_FILE).resolve()),
         history=member.history,
         train_metrics=train_metrics,
         val_metrics=val_metrics,
@@ -255,13 +302,13 @@ def _record(
             "lambda": float(lam),
             "keras_l2": keras_l2(lam) if mode == "l2" else 0.0,
             "adamw_weight_decay": lam if mode == "decoupled" else 0.0,
-            "fold": fold,
+            "fold": unit.fold,
             **config.training_key(),
-            "epochs": epochs,
+            "epochs": unit.epochs,
         },
     )
     with timing.measure("unit_save"):
-        _save(network, result, folder)
+        _save(network, result, unit.folder)
     return result
 
 

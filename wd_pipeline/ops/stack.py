@@ -152,11 +152,11 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     checks = _health_checks(state, _auth(settings).prefect_auth_string)
     specs = _service_specs(settings, state_dir)
     try:
-        prefect = _start(state, state_dir, PREFECT_SERVER, *specs[PREFECT_SERVER])
-        mlflow = _start(state, state_dir, MLFLOW_SERVER, *specs[MLFLOW_SERVER])
+        prefect = _start(state, state_dir, PREFECT_SERVER, specs[PREFECT_SERVER])
+        mlflow = _start(state, state_dir, MLFLOW_SERVER, specs[MLFLOW_SERVER])
         _wait(prefect, checks[prefect.name], settings.timeout, echo)
         _wait(mlflow, checks[mlflow.name], settings.timeout, echo)
-        worker = _start(state, state_dir, PREFECT_WORKER, *specs[PREFECT_WORKER])
+        worker = _start(state, state_dir, PREFECT_WORKER, specs[PREFECT_WORKER])
         _wait(worker, checks[worker.name], settings.timeout, echo)
     except BaseException:
         _abort(state, state_dir)
@@ -193,7 +193,7 @@ def start_service(settings: StackSettings, name: str, echo: Callable[[str], None
     _make_folders(state_dir)
     order = [r.name for r in state.services]
     state.services = [r for r in state.services if r.name != name]
-    record = _start(state, state_dir, name, *_service_specs(settings, state_dir)[name])
+    record = _start(state, state_dir, name, _service_specs(settings, state_dir)[name])
     if name in order:  # back in its place: `down` stops in reverse start order, the worker first
         state.services.sort(key=lambda r: order.index(r.name) if r.name in order else len(order))
         state.save(state_dir)
@@ -210,7 +210,7 @@ def up_mlflow(settings: StackSettings, echo: Callable[[str], None] = lambda _: N
     state_dir = _prepare(settings, (("MLflow server", settings.mlflow_port),))
     state = StackState("", settings.mlflow_url, settings.work_pool)
     try:
-        mlflow = _start(state, state_dir, MLFLOW_SERVER, *_service_specs(settings, state_dir)[MLFLOW_SERVER])
+        mlflow = _start(state, state_dir, MLFLOW_SERVER, _service_specs(settings, state_dir)[MLFLOW_SERVER])
         _wait(mlflow, _health_checks(state)[mlflow.name], settings.timeout, echo)
     except BaseException:
         _abort(state, state_dir)
@@ -271,17 +271,28 @@ def _auth(settings: StackSettings) -> StackAuth:
     return settings.auth or StackAuth.from_env()
 
 
-def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
-    """Per service: command, environment and the URL it answers on (credentials from ``settings`` or the environment)."""
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one service: its command, its environment and the URL it answers on."""
+
+    command: list[str]
+    env: dict[str, str]
+    url: str
+
+
+def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, ServiceSpec]:
+    """Per service (credentials from ``settings`` or the environment)."""
     auth = _auth(settings)
     return {
-        PREFECT_SERVER: (
+        PREFECT_SERVER: ServiceSpec(
             _prefect_server_command(settings),
             _prefect_env(settings, state_dir, auth),
             f"http://{HOST}:{settings.prefect_port}",
         ),
-        MLFLOW_SERVER: (_mlflow_command(settings, state_dir, auth), _mlflow_env(state_dir, auth), settings.mlflow_url),
-        PREFECT_WORKER: (
+        MLFLOW_SERVER: ServiceSpec(
+            _mlflow_command(settings, state_dir, auth), _mlflow_env(state_dir, auth), settings.mlflow_url
+        ),
+        PREFECT_WORKER: ServiceSpec(
             _worker_command(settings),
             _worker_env(settings, state_dir, auth),
             f"{settings.prefect_api_url}/work_pools/{settings.work_pool}",
@@ -477,26 +488,23 @@ def free_port() -> int:
 # ---------------------------------------------------------------- processes
 
 
-def _start(
-    state: StackState, state_dir: Path, name: str, command: list[str], env: dict[str, str], url: str
-) -> ServiceRecord:
-    """Launch ``command`` in a new session and record it at once, so ``down`` can always find it."""
+def _start(state: StackState, state_dir: Path, name: str, spec: ServiceSpec) -> ServiceRecord:
+    """Launch the service's command in a new session and record it at once, so ``down`` can always find it."""
     import subprocess
 
     log_path = state_dir / "logs" / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command,
+            spec.command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=spec.env,
             cwd=PROJECT_ROOT,
             start_new_session=True,
         )
-    record = ServiceRecord(
-        name, process.pid, processes.start_ticks(process.pid) or 0, url, str(log_path), command, time.time()
-    )
+    started = processes.start_ticks(process.pid) or 0
+    record = ServiceRecord(name, process.pid, started, spec.url, str(log_path), spec.command, time.time())
     state.services.append(record)
     state.save(state_dir)
     return record

@@ -9,7 +9,7 @@ Every scoring run is recorded in MLflow next to the pipeline runs that produced 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +58,6 @@ class ScoreResult:
     output: str
     run_id: str
     input_sha256: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -153,50 +150,47 @@ def score_file(
     run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
     try:
         features = check_features(table, registry.input_columns(model_uri), f"{settings.model_name} v{version}")
-        scored = predictions(features, registry.score(model_uri, features), settings.threshold)
+        scored = predictions(features, registry.model_probability(model_uri, features), settings.threshold)
         path = write_parquet(scored, settings.output)
-        positive_rate = float(scored["label"].mean())
-        _log_scoring(client, run_id, settings, model_uri, version, sha256, source.uri, path, scored)
+        result = ScoreResult(
+            model_uri=model_uri,
+            version=version,
+            rows=len(scored),
+            positive_rate=float(scored["label"].mean()),
+            output=str(path),
+            run_id=run_id,
+            input_sha256=sha256,
+        )
+        _log_scoring(client, result, settings, source=source.uri, mean_probability=float(scored["probability"].mean()))
     except BaseException:
         runs.finish(client, run_id, "FAILED")
         raise
     runs.finish(client, run_id)
-    return ScoreResult(model_uri, version, len(scored), positive_rate, str(path), run_id, sha256)
+    return result
 
 
 def _log_scoring(
-    client: MlflowClient,
-    run_id: str,
-    settings: ScoreSettings,
-    model_uri: str,
-    version: str,
-    sha256: str,
-    source: str,
-    output: Path,
-    scored: pd.DataFrame,
+    client: MlflowClient, result: ScoreResult, settings: ScoreSettings, *, source: str, mean_probability: float
 ) -> None:
     from mlflow.entities import Param
 
     from wd_pipeline.tracking import runs
 
     params = {
-        "model_uri": model_uri,
+        "model_uri": result.model_uri,
         "model_name": settings.model_name,
-        "model_version": version,
+        "model_version": result.version,
         "input": source,
-        "input_sha256": sha256,
-        "output": str(output),
-        "rows": str(len(scored)),
+        "input_sha256": result.input_sha256,
+        "output": result.output,
+        "rows": str(result.rows),
         "threshold": f"{settings.threshold:g}",
     }
-    client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
+    client.log_batch(result.run_id, params=[Param(key, value) for key, value in params.items()])
     runs.log_metrics(
         client,
-        run_id,
-        {
-            "rows": len(scored),
-            "positive_rate": float(scored["label"].mean()),
-            "mean_probability": float(scored["probability"].mean()),
-        },
+        result.run_id,
+        {"rows": result.rows, "positive_rate": result.positive_rate, "mean_probability": mean_probability},
     )
-    runs.set_tags(client, run_id, {"data.sha256": sha256, "data.source": source, "scored_model": model_uri})
+    tags = {"data.sha256": result.input_sha256, "data.source": source, "scored_model": result.model_uri}
+    runs.set_tags(client, result.run_id, tags)

@@ -141,7 +141,7 @@ def require_registry_uri(model_uri: str) -> str:
     return model_uri
 
 
-def score(model_uri: str, features: pd.DataFrame) -> np.ndarray:
+def model_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
     """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode)."""
     import mlflow
 
@@ -197,6 +197,7 @@ class _Comparison:
 
 def register(
     client: MlflowClient,
+    *,
     name: str,
     model_uri: str,
     run_id: str,
@@ -212,24 +213,39 @@ def register(
     ``description`` (the model card) is attached to the version as it is created. The
     version is created first, outside any lock, so concurrent runs all keep theirs. The
     verdict and the alias move happen under the model's promotion lock
-    (:mod:`wd_pipeline.promotion_lock`, settings ``lock`` or from the environment), against
+    (:mod:`wd_pipeline.tracking.promotion_lock`, settings ``lock`` or from the environment), against
     the champion as it is *then*: if another run promoted meanwhile, the comparison is
     redone against that one, so a race can never put a worse model on ``@champion``.
     """
-    new_probability = score(model_uri, test_features)
+    new_probability = model_probability(model_uri, test_features)
     new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
     new = _Candidate(model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy))
     # Compared before the lock too: usually nobody promotes meanwhile, and the lock is then held only briefly.
     seen = current_champion(client, name)
-    comparison = _compare(name, seen, new, test_features, test_label, policy)
+    comparison = _compare(new, policy, name=name, champion_version=seen, features=test_features, label=test_label)
 
     version_number = _create_version(client, name, model_uri, run_id, tags, description)
     try:
         with promotion_lock(client, name, lock) as held:
             champion_version = current_champion(client, name)
             if champion_version != seen:
-                comparison = _compare(name, champion_version, new, test_features, test_label, policy)
-            decision = _decide(name, version_number, champion_version, new, comparison, policy, held.waited)
+                comparison = _compare(
+                    new,
+                    policy,
+                    name=name,
+                    champion_version=champion_version,
+                    features=test_features,
+                    label=test_label,
+                )
+            decision = _decide(
+                new,
+                comparison,
+                policy,
+                name=name,
+                version_number=version_number,
+                champion_version=champion_version,
+                lock_wait=held.waited,
+            )
             for key, value in decision.to_dict().items():
                 client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
             held.ensure_held()
@@ -287,27 +303,28 @@ def _create_version(
 
 
 def _decide(
-    name: str,
-    version_number: str,
-    champion_version: str | None,
     new: _Candidate,
     comparison: _Comparison,
     policy: GatePolicy,
+    *,
+    name: str,
+    version_number: str,
+    champion_version: str | None,
     lock_wait: float,
 ) -> RegistryDecision:
     new_value = new.metrics[policy.metric]
     alias, reason = _verdict(champion_version, new_value, comparison, new.failed_floors, policy)
     difference = comparison.difference
     return RegistryDecision(
-        name,
-        version_number,
-        alias,
-        policy.metric,
-        new_value,
-        champion_version,
-        comparison.champion_value,
-        reason,
-        f"models:/{name}/{version_number}",
+        model_name=name,
+        version=version_number,
+        alias=alias,
+        gate_metric=policy.metric,
+        new_value=new_value,
+        champion_version=champion_version,
+        champion_value=comparison.champion_value,
+        reason=reason,
+        model_uri=f"models:/{name}/{version_number}",
         margin=policy.margin,
         difference=difference.estimate if difference else None,
         ci_low=difference.low if difference else None,
@@ -321,12 +338,13 @@ def _decide(
 
 
 def _compare(
+    new: _Candidate,
+    policy: GatePolicy,
+    *,
     name: str,
     champion_version: str | None,
-    new: _Candidate,
     features: pd.DataFrame,
     label: np.ndarray,
-    policy: GatePolicy,
 ) -> _Comparison:
     """The champion's gate metric on these rows and the paired difference, when comparable."""
     if champion_version is None:
@@ -339,7 +357,7 @@ def _compare(
             "so the two cannot be compared; review it and set the champion alias by hand if the change is intended"
         )
     try:
-        champion_probability = score(champion_uri, features)
+        champion_probability = model_probability(champion_uri, features)
     except Exception as exc:  # a champion that cannot score these rows cannot be compared
         return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({first_line(exc, 200)})")
     difference = paired_bootstrap_difference(

@@ -1,0 +1,40 @@
+"""What ``wd-pipeline run`` and ``wd-pipeline score`` print when they finish, read from the flows' typed results."""
+
+from __future__ import annotations
+
+from tests.helpers.summaries import pipeline_summary
+from wd_pipeline.cli import format_score_summary, format_summary
+from wd_pipeline.serving.scoring import ScoreResult
+
+
+def test_run_prints_the_choice_test_metrics_registry_decision_and_where_to_look() -> None:
+    assert format_summary(pipeline_summary(tracking_uri="sqlite:///x.db")) == "\n".join(
+        [
+            "",
+            "chosen        l2 λ=1e-03  (rule one-se on validation log_loss)",
+            "test metrics  accuracy 0.9700, log_loss 0.0812",
+            "registry      wd-classifier v4 → @champion: beats champion",
+            "MLflow run    http://mlflow/#/experiments/7/runs/r123",
+            "model         models:/wd-classifier/4",
+        ]
+    )
+
+
+def test_score_prints_rows_model_predictions_file_and_run() -> None:
+    result = ScoreResult(
+        model_uri="models:/wd-classifier/2",
+        version="2",
+        rows=25,
+        positive_rate=0.4,
+        output="/data/predictions.parquet",
+        run_id="r9",
+        input_sha256="ab" * 32,
+    )
+    assert format_score_summary(result) == "\n".join(
+        [
+            "",
+            "scored        25 rows with models:/wd-classifier/2 (positive rate 0.4000)",
+            "predictions   /data/predictions.parquet",
+            "MLflow run    r9",
+        ]
+    )
