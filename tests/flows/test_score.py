@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
+from wd_pipeline.config import make_config
 from wd_pipeline.errors import DataError, TrackingError
 from wd_pipeline.serving.scoring import make_score_settings, score_file
 from wd_pipeline.tracking import registry, runs
@@ -27,7 +28,13 @@ def champion(module_store: Path, keras_file: str) -> str:
     model_uri, run_id = log_pyfunc(keras_file, frame, SIGNAL)
     client = runs.get_client()
     decision = registry.register(
-        client, NAME, model_uri, run_id, frame[SIGNAL], frame["y"].to_numpy(), registry.GatePolicy()
+        client,
+        NAME,
+        model_uri,
+        run_id,
+        frame[SIGNAL],
+        frame["y"].to_numpy(),
+        registry.GatePolicy.from_config(make_config()),
     )
     assert decision.alias == "champion"
     return decision.version
