@@ -130,13 +130,16 @@ def _item_reader(kind: Any) -> tuple[Parser, str, str]:
 
 
 def _reader(kind: Any) -> tuple[Parser, str]:
-    if get_origin(kind) is list:
-        item, _, several = _item_reader(_strip_annotated(get_args(kind)[0]))
-        return (lambda text: [item(part.strip()) for part in text.split(",") if part.strip()]), (
-            f"{several} separated by commas"
-        )
-    parse, one, _ = _item_reader(kind)
-    return parse, one
+    """(parser, what a valid value is) of a field's type; a list is typed comma-separated."""
+    if get_origin(kind) is not list:
+        parse, one, _ = _item_reader(kind)
+        return parse, one
+    item, _, several = _item_reader(_strip_annotated(get_args(kind)[0]))
+
+    def parse_list(text: str) -> list[Any]:
+        return [item(part.strip()) for part in text.split(",") if part.strip()]
+
+    return parse_list, f"{several} separated by commas"
 
 
 def _metavar(name: str, annotation: Any) -> str:

@@ -14,8 +14,6 @@ from wd_pipeline.config import make_settings
 from wd_pipeline.flags import Flag, add_flags, model_flags, parse_flags
 from wd_pipeline.ops import stack
 
-STATE_DIR_ONLY = {"state_dir"}
-
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``stack`` and ``deploy`` on the top-level sub-command parser."""
@@ -41,11 +39,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def up_flags() -> list[Flag]:
-    return model_flags(stack.StackSettings, exclude={"auth"})
+    return model_flags(stack.StackSettings, exclude={"auth"})  # credentials come from the environment
 
 
 def state_dir_flags() -> list[Flag]:
-    return model_flags(stack.StackSettings, only=STATE_DIR_ONLY)
+    """The one setting the other commands share with ``up``: where the stack's state is."""
+    return model_flags(stack.StackSettings, only={"state_dir"})
 
 
 def settings_from_args(args: argparse.Namespace) -> stack.StackSettings:
