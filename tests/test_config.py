@@ -159,6 +159,13 @@ def test_a_split_setting_changes_the_split_key(name: str, value) -> None:
     assert split_key(make_config(**{**CUSTOM, name: value}), "b" * 64) != split_key(make_config(**CUSTOM), "b" * 64)
 
 
+@pytest.mark.parametrize(("name", "value"), [("patience", 5), ("hidden_units", [4, 4]), ("folds", 3)])
+def test_a_training_setting_changes_the_unit_key_only(name: str, value) -> None:
+    changed, custom = make_config(**{**CUSTOM, name: value}), make_config(**CUSTOM)
+    assert split_key(changed, "b" * 64) == split_key(custom, "b" * 64)
+    assert unit_key("s", changed, "l2", 0.1, 0, 3) != unit_key("s", custom, "l2", 0.1, 0, 3)
+
+
 @pytest.mark.parametrize(("name", "value"), [("data", "other.csv"), ("grid", [0.5]), ("threshold", 0.4)])
 def test_other_settings_keep_the_keys(name: str, value) -> None:
     changed = make_config(**{**CUSTOM, name: value})
