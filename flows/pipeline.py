@@ -1,9 +1,10 @@
 """Prefect flow ``weight-decay-pipeline``: ingest → train-grid → evaluate → register.
 
-Its parameters are the fields of :class:`~wd_pipeline.config.PipelineConfig`, flat and with
-the same constrained types, so the Prefect UI renders a plain form and refuses a bad value
-with pydantic's message before anything runs. ``tests/code/test_flow_parameters.py`` keeps
-the two lists identical.
+Its parameters are the fields of :class:`~wd_pipeline.config.PipelineConfig`, flat and
+annotated with the config's own setting types, so the Prefect UI renders a plain form with
+each setting's description and refuses a bad value with pydantic's message before anything
+runs. ``tests/flows/test_flow_parameters.py`` keeps names, types, constraints, defaults and
+descriptions identical to the config's.
 """
 
 from __future__ import annotations
@@ -36,27 +37,35 @@ from wd_pipeline.config import (
     BatchSize,
     BootstrapSamples,
     ChunkSize,
-    ColumnName,
     DaskAddress,
     DaskWorkers,
+    DataSource,
     Epochs,
+    Experiment,
+    Features,
     Folds,
-    Fraction,
     GateMargin,
+    GateMetric,
     Grid,
     HiddenUnits,
+    Label,
     LearningRate,
-    MaxLogLoss,
+    MaxParallel,
+    MaxTestLogLoss,
+    MinRowsPerClass,
+    MinTestRocAuc,
+    ModelName,
     Modes,
-    Name,
-    Parallelism,
     Patience,
     PipelineConfig,
-    Probability,
+    PositiveClass,
     Rule,
     Seed,
     SelectionMetric,
+    TestFraction,
     Threshold,
+    ValFraction,
+    WorkDirOrDefault,
     format_lambda,
     make_config,
 )
@@ -95,38 +104,38 @@ def finish_tracking(parent_run_id: str, metrics: dict[str, float]) -> None:
 
 @flow(name="weight-decay-pipeline")
 def weight_decay_pipeline(
-    data: str = DEFAULT_DATA,
-    label: ColumnName = DEFAULT_LABEL,
-    positive_class: str | None = DEFAULT_POSITIVE_CLASS,
-    features: list[ColumnName] | None = None,
+    data: DataSource = DEFAULT_DATA,
+    label: Label = DEFAULT_LABEL,
+    positive_class: PositiveClass = DEFAULT_POSITIVE_CLASS,
+    features: Features = None,
     grid: Grid = list(DEFAULT_GRID),  # noqa: B006 - Prefect stores the default as JSON
     epochs: Epochs = 100,
     batch_size: BatchSize = 32,
     learning_rate: LearningRate = 1e-3,
     hidden_units: HiddenUnits = [10, 10],  # noqa: B006
     seed: Seed = 42,
-    val_fraction: Fraction = 0.2,
-    test_fraction: Fraction = 0.2,
-    min_rows_per_class: int = 10,
+    val_fraction: ValFraction = 0.2,
+    test_fraction: TestFraction = 0.2,
+    min_rows_per_class: MinRowsPerClass = 10,
     folds: Folds = 5,
     rule: Rule = "one-se",
     modes: Modes = ["l2"],  # noqa: B006
     patience: Patience = 20,
     chunk_size: ChunkSize = 0,
-    dask_address: DaskAddress | None = None,
+    dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 0,
     selection_metric: SelectionMetric = "log_loss",
-    gate_metric: SelectionMetric = "log_loss",
-    experiment: Name = DEFAULT_EXPERIMENT,
-    model_name: Name = DEFAULT_MODEL_NAME,
-    max_parallel: Parallelism = 2,
+    gate_metric: GateMetric = "log_loss",
+    experiment: Experiment = DEFAULT_EXPERIMENT,
+    model_name: ModelName = DEFAULT_MODEL_NAME,
+    max_parallel: MaxParallel = 2,
     gate_margin: GateMargin = 0.0,
-    min_test_roc_auc: Probability = 0.6,
-    max_test_log_loss: MaxLogLoss | None = None,
+    min_test_roc_auc: MinTestRocAuc = 0.6,
+    max_test_log_loss: MaxTestLogLoss = None,
     bootstrap_samples: BootstrapSamples = 1000,
     threshold: Threshold = 0.5,
-    work_dir: str | None = None,
-) -> dict[str, Any]:
+    work_dir: WorkDirOrDefault = None,
+) -> PipelineSummary:
     """Train the network over a λ grid, pick λ on validation, register the winner."""
     settings = {key: value for key, value in locals().items() if value is not None or key == "positive_class"}
     config = make_config(**settings)
@@ -157,7 +166,7 @@ def grid_task_runner(config: PipelineConfig) -> TaskRunner:
 
 
 def timings(flow_seconds: float, logger: Any) -> dict[str, float]:
-    """Where this run's time went, as ``time_<step>_seconds`` metrics for the parent run (issue #5).
+    """Where this run's time went, as ``time_<step>_seconds`` metrics for the parent run.
 
     ``time_training_seconds`` is the wall time during which at least one packed training
     call ran; the rest of ``time_flow_seconds`` is ingest, scoring, saving, evaluation,

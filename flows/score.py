@@ -1,14 +1,25 @@
-"""Prefect flow ``score``: the registered champion on a new file, predictions to Parquet."""
+"""Prefect flow ``score``: the registered champion on a new file, predictions to Parquet.
+
+Its parameters are the fields of :class:`~wd_pipeline.config.ScoreSettings` with the same
+setting types, so the form describes and checks them as the CLI does;
+``tests/flows/test_flow_parameters.py`` keeps the two identical.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold
+from wd_pipeline.config import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_MODEL_NAME,
+    Experiment,
+    ScoreData,
+    ScoredModel,
+    ScoreOutput,
+    Threshold,
+)
 from wd_pipeline.serving import scoring
 from wd_pipeline.tracking import runs
 
@@ -22,12 +33,12 @@ def score_in_flow_run(settings: scoring.ScoreSettings) -> scoring.ScoreResult:
 
 @flow(name="score")
 def score(
-    data: str,
-    output: str,
-    model_name: Name = DEFAULT_MODEL_NAME,
-    experiment: Name = DEFAULT_EXPERIMENT,
+    data: ScoreData,
+    output: ScoreOutput,
+    model_name: ScoredModel = DEFAULT_MODEL_NAME,
+    experiment: Experiment = DEFAULT_EXPERIMENT,
     threshold: Threshold = 0.5,
-) -> dict[str, Any]:
+) -> scoring.ScoreResult:
     """Score ``data`` with ``model_name@champion``; returns where the predictions went and the run id."""
     settings = scoring.make_score_settings(**locals())
     result = score_in_flow_run(settings)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from wd_pipeline.cli import EXIT_BAD_SETTINGS, build_parser, config_from_args, main
+from wd_pipeline.config import PipelineConfig, ScoreSettings
+from wd_pipeline.ops import stack_commands
+from wd_pipeline.ops.stack import StackSettings
 
 
 def test_help_does_not_import_tensorflow_prefect_or_mlflow() -> None:
@@ -28,7 +33,15 @@ def test_help_does_not_import_tensorflow_prefect_or_mlflow() -> None:
         (["--grid=-1e-3,0"], "grid.0: Input should be greater than or equal to 0"),
         (["--grid", "nan"], "grid.0: Input should be a finite number"),
         (["--epochs", "0"], "epochs: Input should be greater than or equal to 1"),
-        (["--epochs", "many"], "--epochs 'many' is not valid"),
+        (["--epochs", "many"], "error: --epochs 'many' is not valid: give a whole number, e.g. --epochs 100\n"),
+        (
+            ["--hidden-units", "10,wide"],
+            "error: --hidden-units '10,wide' is not valid: give whole numbers separated by commas, "
+            "e.g. --hidden-units 10,10\n",
+        ),
+        (["--max-test-log-loss", "low"], "error: --max-test-log-loss 'low' is not valid: give a number\n"),
+        (["--min-rows-per-class", "1"], "min_rows_per_class: Input should be greater than or equal to 2"),
+        (["--rule", "median"], "rule: Input should be 'one-se' or 'best'"),
         (["--batch-size", "0"], "batch_size: Input should be greater than or equal to 1"),
         (["--config", "missing.toml"], "config file not found: missing.toml"),
         (["--dask-workers", "2", "--dask-address", "tcp://10.0.0.5:8786"], "are both set"),
@@ -61,7 +74,7 @@ def test_new_data_source_drops_bundled_positive_class(tmp_path) -> None:
     ("argv", "message"),
     [
         (["--threshold", "1.5"], "threshold: Input should be less than 1"),
-        (["--threshold", "high"], "--threshold 'high' is not valid"),
+        (["--threshold", "high"], "error: --threshold 'high' is not valid: give a number, e.g. --threshold 0.5\n"),
         (["--model-name", "bad/name"], "model_name: String should match pattern"),
     ],
 )
@@ -112,3 +125,106 @@ def test_unexpected_failure_is_one_line_and_logged(capsys, workspace, monkeypatc
     assert "error: unexpected RuntimeError: ephemeral API did not start" in err
     assert "Traceback" not in err and "second line" not in err
     assert "Traceback" in (workspace / "work" / "wd-pipeline.log").read_text()
+
+
+# Every flag the CLI had before its flags were generated from the models.
+RUN_FLAG_NAMES = [
+    "--data", "--label", "--positive-class", "--features", "--grid", "--epochs", "--batch-size", "--learning-rate",
+    "--hidden-units", "--seed", "--folds", "--rule", "--modes", "--patience", "--chunk-size", "--dask-address",
+    "--dask-workers", "--selection-metric", "--gate-metric", "--experiment", "--model-name", "--max-parallel",
+    "--gate-margin", "--min-test-roc-auc", "--max-test-log-loss", "--bootstrap-samples", "--threshold", "--work-dir",
+]  # fmt: skip
+
+
+def options(command: list[str]) -> dict[str, argparse.Action]:
+    parser = build_parser()
+    for name in command:
+        parser = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[
+            name
+        ]
+    return {flag: action for action in parser._actions for flag in action.option_strings}
+
+
+@pytest.mark.parametrize(
+    ("command", "model", "extra"),
+    [
+        (["run"], PipelineConfig, {"--config", "--verbose", "-v", "--help", "-h"}),
+        (["score"], ScoreSettings, {"--verbose", "-v", "--help", "-h"}),
+        (["stack", "up"], StackSettings, {"--help", "-h"}),
+    ],
+)
+def test_one_flag_per_field_with_its_description(command: list[str], model, extra: set[str]) -> None:
+    flags = options(command)
+    fields = {name for name in model.model_fields if name != "auth"}  # auth comes from the environment
+    assert set(flags) - extra == {"--" + name.replace("_", "-") for name in fields}
+    for name in fields:
+        action = flags["--" + name.replace("_", "-")]
+        field = model.model_fields[name]
+        assert action.dest == name and action.required == field.is_required()
+        assert action.help.startswith(field.description.replace("%", "%%")), name
+        if field.get_default(call_default_factory=True) is not None and not field.is_required():
+            assert "(default: " in action.help, name
+
+
+def test_the_old_flags_remain() -> None:
+    assert set(RUN_FLAG_NAMES) <= set(options(["run"]))
+
+
+def test_help_shows_defaults_choices_and_lists() -> None:
+    flags = options(["run"])
+    assert flags["--epochs"].help == "training epochs per grid point (default: 100)"
+    assert flags["--hidden-units"].metavar == "HIDDEN_UNITS,..." and flags["--hidden-units"].help.endswith("10,10)")
+    assert flags["--rule"].metavar == "{one-se,best}"
+    assert flags["--modes"].metavar == "{l2,decoupled},..."
+    assert flags["--gate-margin"].help.endswith("lower 95 %% bootstrap bound must exceed (default: 0)")
+    assert "(default" not in flags["--max-test-log-loss"].help
+    assert options(["stack", "up"])["--prefect-port"].help == "Prefect server port (default: 4200)"
+
+
+def test_help_text_renders(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # as wrapped for any terminal width
+    assert "--min-rows-per-class MIN_ROWS_PER_CLASS" in out and "lower 95 % bootstrap" in out
+
+
+def test_every_setting_can_be_given_as_a_flag(tmp_path) -> None:
+    argv = ["run", "--data", "other.csv", "--features", "a, b", "--grid", "0,1e-2", "--hidden-units", "4,2"]
+    argv += ["--modes", "l2,decoupled", "--rule", "best", "--val-fraction", "0.1", "--test-fraction", "0.3"]
+    argv += ["--min-rows-per-class", "20", "--selection-metric", "roc_auc", "--work-dir", str(tmp_path)]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.features, config.grid, config.hidden_units) == (["a", "b"], [0.0, 0.01], [4, 2])
+    assert (config.modes, config.rule, config.val_fraction, config.test_fraction) == (
+        ["l2", "decoupled"],
+        "best",
+        0.1,
+        0.3,
+    )
+    assert (config.min_rows_per_class, config.selection_metric, config.work_dir) == (20, "roc_auc", str(tmp_path))
+
+
+def test_an_empty_value_unsets_an_optional_setting(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('max_test_log_loss = 0.5\nfeatures = ["a"]\ndask_address = "tcp://10.0.0.5:8786"\n')
+    args = ["run", "--config", str(path), "--max-test-log-loss", "", "--features", "", "--dask-address", ""]
+    config = config_from_args(build_parser().parse_args(args))
+    assert (config.max_test_log_loss, config.features, config.dask_address) == (None, None, None)
+
+
+def test_stack_up_flags_build_the_stack_settings() -> None:
+    args = build_parser().parse_args(["stack", "up", "--prefect-port", "4300", "--timeout", "30", "--state-dir", "s"])
+    settings = stack_commands.settings_from_args(args)
+    assert (settings.prefect_port, settings.timeout, settings.state_dir) == (4300, 30.0, Path("s"))
+    assert (settings.mlflow_port, settings.work_pool, settings.auth) == (5000, "wd-process", None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["stack", "up", "--prefect-port", "http"], "error: --prefect-port 'http' is not valid: give a whole number, e.g. --prefect-port 4200\n"),
+        (["stack", "up", "--mlflow-port", "70000"], "error: invalid settings: mlflow_port: Input should be less than or equal to 65535\n"),
+    ],
+)  # fmt: skip
+def test_bad_stack_flags_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == EXIT_BAD_SETTINGS
+    assert capsys.readouterr().err == message

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
+from typing import Annotated
 
 import pytest
+import yaml
 
-from wd_pipeline.config import DEFAULT_GRID, PipelineConfig, format_lambda, load_config_file, make_config, parse_grid
+from wd_pipeline.config import (
+    SETTING_CHANGES,
+    Changes,
+    PipelineConfig,
+    ScoreSettings,
+    changes_of,
+    format_lambda,
+    load_config_file,
+    make_config,
+    make_settings,
+    parse_grid,
+)
+from wd_pipeline.data.splits import split_key
 from wd_pipeline.errors import ConfigError
+from wd_pipeline.ml.training import unit_key
 
 
 def test_default_grid_spans_zero_and_five_decades() -> None:
@@ -88,14 +102,92 @@ def test_config_file_missing(tmp_path) -> None:
         load_config_file(tmp_path / "nope.toml")
 
 
-def test_flow_parameters_mirror_the_config() -> None:
-    """The Prefect form and the CLI describe the same run: same names, same defaults."""
-    from flows.pipeline import weight_decay_pipeline
+def test_every_setting_says_what_it_changes() -> None:
+    assert set(SETTING_CHANGES) == set(PipelineConfig.model_fields)
+    splits = {name for name, changes in SETTING_CHANGES.items() if Changes.SPLITS in changes}
+    training = {name for name, changes in SETTING_CHANGES.items() if Changes.TRAINING in changes}
+    assert splits == {"label", "positive_class", "features", "val_fraction", "test_fraction", "seed"}
+    assert training == {"epochs", "batch_size", "learning_rate", "hidden_units", "seed", "folds", "patience"}
 
-    signature = inspect.signature(weight_decay_pipeline.fn)
-    assert list(signature.parameters) == list(PipelineConfig.model_fields)
-    defaults = make_config()
-    for name, parameter in signature.parameters.items():
-        if name != "work_dir":
-            assert parameter.default == getattr(defaults, name), name
-    assert signature.parameters["grid"].default == list(DEFAULT_GRID)
+
+def test_a_setting_nobody_classified_is_refused() -> None:
+    class WithNewSetting(PipelineConfig):
+        dropout: float = 0.0
+
+    with pytest.raises(TypeError, match=r"WithNewSetting\.dropout must declare once what it changes"):
+        changes_of(WithNewSetting)
+
+
+def test_a_setting_classified_twice_is_refused() -> None:
+    class Twice(PipelineConfig):
+        dropout: Annotated[float, Changes.TRAINING, Changes.NOTHING] = 0.0
+
+    with pytest.raises(TypeError, match=r"Twice\.dropout"):
+        changes_of(Twice)
+
+
+# Keys of work already on disk: a rerun with the same settings must find it again.
+CUSTOM = {
+    "label": "y",
+    "positive_class": None,
+    "features": ["a", "b"],
+    "val_fraction": 0.1,
+    "test_fraction": 0.25,
+    "seed": 7,
+    "epochs": 3,
+    "batch_size": 8,
+    "learning_rate": 0.01,
+    "hidden_units": [4],
+    "folds": 1,
+    "patience": 0,
+    "grid": [0, 0.1],
+    "experiment": "x",
+    "threshold": 0.3,
+}
+
+
+def test_resume_keys_are_those_of_existing_work_folders() -> None:
+    default, custom = make_config(), make_config(**CUSTOM)
+    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-1e7a123e"
+    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-a2e362ab"
+    assert unit_key("/w/splits/abc", default, "l2", 1e-3, 0, 100) == "3ddd715076e499ce8fef"
+    assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "2d687223d0d152accea7"
+
+
+@pytest.mark.parametrize(("name", "value"), [("seed", 8), ("val_fraction", 0.15), ("features", ["a"])])
+def test_a_split_setting_changes_the_split_key(name: str, value) -> None:
+    assert split_key(make_config(**{**CUSTOM, name: value}), "b" * 64) != split_key(make_config(**CUSTOM), "b" * 64)
+
+
+@pytest.mark.parametrize(("name", "value"), [("patience", 5), ("hidden_units", [4, 4]), ("folds", 3)])
+def test_a_training_setting_changes_the_unit_key_only(name: str, value) -> None:
+    changed, custom = make_config(**{**CUSTOM, name: value}), make_config(**CUSTOM)
+    assert split_key(changed, "b" * 64) == split_key(custom, "b" * 64)
+    assert unit_key("s", changed, "l2", 0.1, 0, 3) != unit_key("s", custom, "l2", 0.1, 0, 3)
+
+
+@pytest.mark.parametrize(("name", "value"), [("data", "other.csv"), ("grid", [0.5]), ("threshold", 0.4)])
+def test_other_settings_keep_the_keys(name: str, value) -> None:
+    changed = make_config(**{**CUSTOM, name: value})
+    assert split_key(changed, "b" * 64) == split_key(make_config(**CUSTOM), "b" * 64)
+    assert unit_key("s", changed, "l2", 0.1, 0, 3) == unit_key("s", make_config(**CUSTOM), "l2", 0.1, 0, 3)
+
+
+def test_config_file_keys_and_mlflow_params_are_the_fields(tmp_path) -> None:
+    every = make_config(**CUSTOM).model_dump()
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(every))
+    assert make_config(**load_config_file(path)).model_dump() == every
+    assert list(make_config().params()) == list(PipelineConfig.model_fields)
+
+
+def test_every_setting_has_a_description() -> None:
+    for model in (PipelineConfig, ScoreSettings):
+        for name, field in model.model_fields.items():
+            assert field.description and field.description == field.description.strip(), f"{model.__name__}.{name}"
+
+
+def test_make_settings_builds_any_settings_model() -> None:
+    assert make_settings(ScoreSettings, data="a.csv", output="b.parquet").threshold == 0.5
+    with pytest.raises(ConfigError, match="invalid settings: output: Field required"):
+        make_settings(ScoreSettings, data="a.csv")

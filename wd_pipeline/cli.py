@@ -18,8 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wd_pipeline.config import PipelineConfig, check_work_dir, load_config_file, make_config, parse_grid
+from wd_pipeline.config import (
+    PipelineConfig,
+    ScoreSettings,
+    check_work_dir,
+    default_work_dir,
+    load_config_file,
+    make_config,
+    make_settings,
+    parse_grid,
+)
 from wd_pipeline.errors import ConfigError, PipelineError, first_line
+from wd_pipeline.flags import Flag, add_flags, model_flags, parse_flags
 from wd_pipeline.ops import stack_commands
 
 if TYPE_CHECKING:
@@ -30,66 +40,13 @@ EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
 LOG_FILE = "wd-pipeline.log"
 
-# flag name → (config field, parser, help)
-RUN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--data": ("data", str, "CSV or Parquet file: local path or pyarrow URI (default: the bundled dataset)"),
-    "--label": ("label", str, "binary target column"),
-    "--positive-class": ("positive_class", str, "label value counted as positive, for string labels"),
-    "--features": (
-        "features",
-        lambda s: [c.strip() for c in s.split(",") if c.strip()],
-        "comma-separated feature columns (default: all but the label)",
-    ),
-    "--grid": ("grid", parse_grid, "comma-separated λ values, e.g. 0,1e-4,1e-2"),
-    "--epochs": ("epochs", int, "training epochs per grid point"),
-    "--batch-size": ("batch_size", int, "mini-batch size"),
-    "--learning-rate": ("learning_rate", float, "Adam learning rate"),
-    "--hidden-units": ("hidden_units", lambda s: [int(u) for u in s.split(",")], "hidden layer sizes, e.g. 10,10"),
-    "--seed": ("seed", int, "seed of the split, initialisation and shuffling"),
-    "--folds": ("folds", int, "stratified cross-validation folds (1 = the plain validation split)"),
-    "--rule": ("rule", str, "selection rule: one-se (largest λ within one standard error of the best) or best"),
-    "--modes": (
-        "modes",
-        lambda s: [m.strip() for m in s.split(",") if m.strip()],
-        "weight-decay modes: l2, decoupled or l2,decoupled",
-    ),
-    "--patience": ("patience", int, "early-stopping patience in epochs (0 = off)"),
-    "--chunk-size": ("chunk_size", int, "λ values trained together per task (0 = whole grid, 1 = one task per λ)"),
-    "--dask-address": (
-        "dask_address",
-        str,
-        "train on a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (needs a Prefect server)",
-    ),
-    "--dask-workers": (
-        "dask_workers",
-        int,
-        "train on a local Dask cluster of N worker processes (0 = no Dask; needs a Prefect server)",
-    ),
-    "--selection-metric": (
-        "selection_metric",
-        str,
-        "validation metric that chooses λ (log_loss, roc_auc, accuracy, f1, brier)",
-    ),
-    "--gate-metric": ("gate_metric", str, "test metric the champion gate compares"),
-    "--experiment": ("experiment", str, "MLflow experiment name"),
-    "--model-name": ("model_name", str, "MLflow registered model name"),
-    "--max-parallel": ("max_parallel", int, "training tasks run at once"),
-    "--gate-margin": ("gate_margin", float, "improvement over the champion the lower CI bound must exceed (default 0)"),
-    "--min-test-roc-auc": ("min_test_roc_auc", float, "floor: below this test ROC AUC a model is never champion"),
-    "--max-test-log-loss": ("max_test_log_loss", float, "ceiling: above this test log loss a model is never champion"),
-    "--bootstrap-samples": ("bootstrap_samples", int, "bootstrap resamples of the test split for confidence intervals"),
-    "--threshold": ("threshold", float, "probability from which a row is labelled positive"),
-    "--work-dir": ("work_dir", str, "folder for splits and trained grid points"),
-}
 
-SCORE_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--data": ("data", str, "CSV or Parquet file to score: local path or pyarrow URI"),
-    "--output": ("output", str, "Parquet file for the input features plus probability and label"),
-    "--model-name": ("model_name", str, "registered model whose @champion scores the file"),
-    "--experiment": ("experiment", str, "MLflow experiment that records the scoring run"),
-    "--threshold": ("threshold", float, "probability from which a row is labelled positive (default 0.5)"),
-}
-SCORE_REQUIRED = ("--data", "--output")
+def run_flags() -> list[Flag]:
+    return model_flags(PipelineConfig, parsers={"grid": parse_grid})
+
+
+def score_flags() -> list[Flag]:
+    return model_flags(ScoreSettings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,37 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the whole pipeline: ingest, train the λ grid, evaluate, register")
     run.add_argument("--config", metavar="FILE", help="TOML or YAML file with the same settings as the flags")
-    for flag, (field, _, text) in RUN_FLAGS.items():
-        run.add_argument(flag, dest=field, metavar=field.upper(), default=None, help=text)
+    add_flags(run, PipelineConfig, run_flags())
     run.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     score = commands.add_parser("score", help="score a CSV or Parquet file with the registered @champion model")
-    for flag, (field, _, text) in SCORE_FLAGS.items():
-        score.add_argument(
-            flag, dest=field, metavar=field.upper(), default=None, required=flag in SCORE_REQUIRED, help=text
-        )
+    add_flags(score, ScoreSettings, score_flags())
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     stack_commands.add_commands(commands)
     return parser
 
 
-def _parse_flags(args: argparse.Namespace, flags: dict[str, tuple[str, Any, str]]) -> dict[str, Any]:
-    """The flags given on the command line, parsed; a value that does not parse is a ConfigError."""
-    settings: dict[str, Any] = {}
-    for flag, (field, parse, text) in flags.items():
-        raw = getattr(args, field)
-        if raw is None:
-            continue
-        try:
-            settings[field] = parse(raw)
-        except ValueError:
-            raise ConfigError(f"{flag} {raw!r} is not valid: {text}") from None
-    return settings
-
-
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Defaults < config file < flags. A new data source drops the bundled positive class."""
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    settings.update(_parse_flags(args, RUN_FLAGS))
+    settings.update(parse_flags(args, run_flags()))
     if "data" in settings and "positive_class" not in settings:
         settings["positive_class"] = None
     return make_config(**settings)
@@ -141,16 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in ("run", "score"):
         try:
-            return stack_commands.run_command(args)
+            stack_settings = stack_commands.settings_from_args(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_SETTINGS
+        try:
+            return stack_commands.run_command(args, stack_settings)
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
     try:
         if args.command == "score":
-            from wd_pipeline.serving.scoring import make_score_settings
-
-            settings: Any = make_score_settings(**_parse_flags(args, SCORE_FLAGS))
-            work_dir = os.environ.get("WD_PIPELINE_WORK_DIR", ".wd-pipeline")
+            settings: Any = make_settings(ScoreSettings, **parse_flags(args, score_flags()))
+            work_dir = default_work_dir()
         else:
             settings = config_from_args(args)
             work_dir = settings.work_dir

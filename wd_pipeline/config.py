@@ -1,18 +1,23 @@
-"""One typed description of a pipeline run.
+"""Every setting of every command, declared once.
 
-The same field types serve three masters: :class:`PipelineConfig` (the library and the CLI),
-the Prefect flow's signature (so the UI renders a form and rejects bad values with the
-field's own message) and the MLflow parent run's params. Constraints therefore live in the
-``Annotated`` aliases below and nowhere else.
+Each setting is one ``Annotated`` alias below: its type, its constraints, its help text (a
+pydantic description) and, for a pipeline run, what it changes. The settings models
+(:class:`PipelineConfig`, :class:`ScoreSettings`) are built from these aliases, and the
+Prefect flows annotate their parameters with the very same aliases, so the UI form shows the
+help text and refuses a bad value with the model's own message;
+``tests/flows/test_flow_parameters.py`` keeps each flow's signature equal to its model. The
+command-line flags are generated from the models (:mod:`wd_pipeline.flags`), config files
+are read into them, and a run's MLflow params are its model's fields.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,6 +29,8 @@ DEFAULT_LABEL = "diagnosis"
 DEFAULT_POSITIVE_CLASS = "malignant"
 DEFAULT_EXPERIMENT = "weight-decay-pipeline"
 DEFAULT_MODEL_NAME = "wd-classifier"
+WORK_DIR_ENV = "WD_PIPELINE_WORK_DIR"
+DEFAULT_WORK_DIR = ".wd-pipeline"
 # {0} ∪ half-decades from 1e-5 to 1: wide enough that both under- and over-regularised
 # models appear on the validation curve of the bundled dataset.
 DEFAULT_GRID: tuple[float, ...] = (
@@ -41,27 +48,171 @@ DEFAULT_GRID: tuple[float, ...] = (
     1.0,
 )
 
+
+class Changes(enum.Flag):
+    """What a pipeline setting changes beyond what the resume keys hold anyway.
+
+    A split folder is keyed by the data's content hash plus the settings marked ``SPLITS``;
+    a trained unit by its split folder, mode, λ and fold plus the settings marked
+    ``TRAINING``. Settings marked ``NOTHING`` may differ between runs that share splits and
+    units. Every :class:`PipelineConfig` field carries exactly one mark (checked when this
+    module loads): an unmarked setting could otherwise let a rerun reuse stale work.
+    """
+
+    NOTHING = 0
+    SPLITS = enum.auto()
+    TRAINING = enum.auto()
+
+
+def described(text: str, **constraints: Any) -> Any:
+    """A setting's help text and constraints, as the ``Field`` of its alias.
+
+    The text goes in twice on purpose: as the description (the models' schema, the CLI's
+    help) and as a JSON-schema key. Prefect gives each flow parameter a ``Field`` whose own
+    explicit description (None without a docstring) overrides the alias's, while
+    ``json_schema_extra`` is merged, so only the second copy reaches the Prefect form.
+    """
+    return Field(description=text, json_schema_extra={"description": text}, **constraints)
+
+
+# Value types several settings share.
 Lambda = Annotated[float, Field(ge=0.0, le=1e3, allow_inf_nan=False)]
-Grid = Annotated[list[Lambda], Field(min_length=1, max_length=256)]
-Epochs = Annotated[int, Field(ge=1, le=100_000)]
-BatchSize = Annotated[int, Field(ge=1, le=1_000_000)]
-LearningRate = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5, allow_inf_nan=False)]
-HiddenUnits = Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=8)]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")]
 ColumnName = Annotated[str, Field(min_length=1, max_length=500)]
-Parallelism = Annotated[int, Field(ge=1, le=64)]
-SelectionMetric = Literal["log_loss", "roc_auc", "accuracy", "f1", "brier"]
+Metric = Literal["log_loss", "roc_auc", "accuracy", "f1", "brier"]
 Mode = Literal["l2", "decoupled"]
-Modes = Annotated[list[Mode], Field(min_length=1, max_length=2)]
-Rule = Literal["one-se", "best"]
-Folds = Annotated[int, Field(ge=1, le=20)]
-Patience = Annotated[int, Field(ge=0, le=10_000)]
-ChunkSize = Annotated[int, Field(ge=0, le=256)]
-# A running Dask scheduler, as Dask writes it: ``tcp://10.0.0.5:8786`` (the scheme may be left out).
-DaskAddress = Annotated[str, Field(max_length=500, pattern=r"^(\w+://)?[^\s/]+$")]
-DaskWorkers = Annotated[int, Field(ge=0, le=64)]
+Port = Annotated[int, Field(ge=1, le=65_535)]
+
+# The pipeline's settings, in the order of the flow's form.
+DataSource = Annotated[
+    str,
+    described("CSV or Parquet file: local path or pyarrow URI", min_length=1),
+    Changes.NOTHING,  # the splits are keyed by the file's content, not by its name
+]
+Label = Annotated[ColumnName, described("binary target column"), Changes.SPLITS]
+PositiveClass = Annotated[
+    str | None,
+    described("label value counted as positive when the label holds two strings"),
+    Changes.SPLITS,
+]
+Features = Annotated[
+    list[ColumnName] | None,
+    described("feature columns; all columns but the label when empty"),
+    Changes.SPLITS,
+]
+Grid = Annotated[
+    list[Lambda],
+    described("λ values to train", min_length=1, max_length=256),
+    Changes.NOTHING,  # each unit's key holds its own λ
+]
+Epochs = Annotated[int, described("training epochs per grid point", ge=1, le=100_000), Changes.TRAINING]
+BatchSize = Annotated[int, described("mini-batch size", ge=1, le=1_000_000), Changes.TRAINING]
+LearningRate = Annotated[float, described("Adam learning rate", gt=0.0, le=10.0, allow_inf_nan=False), Changes.TRAINING]
+HiddenUnits = Annotated[
+    list[Annotated[int, Field(ge=1, le=4096)]],
+    described("hidden layer sizes, input side first", min_length=1, max_length=8),
+    Changes.TRAINING,
+]
+Seed = Annotated[
+    int,
+    described("seed of the split, the initialisation and the shuffling", ge=0, le=2**31 - 1),
+    Changes.SPLITS | Changes.TRAINING,
+]
+ValFraction = Annotated[Fraction, described("share of the rows held out for validation"), Changes.SPLITS]
+TestFraction = Annotated[Fraction, described("share of the rows held out for the test"), Changes.SPLITS]
+MinRowsPerClass = Annotated[
+    int,
+    described("rows each class needs at least, or the data is refused", ge=2, le=1_000_000),
+    Changes.NOTHING,  # a check on the data: it refuses, it never reshapes the splits
+]
+Folds = Annotated[
+    int,
+    described("stratified cross-validation folds over train + validation; 1 = the plain validation split", ge=1, le=20),
+    Changes.TRAINING,
+]
+Rule = Annotated[
+    Literal["one-se", "best"],
+    described("how λ is chosen: the best mean, or one-se: the largest λ within one standard error of it"),
+    Changes.NOTHING,
+]
+Modes = Annotated[
+    list[Mode],
+    described("weight-decay modes: l2 penalty, decoupled (AdamW) decay, or both", min_length=1, max_length=2),
+    Changes.NOTHING,  # each unit's key holds its own mode
+]
+Patience = Annotated[
+    int,
+    described("early-stopping patience in epochs, on validation cross-entropy; 0 = off", ge=0, le=10_000),
+    Changes.TRAINING,
+]
+ChunkSize = Annotated[
+    int,
+    described("λ values trained together per task; 0 = the whole grid, 1 = one task per λ", ge=0, le=256),
+    Changes.NOTHING,
+]
+DaskAddress = Annotated[
+    # A running Dask scheduler, as Dask writes it: ``tcp://10.0.0.5:8786`` (the scheme may be left out).
+    Annotated[str, Field(max_length=500, pattern=r"^(\w+://)?[^\s/]+$")] | None,
+    described(
+        "train on this running Dask scheduler, e.g. tcp://10.0.0.5:8786, not in local threads (needs a Prefect server)"
+    ),
+    Changes.NOTHING,
+]
+DaskWorkers = Annotated[
+    int,
+    described(
+        "train on a local Dask cluster of this many single-threaded processes; 0 = no Dask (needs a Prefect server)",
+        ge=0,
+        le=64,
+    ),
+    Changes.NOTHING,
+]
+SelectionMetric = Annotated[Metric, described("validation metric that chooses λ"), Changes.NOTHING]
+GateMetric = Annotated[Metric, described("test metric the champion gate compares"), Changes.NOTHING]
+Experiment = Annotated[Name, described("MLflow experiment the run is recorded in"), Changes.NOTHING]
+ModelName = Annotated[Name, described("registered model the chosen network becomes a new version of"), Changes.NOTHING]
+MaxParallel = Annotated[int, described("training tasks run at once", ge=1, le=64), Changes.NOTHING]
+GateMargin = Annotated[
+    float,
+    described(
+        "improvement over the champion that the lower 95 % bootstrap bound must exceed",
+        ge=0.0,
+        le=1e3,
+        allow_inf_nan=False,
+    ),
+    Changes.NOTHING,
+]
+MinTestRocAuc = Annotated[
+    float,
+    described("floor: a model below this test ROC AUC is never champion", ge=0.0, le=1.0, allow_inf_nan=False),
+    Changes.NOTHING,
+]
+MaxTestLogLoss = Annotated[
+    Annotated[float, Field(gt=0.0, le=1e3, allow_inf_nan=False)] | None,
+    described("ceiling: a model above this test log loss is never champion; none when empty"),
+    Changes.NOTHING,
+]
+BootstrapSamples = Annotated[
+    int,
+    described("bootstrap resamples of the test split for confidence intervals", ge=100, le=100_000),
+    Changes.NOTHING,
+]
+Threshold = Annotated[
+    float,
+    described("probability from which a row is labelled positive", gt=0.0, lt=1.0, allow_inf_nan=False),
+    Changes.NOTHING,  # units record their metrics at 0.5, whatever the run's threshold
+]
+WORK_DIR_HELP = f"folder for the splits and trained grid points, keyed by content; when not given, {WORK_DIR_ENV} or else {DEFAULT_WORK_DIR}"
+WorkDir = Annotated[str, described(WORK_DIR_HELP, min_length=1), Changes.NOTHING]
+# The flow leaves an empty work folder to the config, so that the environment of the process
+# that runs the flow decides it, not the one that deployed it.
+WorkDirOrDefault = Annotated[WorkDir | None, described(WORK_DIR_HELP)]
+
+# The score command's own settings (it shares the experiment and the threshold with a run).
+ScoreData = Annotated[str, described("CSV or Parquet file to score: local path or pyarrow URI", min_length=1)]
+ScoreOutput = Annotated[str, described("Parquet file for the input features plus probability and label", min_length=1)]
+ScoredModel = Annotated[Name, described("registered model whose @champion scores the file")]
 
 # Whether a larger value of a metric is better; used by selection and by the gate.
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -74,11 +225,9 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "brier": False,
 }
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-Threshold = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
-GateMargin = Annotated[float, Field(ge=0.0, le=1e3, allow_inf_nan=False)]
-MaxLogLoss = Annotated[float, Field(gt=0.0, le=1e3, allow_inf_nan=False)]
-BootstrapSamples = Annotated[int, Field(ge=100, le=100_000)]
+
+def default_work_dir() -> str:
+    return os.environ.get(WORK_DIR_ENV, DEFAULT_WORK_DIR)
 
 
 class PipelineConfig(BaseModel):
@@ -86,56 +235,37 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data: str = Field(DEFAULT_DATA, min_length=1, description="CSV or Parquet: local path or pyarrow URI")
-    label: ColumnName = DEFAULT_LABEL
-    positive_class: str | None = Field(
-        DEFAULT_POSITIVE_CLASS,
-        description="Label value counted as positive when the label holds two strings",
-    )
-    features: list[ColumnName] | None = Field(None, description="Feature columns; all other columns when empty")
-    grid: Grid = Field(default_factory=lambda: list(DEFAULT_GRID), description="λ values to train")
+    data: DataSource = DEFAULT_DATA
+    label: Label = DEFAULT_LABEL
+    positive_class: PositiveClass = DEFAULT_POSITIVE_CLASS
+    features: Features = None
+    grid: Grid = list(DEFAULT_GRID)
     epochs: Epochs = 100
     batch_size: BatchSize = 32
     learning_rate: LearningRate = 1e-3
-    hidden_units: HiddenUnits = Field(default_factory=lambda: [10, 10])
+    hidden_units: HiddenUnits = [10, 10]
     seed: Seed = 42
-    val_fraction: Fraction = 0.2
-    test_fraction: Fraction = 0.2
-    min_rows_per_class: Annotated[int, Field(ge=2, le=1_000_000)] = 10
-    folds: Folds = Field(5, description="Stratified CV folds over train + validation; 1 = the plain validation split")
-    rule: Rule = Field("one-se", description="best mean, or the largest λ within one standard error of it")
-    modes: Modes = Field(default_factory=lambda: ["l2"], description="l2 penalty, decoupled (AdamW) decay, or both")
-    patience: Patience = Field(20, description="early-stopping patience on validation cross-entropy; 0 = off")
-    chunk_size: ChunkSize = Field(
-        0, description="λ values trained together per task; 0 = the whole grid, 1 = one task per λ"
-    )
-    dask_address: DaskAddress | None = Field(
-        None, description="Train on this running Dask scheduler (tcp://host:8786) instead of local threads"
-    )
-    dask_workers: DaskWorkers = Field(
-        0, description="Train on a local Dask cluster of this many single-threaded processes; 0 = no Dask"
-    )
+    val_fraction: ValFraction = 0.2
+    test_fraction: TestFraction = 0.2
+    min_rows_per_class: MinRowsPerClass = 10
+    folds: Folds = 5
+    rule: Rule = "one-se"
+    modes: Modes = ["l2"]
+    patience: Patience = 20
+    chunk_size: ChunkSize = 0
+    dask_address: DaskAddress = None
+    dask_workers: DaskWorkers = 0
     selection_metric: SelectionMetric = "log_loss"
-    gate_metric: SelectionMetric = "log_loss"
-    experiment: Name = DEFAULT_EXPERIMENT
-    model_name: Name = DEFAULT_MODEL_NAME
-    max_parallel: Parallelism = 2
-    gate_margin: GateMargin = Field(
-        0.0, description="Improvement over the champion the lower 95 % bootstrap bound must exceed"
-    )
-    min_test_roc_auc: Probability = Field(0.6, description="Floor: a model below this test ROC AUC is never champion")
-    max_test_log_loss: MaxLogLoss | None = Field(
-        None, description="Ceiling: a model above this test log loss is never champion (none when empty)"
-    )
-    bootstrap_samples: BootstrapSamples = Field(
-        1000, description="Resamples of the test split for confidence intervals"
-    )
-    threshold: Threshold = Field(0.5, description="Probability from which a row is labelled positive")
-    work_dir: str = Field(
-        default_factory=lambda: os.environ.get("WD_PIPELINE_WORK_DIR", ".wd-pipeline"),
-        min_length=1,
-        description="Splits and trained grid points, keyed by content (env WD_PIPELINE_WORK_DIR)",
-    )
+    gate_metric: GateMetric = "log_loss"
+    experiment: Experiment = DEFAULT_EXPERIMENT
+    model_name: ModelName = DEFAULT_MODEL_NAME
+    max_parallel: MaxParallel = 2
+    gate_margin: GateMargin = 0.0
+    min_test_roc_auc: MinTestRocAuc = 0.6
+    max_test_log_loss: MaxTestLogLoss = None
+    bootstrap_samples: BootstrapSamples = 1000
+    threshold: Threshold = 0.5
+    work_dir: WorkDir = Field(default_factory=default_work_dir)
 
     @field_validator("grid")
     @classmethod
@@ -183,11 +313,42 @@ class PipelineConfig(BaseModel):
             flat[key] = "" if value is None else str(value)
         return flat
 
+    def settings_that_change(self, part: Changes) -> dict[str, Any]:
+        """This run's values of the settings marked ``part``: what its resume key must hold."""
+        return self.model_dump(include={name for name, changes in SETTING_CHANGES.items() if part in changes})
+
     def training_key(self) -> dict[str, Any]:
         """Settings that change a trained grid point (not where results are recorded)."""
-        return self.model_dump(
-            include={"epochs", "batch_size", "learning_rate", "hidden_units", "seed", "folds", "patience"}
-        )
+        return self.settings_that_change(Changes.TRAINING)
+
+
+def changes_of(model: type[BaseModel]) -> dict[str, Changes]:
+    """What each field of ``model`` changes, or a TypeError naming a field that does not say."""
+    found: dict[str, Changes] = {}
+    for name, field in model.model_fields.items():
+        marks = [mark for mark in field.metadata if isinstance(mark, Changes)]
+        if len(marks) != 1:
+            raise TypeError(
+                f"{model.__name__}.{name} must declare once what it changes (Changes.SPLITS, Changes.TRAINING "
+                "and/or Changes.NOTHING in its Annotated type) so that the resume keys know whether it matters"
+            )
+        found[name] = marks[0]
+    return found
+
+
+SETTING_CHANGES = changes_of(PipelineConfig)
+
+
+class ScoreSettings(BaseModel):
+    """What one scoring run reads, with which model, and where it writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: ScoreData
+    output: ScoreOutput
+    model_name: ScoredModel = DEFAULT_MODEL_NAME
+    experiment: Experiment = DEFAULT_EXPERIMENT
+    threshold: Threshold = 0.5
 
 
 def _format_number(value: float) -> str:
@@ -257,12 +418,19 @@ def check_work_dir(path: str | Path) -> Path:
     return folder
 
 
-def make_config(**settings: Any) -> PipelineConfig:
-    """Build a config, turning pydantic's report into one readable :class:`ConfigError`."""
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def make_settings(model: type[Settings], **settings: Any) -> Settings:
+    """Build a settings model, turning pydantic's report into one readable :class:`ConfigError`."""
     try:
-        return PipelineConfig(**settings)
+        return model(**settings)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+
+
+def make_config(**settings: Any) -> PipelineConfig:
+    return make_settings(PipelineConfig, **settings)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -22,6 +22,7 @@ import pytest
 from flows.pipeline import weight_decay_pipeline
 from tests.helpers.registry_models import labelled_frame, log_pyfunc, train_keras
 from wd_pipeline.cli import EXIT_BAD_SETTINGS, EXIT_RUN_FAILED, main
+from wd_pipeline.config import make_config
 from wd_pipeline.tracking import registry, runs
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def store(module_store: Path, prefect_api) -> Path:
         run_id=run_id,
         test_features=frame[["a", "b", "c"]],
         test_label=frame["y"].to_numpy(),
-        policy=registry.GatePolicy(min_roc_auc=None),
+        policy=registry.GatePolicy.from_config(make_config(min_test_roc_auc=0.0)),
     )
     assert (decision.version, decision.alias) == ("1", "champion")
     return module_store

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
+from wd_pipeline.config import make_config
 from wd_pipeline.errors import DataError, TrackingError
 from wd_pipeline.serving.scoring import make_score_settings, score_file
 from wd_pipeline.tracking import registry, runs
@@ -33,7 +34,7 @@ def champion(module_store: Path, keras_file: str) -> str:
         run_id=run_id,
         test_features=frame[SIGNAL],
         test_label=frame["y"].to_numpy(),
-        policy=registry.GatePolicy(),
+        policy=registry.GatePolicy.from_config(make_config()),
     )
     assert decision.alias == "champion"
     return decision.version

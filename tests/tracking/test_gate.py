@@ -8,11 +8,18 @@ import pandas as pd
 import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
+from wd_pipeline.config import make_config
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.tracking import registry, runs
 from wd_pipeline.tracking.registry import GatePolicy, schema_change
 
-NO_FLOORS = GatePolicy(min_roc_auc=None)
+
+def gate_policy(**settings) -> GatePolicy:
+    """The gate a run with these settings (else the defaults) applies."""
+    return GatePolicy.from_config(make_config(**settings))
+
+
+NO_FLOORS = gate_policy(min_test_roc_auc=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def test_equal_and_worse_models_are_refused_a_clearly_better_one_promoted(
     assert (same.difference, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
     assert "does not beat champion v1 by margin 0" in same.reason
 
-    too_demanding = gate(name, "strong", keras_files, data, GatePolicy(min_roc_auc=None, margin=5.0))
+    too_demanding = gate(name, "strong", keras_files, data, gate_policy(min_test_roc_auc=0.0, gate_margin=5.0))
     assert too_demanding.alias == "challenger" and too_demanding.ci_low > 0
 
     better = gate(name, "strong", keras_files, data)
@@ -81,15 +88,15 @@ def test_equal_and_worse_models_are_refused_a_clearly_better_one_promoted(
 
 def test_a_model_below_a_floor_is_never_champion(module_store: Path, keras_files, data) -> None:
     name = "gate-floors"
-    flipped = gate(name, "flipped", keras_files, data, GatePolicy())
+    flipped = gate(name, "flipped", keras_files, data, gate_policy())
     assert flipped.alias == "challenger"
     assert flipped.reason.startswith("below the floor: test roc_auc") and "< minimum 0.6" in flipped.reason
     assert "champion" not in aliases(name)
 
-    good = gate(name, "strong", keras_files, data, GatePolicy())
+    good = gate(name, "strong", keras_files, data, gate_policy())
     assert good.alias == "champion" and good.test_roc_auc > 0.9
 
-    capped = gate(name, "strong", keras_files, data, GatePolicy(max_log_loss=1e-4))
+    capped = gate(name, "strong", keras_files, data, gate_policy(max_test_log_loss=1e-4))
     assert capped.alias == "challenger" and "> maximum 0.0001" in capped.floors
     assert aliases(name)["champion"] == good.version
 

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from tests.helpers.lock_contender import race
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
 from wd_pipeline import processes
+from wd_pipeline.config import make_config
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.tracking import registry, runs
 from wd_pipeline.tracking.promotion_lock import (
@@ -37,7 +38,7 @@ from wd_pipeline.tracking.promotion_lock import (
 )
 from wd_pipeline.tracking.registry import GatePolicy
 
-POLICY = GatePolicy(min_roc_auc=None, bootstrap_samples=200)
+POLICY = GatePolicy.from_config(make_config(min_test_roc_auc=0.0, bootstrap_samples=200))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wd_pipeline.config import PipelineConfig, check_work_dir
+from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
 from wd_pipeline.data.sources import Source, fingerprint, locate, parse_table, read_bytes
 from wd_pipeline.data.validation import CheckedTable, validate
 from wd_pipeline.errors import DataError
@@ -93,10 +93,7 @@ def check_folds(folder: str | Path, folds: int) -> None:
 
 def split_key(config: PipelineConfig, sha256: str) -> str:
     """Folder name for one split of one source: content hash + the settings that shape it."""
-    settings = json.dumps(
-        config.model_dump(include={"label", "positive_class", "features", "val_fraction", "test_fraction", "seed"}),
-        sort_keys=True,
-    )
+    settings = json.dumps(config.settings_that_change(Changes.SPLITS), sort_keys=True)
     return f"{sha256[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 

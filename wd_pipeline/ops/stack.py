@@ -24,9 +24,12 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict
 
 from wd_pipeline import processes
-from wd_pipeline.config import PROJECT_ROOT
+from wd_pipeline.config import PROJECT_ROOT, Port, described
 from wd_pipeline.errors import ConfigError, PortInUseError, ServiceStartError, StackNotRunningError
 from wd_pipeline.ops.server_auth import AUTH_DATABASE_ENV
 
@@ -37,28 +40,6 @@ DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_WORK_POOL = "wd-process"
 STATE_FILE = "stack.json"
 STOP_GRACE_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """Where the stack keeps its state and which ports and stores it uses."""
-
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
-    prefect_port: int = DEFAULT_PREFECT_PORT
-    mlflow_port: int = DEFAULT_MLFLOW_PORT
-    mlflow_backend_uri: str | None = None  # default: SQLite file in the state dir
-    prefect_database_url: str | None = None  # default: Prefect's SQLite in the state dir
-    work_pool: str = DEFAULT_WORK_POOL
-    timeout: float = 120.0
-    auth: StackAuth | None = None  # default: from the caller's environment, see StackAuth.from_env
-
-    @property
-    def prefect_api_url(self) -> str:
-        return f"http://{HOST}:{self.prefect_port}/api"
-
-    @property
-    def mlflow_url(self) -> str:
-        return f"http://{HOST}:{self.mlflow_port}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +67,36 @@ class StackAuth:
     @property
     def mlflow(self) -> bool:
         return self.mlflow_username is not None
+
+
+class StackSettings(BaseModel):
+    """Where the stack keeps its state and which ports and stores it uses (the flags of ``stack up``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Annotated[Path, described("folder holding the stack's state, logs and data")] = Path(DEFAULT_STATE_DIR)
+    prefect_port: Annotated[Port, described("Prefect server port")] = DEFAULT_PREFECT_PORT
+    mlflow_port: Annotated[Port, described("MLflow server port")] = DEFAULT_MLFLOW_PORT
+    mlflow_backend_uri: Annotated[
+        str | None, described("MLflow backend store, e.g. postgresql+psycopg2://…; SQLite in the state dir when empty")
+    ] = None
+    prefect_database_url: Annotated[
+        str | None, described("Prefect database, e.g. postgresql+asyncpg://…; SQLite in the state dir when empty")
+    ] = None
+    work_pool: Annotated[str, described("process work pool the worker polls", min_length=1)] = DEFAULT_WORK_POOL
+    timeout: Annotated[
+        float, described("seconds each service may take to become healthy", gt=0, allow_inf_nan=False)
+    ] = 120.0
+    # Not a flag: taken from the caller's environment when None, see StackAuth.from_env.
+    auth: StackAuth | None = None
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
 
 
 @dataclass

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Name, Threshold, describe_validation_error
+# ScoreSettings lives with the other settings models, where the CLI reads it without pandas.
+from wd_pipeline.config import ScoreSettings, make_settings
 from wd_pipeline.data import sources
-from wd_pipeline.errors import ConfigError, DataError, TrackingError
+from wd_pipeline.errors import DataError, TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -28,23 +28,8 @@ if TYPE_CHECKING:
 OUTPUT_COLUMNS = ("probability", "label")
 
 
-class ScoreSettings(BaseModel):
-    """What one scoring run reads, with which model, and where it writes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: str = Field(min_length=1, description="CSV or Parquet to score: local path or pyarrow URI")
-    output: str = Field(min_length=1, description="Parquet file to write the predictions to")
-    model_name: Name = DEFAULT_MODEL_NAME
-    experiment: Name = DEFAULT_EXPERIMENT
-    threshold: Threshold = 0.5
-
-
 def make_score_settings(**settings: Any) -> ScoreSettings:
-    try:
-        return ScoreSettings(**settings)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+    return make_settings(ScoreSettings, **settings)
 
 
 @dataclass(frozen=True)

@@ -49,16 +49,20 @@ REGISTRY_URI = re.compile(r"models:/[^/]")
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """What a new version must show on the test split to take ``@champion``."""
+    """What a new version must show on the test split to take ``@champion``.
 
-    metric: str = "log_loss"
-    margin: float = 0.0
-    min_roc_auc: float | None = 0.6
-    max_log_loss: float | None = None
-    bootstrap_samples: int = 1000
-    threshold: float = 0.5
-    seed: int = 0
-    level: float = DEFAULT_LEVEL
+    Built from a run's config only (:meth:`from_config`), so the gate has no defaults of
+    its own that could drift from the settings a user sees.
+    """
+
+    metric: str
+    margin: float
+    min_roc_auc: float | None
+    max_log_loss: float | None
+    bootstrap_samples: int
+    threshold: float
+    seed: int
+    level: float = DEFAULT_LEVEL  # of the bootstrap interval; not a setting
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> GatePolicy:
