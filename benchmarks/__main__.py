@@ -16,10 +16,12 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -35,7 +37,6 @@ def grid_of(size: int) -> list[float]:
 
 def synthetic(rows: int, features: int = 30) -> Path:
     """A seeded logistic-model dataset, written once as Parquet."""
-    import pandas as pd
 
     path = CACHE / f"synthetic_{rows}x{features}.parquet"
     if path.exists():
@@ -235,7 +236,6 @@ def machine() -> dict[str, Any]:
         platform.processor(),
     )
     memory = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    from importlib.metadata import version
 
     return {
         "cpu": cpu,

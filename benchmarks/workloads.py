@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from wd_pipeline.config import make_config
 from wd_pipeline.data import splits
@@ -76,10 +79,6 @@ def ingest(source: str, label: str, work: str, repeats: int = 3) -> dict[str, An
     ``repeats`` times, each ingest into an empty folder (no cached splits), and the medians
     are compared, so neither side alone enjoys a warm page cache or a quiet moment.
     """
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     bare, ours = [], []
     for attempt in range(repeats):

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -66,7 +67,6 @@ def bundled() -> pd.DataFrame:
 @pytest.fixture
 def tiny_frame() -> pd.DataFrame:
     """60 rows, 3 numeric features, a 0/1 label that depends on them: fast to train."""
-    import numpy as np
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(60, 3))

@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wd_pipeline.errors import ConfigError
@@ -381,17 +382,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             raw = tomllib.loads(text)
         elif path.suffix.lower() in {".yaml", ".yml"}:
-            import yaml
-
             raw = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"config file {path} is not valid: {exc}") from None
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module load
-        if type(exc).__module__.startswith("yaml"):
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        raise
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")
     return raw.get("pipeline", raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -208,7 +209,6 @@ def test_split_rows_are_pinned_for_a_fixed_seed(bundled: pd.DataFrame, tmp_path:
 
     Each split file holds exactly the source rows the seeded split chose, in source order.
     """
-    import hashlib
 
     config = make_config(work_dir=str(tmp_path))
     label = (bundled[config.label] == config.positive_class).to_numpy().astype(np.int8)

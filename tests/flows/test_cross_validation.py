@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -91,7 +93,6 @@ def test_lambda_zero_is_trained_once_for_both_modes(cv_run) -> None:
 
 def test_subflow_parameters_stay_small(cv_run) -> None:
     """Flows pass paths and table rows, not per-epoch histories: Prefect caps parameters at 512 KiB."""
-    import json
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId

@@ -194,7 +194,6 @@ def test_champion_predicts_probabilities_from_raw_features(three_runs, bundled: 
 
 
 def test_prefect_artifacts_published(three_runs) -> None:
-    import json
 
     from prefect.artifacts import Artifact
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 
 from wd_pipeline.cli import build_parser, config_from_args
@@ -30,7 +31,6 @@ def test_address_connects_to_a_running_scheduler() -> None:
 
 
 def test_workers_start_a_spawning_local_cluster_of_single_threaded_processes() -> None:
-    import dask
     from prefect_dask import DaskTaskRunner
 
     from flows.pipeline import grid_task_runner

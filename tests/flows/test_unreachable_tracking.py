@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# Documented bounds (README): from the flow run's start, a refused connection fails in
+# Documented bounds (docs/reliability.md): from the flow run's start, a refused connection fails in
 # about 3 s (3 attempts, 0 + 2 s backoff + jitter) and a black-holed host in at most ~33 s,
 # because start-tracking is not retried by Prefect when the server is unreachable. The whole
 # command adds Prefect's ephemeral API start-up (6–25 s on a busy two-core machine).

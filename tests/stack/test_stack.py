@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -297,7 +299,6 @@ def test_mlflow_ui_shows_runs_and_registered_model(two_runs, local_stack: LocalS
 
 def _listening(port: int) -> set[str]:
     """Addresses with a socket in LISTEN state on ``port``, from the kernel's own tables."""
-    import ipaddress
 
     found: set[str] = set()
     for table, width in (("tcp", 4), ("tcp6", 16)):
@@ -318,8 +319,6 @@ def _listening(port: int) -> set[str]:
 
 def test_every_server_listens_on_loopback_only(local_stack: LocalStack) -> None:
     """Exposure: nothing the stack starts is reachable from another host unless asked."""
-    import ipaddress
-    from urllib.parse import urlparse
 
     for url in (local_stack.prefect_api_url, local_stack.mlflow_url):
         addresses = _listening(urlparse(url).port)

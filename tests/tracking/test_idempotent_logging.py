@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Metric
 
 from wd_pipeline.ml.training import HISTORY_KEYS, FitResult
@@ -72,9 +74,6 @@ def test_runs_logging_the_same_dataset_at_once_all_succeed(workspace: Path) -> N
     MLflow looks the dataset up, then inserts it; without the repeat in ``runs.log_dataset``
     the loser of that race failed on the unique key (seen with two real runs on one server).
     """
-    import threading
-
-    import pandas as pd
 
     client = runs.get_client()
     experiment = runs.ensure_experiment(client, "same-data")

@@ -229,25 +229,30 @@ def test_waiters_on_a_stale_lock_break_it_once_and_then_hold_it_one_at_a_time(mo
     name = "race-mutex"
     hold_lock(name, dead_owner(), "dead", time.time() + 3600)
     inside, most, entries, guard = [0], [0], [], threading.Lock()
+    errors: list[BaseException] = []
     start = threading.Barrier(4)
 
     def contend() -> None:
         client = MlflowClient(tracking_uri=runs.tracking_uri(), registry_uri=runs.tracking_uri())
         start.wait(timeout=60)
-        with promotion_lock(client, name, LockSettings(timeout=120, poll=0.05)) as held:
-            with guard:
-                inside[0] += 1
-                most[0] = max(most[0], inside[0])
-                entries.append(held.token)
-            time.sleep(0.3)
-            with guard:
-                inside[0] -= 1
+        try:
+            with promotion_lock(client, name, LockSettings(timeout=120, poll=0.05)) as held:
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                    entries.append(held.token)
+                time.sleep(0.3)
+                with guard:
+                    inside[0] -= 1
+        except BaseException as exc:  # collected: the assertion below names it
+            errors.append(exc)
 
     threads = [threading.Thread(target=contend) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
+    assert errors == []
     assert (len(set(entries)), most[0]) == (4, 1)
     client = runs.get_client()
     assert read_holder(client, lock_name(name)) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import requests
 
@@ -34,7 +36,6 @@ def test_defaults_bound_mlflow_but_never_override_the_user(monkeypatch: pytest.M
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     runs.bound_http_requests()
-    import os
 
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
@@ -75,7 +76,7 @@ def test_transient_failures_are_retried_mid_run_and_others_fail_at_once() -> Non
 
 
 def test_backoff_outlasts_a_server_restart() -> None:
-    """Five retries, exponential with ±20 % jitter: at least ~50 s of waiting in all (README)."""
+    """Five retries, exponential with ±20 % jitter: at least ~50 s of waiting in all (docs/reliability.md)."""
     from prefect.utilities.math import lower_clamp_multiple
 
     assert TRACKING_TASK["retry_delay_seconds"] == [2, 4, 8, 16, 32]

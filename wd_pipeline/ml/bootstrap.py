@@ -10,14 +10,14 @@ to row-wise means, confusion counts and ranks, so 1000 resamples cost millisecon
 scikit-learn call per resample costs seconds. The matrix is drawn in blocks of about 4M
 indices (the same numbers as one draw): 1000 resamples of a 200k-row test split would
 otherwise hold 1.6 GB of indices and several GB of gathered values at once. Full-sample values still come from
-:func:`wd_pipeline.evaluate.classification_metrics`, and the tests check every vectorised
+:func:`wd_pipeline.ml.metrics.classification_metrics`, and the tests check every vectorised
 metric against scikit-learn on the resampled rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,9 +38,6 @@ class Interval:
     high: float
     level: float
     resamples: int  # resamples that defined the metric (single-class ones are skipped for roc_auc)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
     def format(self, digits: int = 4) -> str:
         """``0.9123 [0.8711, 0.9480]``: how the interval reads in a report."""

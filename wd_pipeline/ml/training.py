@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -328,8 +330,6 @@ def _save(network: Any, result: FitResult, folder: Path) -> None:
     Two workers may train the same unit (λ = 0 of two modes); the second rename finds the
     folder present and its copy is dropped.
     """
-    import shutil
-    import uuid
 
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)

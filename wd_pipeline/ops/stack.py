@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -501,7 +502,6 @@ def free_port() -> int:
 
 def _start(state: StackState, state_dir: Path, name: str, spec: ServiceSpec) -> ServiceRecord:
     """Launch the service's command in a new session and record it at once, so ``down`` can always find it."""
-    import subprocess
 
     log_path = state_dir / "logs" / f"{name}.log"
     with log_path.open("ab") as log:

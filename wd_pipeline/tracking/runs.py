@@ -13,9 +13,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from wd_pipeline import processes
 from wd_pipeline.config import PipelineConfig, format_lambda
@@ -379,7 +381,6 @@ def _log_inputs(client: MlflowClient, run_id: str, inputs: list[Any], attempts: 
     unique (experiment, name, digest) key. Repeated, the lookup finds the row and only
     links it to this run.
     """
-    import time
 
     from mlflow.exceptions import MlflowException
 
@@ -425,6 +426,5 @@ def model_version_url(tracking_uri: str, name: str, version: str | int) -> str |
     """The MLflow UI page of a registered model version; None when no server serves a UI."""
     if not tracking_uri.startswith("http"):
         return None
-    from urllib.parse import quote
 
     return f"{tracking_uri.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
