@@ -19,7 +19,6 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wd_pipeline.errors import ConfigError
@@ -382,16 +381,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             raw = tomllib.loads(text)
         elif path.suffix.lower() in {".yaml", ".yml"}:
-            raw = yaml.safe_load(text) or {}
+            raw = _load_yaml(text)
         else:
             raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"config file {path} is not valid: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError, named without importing yaml for every command
+        if type(exc).__module__.startswith("yaml"):
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")
     return raw.get("pipeline", raw)
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml  # only when a YAML file is given: it would add to every command's start-up
+
+    return yaml.safe_load(text) or {}
 
 
 WORK_DIR_FIX = "pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you can write"
