@@ -14,8 +14,7 @@ from pydantic.fields import FieldInfo
 
 from flows.pipeline import weight_decay_pipeline
 from flows.score import score
-from tests.conftest import PROJECT_ROOT
-from wd_pipeline.config import PipelineConfig, ScoreSettings
+from wd_pipeline.config import PROJECT_ROOT, PipelineConfig, ScoreSettings
 
 FLOWS = [
     pytest.param(weight_decay_pipeline, PipelineConfig, "flows/pipeline.py:weight_decay_pipeline", id="pipeline"),
