@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -15,7 +17,8 @@ from flows.retry import TRACKING_TASK
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig, format_lambda
 from wd_pipeline.data import splits
-from wd_pipeline.ml import bootstrap, report, training
+from wd_pipeline.ml import bootstrap, preprocessing, report, training
+from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
 from wd_pipeline.tracking import runs
 
@@ -132,6 +135,7 @@ def evaluate(
             y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
         )
     manifest = splits.read_manifest(split_folder)
+    inputs = log_input_schema(parent_run_id, split_folder, refitted.model_path)
     with timing.measure("evaluate_report"):
         artifacts = report.report_artifacts(
             table=table,
@@ -149,6 +153,7 @@ def evaluate(
                 "config": config.model_dump(),
                 "rule": selection.rule,
                 "test_intervals": intervals,
+                "inputs": inputs,
             },
         )
     log_evaluation(
@@ -175,6 +180,24 @@ def evaluate(
         model_card=artifacts["model_card.md"],
         grid=table.to_dict("records"),
     )
+
+
+@task(cache_policy=NO_CACHE, name="log-input-schema", **TRACKING_TASK)
+def log_input_schema(parent_run_id: str, split_folder: str, model_path: str) -> list[dict[str, Any]]:
+    """The chosen model's inputs (roles, types, vocabularies, imputation values): MLflow JSON and a Prefect table."""
+    schema = splits.read_schema(split_folder)
+    prep = Preprocessing.load(Path(model_path).parent)
+    rows = preprocessing.schema_rows(schema, prep)
+    client = runs.get_client()
+    runs.log_text(
+        client,
+        parent_run_id,
+        json.dumps({"schema": schema.to_dict(), "preprocessing": prep.to_dict()}),
+        "schema/inputs.json",
+    )
+    runs.log_text(client, parent_run_id, report.markdown_table(rows) + "\n", "schema/inputs.md")
+    create_table_artifact(rows, key="input-schema", description="The model's raw inputs and what it learnt about them")
+    return rows
 
 
 def learning_curves(results: list[training.FitResult]) -> list[tuple[str, dict[str, list[float]]]]:

@@ -56,6 +56,7 @@ from wd_pipeline.config import (
     MinTestRocAuc,
     ModelName,
     Modes,
+    OneHotMax,
     Patience,
     PipelineConfig,
     PositiveClass,
@@ -113,6 +114,7 @@ def weight_decay_pipeline(
     batch_size: BatchSize = 32,
     learning_rate: LearningRate = 1e-3,
     hidden_units: HiddenUnits = [10, 10],  # noqa: B006
+    one_hot_max: OneHotMax = 32,
     seed: Seed = 42,
     val_fraction: ValFraction = 0.2,
     test_fraction: TestFraction = 0.2,

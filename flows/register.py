@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -9,15 +11,18 @@ from flows.retry import TRACKING_TASK
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
+from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.tracking import registry, runs
 
 
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
-def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str) -> str:
+def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, positive_class: str | None) -> str:
     with timing.measure("register_log_model"):
-        manifest = splits.read_manifest(split_folder)
         example = splits.load_split(split_folder, "train").features.head(5)
-        model_uri, _ = registry.log_model(parent_run_id, model_path, example, manifest["features"])
+        prep = Preprocessing.load(Path(model_path).parent)
+        model_uri, _ = registry.log_model(
+            parent_run_id, model_path, prep, splits.read_schema(split_folder), example, positive_class
+        )
     return model_uri
 
 
@@ -63,7 +68,7 @@ def register_chosen_model(
     config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
 ) -> registry.RegistryDecision:
     """Returns the registry decision: version, alias and the numbers behind it."""
-    model_uri = log_chosen_model(parent_run_id, split_folder, model_path)
+    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config.positive_class)
     decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
     get_run_logger().info("%s v%s → @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
     return decision

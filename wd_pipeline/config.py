@@ -114,6 +114,16 @@ HiddenUnits = Annotated[
     described("hidden layer sizes, input side first", min_length=1, max_length=8),
     Changes.TRAINING,
 ]
+OneHotMax = Annotated[
+    int,
+    described(
+        "a categorical column with at most this many slots (categories, plus one for unseen values) is one-hot "
+        "encoded; a larger one gets a trained, penalised embedding",
+        ge=2,
+        le=10_000,
+    ),
+    Changes.TRAINING,
+]
 Seed = Annotated[
     int,
     described("seed of the split, the initialisation and the shuffling", ge=0, le=2**31 - 1),
@@ -244,6 +254,7 @@ class PipelineConfig(BaseModel):
     batch_size: BatchSize = 32
     learning_rate: LearningRate = 1e-3
     hidden_units: HiddenUnits = [10, 10]
+    one_hot_max: OneHotMax = 32
     seed: Seed = 42
     val_fraction: ValFraction = 0.2
     test_fraction: TestFraction = 0.2

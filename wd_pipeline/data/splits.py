@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
+from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.data.sources import Source, fingerprint, locate, parse_table, read_bytes
 from wd_pipeline.data.validation import CheckedTable, validate
 from wd_pipeline.errors import DataError
@@ -174,6 +175,18 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def read_schema(folder: str | Path) -> TableSchema:
+    """PROVISIONAL until the data branch lands: every feature numeric unless the manifest says otherwise."""
+    manifest = read_manifest(folder)
+    raw = manifest.get("schema", {})
+    if isinstance(raw, dict) and "columns" in raw:
+        return TableSchema.from_dict(raw)
+    return TableSchema(
+        manifest["label"],
+        tuple(ColumnSpec(name, Role.NUMERIC, str(raw.get(name, ""))) for name in manifest["features"]),
+    )
 
 
 def load_split(folder: str | Path, name: str) -> LabeledData:

@@ -5,6 +5,12 @@ kernels of the hidden layers (biases and the output layer are not penalised). Ke
 ``L2(l2)`` adds ``l2 · Σ w²``, without the ½, so the layer gets ``l2 = λ / 2``.
 :func:`keras_l2` is the only place that conversion happens.
 
+An embedded categorical column (a vocabulary too large to one-hot) feeds the first hidden
+layer through its embedding table E, so the product E·W₁ plays the part that the one-hot
+rows of W₁ play for a small vocabulary. The table gets the same λ: left unpenalised, E could
+grow while W₁ shrinks, the penalty would fall without the function changing, and that
+column would escape regularisation altogether.
+
 Mode ``decoupled`` (AdamW, Loshchilov & Hutter) leaves the loss alone and shrinks the same
 kernels after every step: w ← w − lr · λ · w. With plain SGD both modes give the same update;
 with Adam the penalty's gradient λw is divided by Adam's running scale like any gradient, so
@@ -22,10 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wd_pipeline.ml import preprocessing
+
 if TYPE_CHECKING:
     import keras
+    import pandas as pd
+
+    from wd_pipeline.ml.preprocessing import Preprocessing
 
 PENALIZED_LAYER_PREFIX = "hidden_"
+EMBEDDING_PREFIX = "embedding_"
+EMBEDDING_SEED = 100  # embedding initialisers are seeded apart from the Dense layers'
 MODES = ("l2", "decoupled")
 
 
@@ -35,43 +48,42 @@ def keras_l2(lam: float) -> float:
 
 
 def build_model(
-    train_features: np.ndarray,
+    prep: Preprocessing,
     *,
     lam: float,
     mode: str = "l2",
     hidden_units: Sequence[int] = (10, 10),
     learning_rate: float = 1e-3,
     seed: int = 0,
-    normalizer: keras.layers.Normalization | None = None,
 ) -> keras.Model:
-    """Build and compile the reference network for one λ.
+    """Build and compile the reference network for one λ, its input layers rebuilt from ``prep``.
 
-    Normalisation statistics are adapted on the training features and live inside the
-    model, so the saved model takes raw features and serving cannot forget to scale them.
+    The input layers (imputation, lookups, normalisation; ``preprocessing.py``) live inside
+    the model, so the saved model takes raw columns and serving cannot forget a step.
     Initialisers get explicit seeds instead of ``keras.utils.set_random_seed`` because grid
     points train in parallel threads and a global seed would race between them.
-    ``normalizer``, one already adapted on these same features, is copied instead of adapted
-    again: the packed grid builds one model per λ, and adapting scans every training row.
     """
     import keras
 
-    n_features = train_features.shape[1]
-    normalize = keras.layers.Normalization(axis=-1, name="normalize")
-    if normalizer is None:
-        normalize.adapt(train_features.astype("float32"))
-    else:
-        normalize.build((None, n_features))
-        normalize.set_weights(normalizer.get_weights())
-        normalize.finalize_state()
-
-    inputs = keras.Input(shape=(n_features,), name="features")
-    x = normalize(inputs)
+    inputs, dense, indices = preprocessing.input_layers(prep)
+    penalized = keras.regularizers.L2(keras_l2(lam)) if mode == "l2" and lam > 0 else None
+    blocks = [dense] if dense is not None else []
+    for index, (column, looked_up) in enumerate(zip(prep.embedded, indices, strict=True)):
+        table = keras.layers.Embedding(
+            column.slots,
+            column.embedding_dim,
+            embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seed + EMBEDDING_SEED + index),
+            embeddings_regularizer=penalized,
+            name=f"{EMBEDDING_PREFIX}{index + 1}",
+        )
+        blocks.append(keras.layers.Reshape((column.embedding_dim,))(table(looked_up)))
+    x = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="first_layer_input")(blocks)
     for i, units in enumerate(hidden_units):
         x = keras.layers.Dense(
             units,
             activation="relu",
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
-            kernel_regularizer=keras.regularizers.L2(keras_l2(lam)) if mode == "l2" and lam > 0 else None,
+            kernel_regularizer=penalized,
             name=f"{PENALIZED_LAYER_PREFIX}{i + 1}",
         )(x)
     outputs = keras.layers.Dense(
@@ -103,9 +115,16 @@ def _optimizer(model: keras.Model, mode: str, lam: float, learning_rate: float) 
     if mode == "l2" or lam == 0:
         return keras.optimizers.Adam(learning_rate=learning_rate)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=lam)
-    penalized = {id(layer.kernel) for layer in model.layers if layer.name.startswith(PENALIZED_LAYER_PREFIX)}
+    penalized = {id(weight) for weight in penalized_variables(model)}
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in penalized])
     return optimizer
+
+
+def penalized_variables(model: keras.Model) -> list[Any]:
+    """What weight decay acts on: embedding tables, then the hidden layers' kernels."""
+    tables = [layer.embeddings for layer in model.layers if layer.name.startswith(EMBEDDING_PREFIX)]
+    hidden = [layer.kernel for layer in model.layers if layer.name.startswith(PENALIZED_LAYER_PREFIX)]
+    return tables + hidden
 
 
 def kernels(model: keras.Model, *, penalized_only: bool = False) -> list[np.ndarray]:
@@ -120,9 +139,18 @@ def kernels(model: keras.Model, *, penalized_only: bool = False) -> list[np.ndar
     ]
 
 
+def embeddings(model: keras.Model) -> list[np.ndarray]:
+    """Embedding tables of the large-vocabulary categorical columns, in order."""
+    return [np.asarray(layer.embeddings) for layer in model.layers if layer.name.startswith(EMBEDDING_PREFIX)]
+
+
 def weight_norm(model: keras.Model, *, penalized_only: bool = False) -> float:
-    """Euclidean norm of the kernels: the quantity weight decay shrinks."""
-    squares = sum(float(np.sum(np.square(k, dtype=np.float64))) for k in kernels(model, penalized_only=penalized_only))
+    """Euclidean norm of the trained matrices (kernels and embedding tables): the quantity weight decay shrinks.
+
+    ``penalized_only`` leaves out the output layer's kernel, which no mode penalises.
+    """
+    matrices = kernels(model, penalized_only=penalized_only) + embeddings(model)
+    squares = sum(float(np.sum(np.square(m, dtype=np.float64))) for m in matrices)
     return float(np.sqrt(squares))
 
 
@@ -142,21 +170,28 @@ def describe(model: keras.Model) -> dict[str, Any]:
 PREDICT_ROWS = 65536
 
 
-def predict_probability(model: keras.Model, features: np.ndarray) -> np.ndarray:
-    """Probabilities of the positive class, as a flat array.
+def predict_probability(model: keras.Model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Probabilities of the positive class for named raw inputs (:func:`preprocessing.model_inputs`), flat.
 
     Called eagerly on slices of 65,536 rows rather than through ``model.predict``: predict
-    traces a graph for every freshly trained or loaded model and steps 4,096 rows at a time,
-    which made scoring the 12 members of a chunk on 800k rows cost about a third of their
-    training time (``benchmarks/``). The values are the same.
+    traces a graph for every freshly trained or loaded model and steps 4,096 rows at a time.
+    The values are the same.
     """
-    if len(features) == 0:
+    rows = len(next(iter(inputs.values())))
+    if rows == 0:
         return np.zeros(0, dtype=np.float32)
     parts = [
-        np.asarray(model(features[start : start + PREDICT_ROWS], training=False)).ravel()
-        for start in range(0, len(features), PREDICT_ROWS)
+        np.asarray(
+            model({name: value[start : start + PREDICT_ROWS] for name, value in inputs.items()}, training=False)
+        ).ravel()
+        for start in range(0, rows, PREDICT_ROWS)
     ]
     return np.concatenate(parts)
+
+
+def predict_frame(model: keras.Model, prep: Preprocessing, features: pd.DataFrame) -> np.ndarray:
+    """Probabilities for a raw frame: the columns ``prep`` names, everything else ignored."""
+    return predict_probability(model, preprocessing.model_inputs(features, prep))
 
 
 def load(path: str) -> keras.Model:

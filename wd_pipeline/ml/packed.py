@@ -21,11 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wd_pipeline.ml.network import MODES, build_model
+from wd_pipeline.ml.network import EMBEDDING_PREFIX, MODES, PREDICT_ROWS, build_model
+
+if TYPE_CHECKING:
+    from wd_pipeline.ml.preprocessing import Encoded, Preprocessing
 
 _log = logging.getLogger(__name__)
 
@@ -34,17 +37,23 @@ HIDDEN = "hidden"
 
 @dataclass
 class MemberFit:
-    """One unpacked member: its Keras model, per-epoch history and best epoch (1-based)."""
+    """One unpacked member: its Keras model, per-epoch history, best epoch (1-based) and its predictions.
+
+    ``train_probability`` / ``val_probability`` are the member's probabilities on the rows it
+    trained and validated on, computed for all members in one pass over the encoded rows.
+    """
 
     model: Any
     history: dict[str, list[float]]
     best_epoch: int
+    train_probability: np.ndarray
+    val_probability: np.ndarray | None
 
 
 def train_packed(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray] | None,
+    prep: Preprocessing,
+    train: tuple[Encoded, np.ndarray],
+    validation: tuple[Encoded, np.ndarray] | None,
     *,
     lams: Sequence[float],
     mode: str,
@@ -55,32 +64,28 @@ def train_packed(
     epochs: int,
     patience: int,
 ) -> list[MemberFit]:
-    """Train one member per λ on the same batches; returns them in the order of ``lams``."""
+    """Train one member per λ on the same batches of encoded rows; returns them in the order of ``lams``.
+
+    ``train`` and ``validation`` are (encoded rows, labels of shape (rows, 1)); the members
+    come back as full networks (input layers from ``prep`` included).
+    """
     import keras
     import tensorflow as tf
 
     if mode not in MODES:
         raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
     lams = [float(lam) for lam in lams]
-    reference = build_model(
-        x_train, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed
-    )
-    stack = _Stack(reference, len(lams))
+    reference = build_model(prep, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
+    stack = _Stack(reference, prep, len(lams))
     lam_vector = tf.constant(lams, dtype=tf.float32)
     penalty_coef = lam_vector / 2.0 if mode == "l2" else tf.zeros_like(lam_vector)
     decay_coef = learning_rate * lam_vector if mode == "decoupled" else tf.zeros_like(lam_vector)
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     optimizer.build(stack.variables)
 
-    order = epoch_order(len(x_train), epochs, seed).astype(np.int32)
+    order = epoch_order(len(train[0]), epochs, seed).astype(np.int32)
     run_epoch = _compiled_epoch(
-        stack,
-        optimizer,
-        (x_train, y_train),
-        validation,
-        penalty_coef=penalty_coef,
-        decay_coef=decay_coef,
-        batch_size=batch_size,
+        stack, optimizer, train, validation, penalty_coef=penalty_coef, decay_coef=decay_coef, batch_size=batch_size
     )
 
     keys = ("loss", "bce", "accuracy") + (("val_loss", "val_bce", "val_accuracy") if validation else ())
@@ -98,16 +103,20 @@ def train_packed(
         run_epoch.experimental_get_tracing_count(),
     )
     tracker.restore()
+    train_probability = stack.probabilities(train[0])
+    val_probability = stack.probabilities(validation[0]) if validation is not None else None
     return [
         MemberFit(
             model=stack.unpack(
-                g, x_train, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed
+                g, prep, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed
             ),
             history={
                 key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]]
                 for key, series in history.items()
             },
             best_epoch=tracker.best_epoch(g, len(history["loss"])),
+            train_probability=train_probability[g],
+            val_probability=val_probability[g] if val_probability is not None else None,
         )
         for g, lam in enumerate(lams)
     ]
@@ -119,16 +128,18 @@ def epoch_order(rows: int, epochs: int, seed: int) -> np.ndarray:
     return np.stack([rng.permutation(rows) for _ in range(epochs)])
 
 
-def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch_size: int) -> Any:
-    """A ``tf.data`` pipeline of every epoch's batches in :func:`epoch_order` (for ``model.fit``)."""
+def epoch_batches(inputs: dict[str, np.ndarray], y: np.ndarray, epochs: int, seed: int, batch_size: int) -> Any:
+    """A ``tf.data`` pipeline of every epoch's batches of named raw inputs in :func:`epoch_order` (for ``model.fit``)."""
     import tensorflow as tf
 
-    order = epoch_order(len(x), epochs, seed)
-    x_all, y_all = tf.constant(x), tf.constant(y)
+    rows = len(y)
+    order = epoch_order(rows, epochs, seed)
+    x_all = {name: tf.constant(value) for name, value in inputs.items()}
+    y_all = tf.constant(y)
     return (
         tf.data.Dataset.from_tensor_slices(order)
         .flat_map(lambda rows: tf.data.Dataset.from_tensor_slices(rows).batch(batch_size))
-        .map(lambda rows: (tf.gather(x_all, rows), tf.gather(y_all, rows)))
+        .map(lambda rows: ({name: tf.gather(value, rows) for name, value in x_all.items()}, tf.gather(y_all, rows)))
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -136,8 +147,8 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch_si
 def _compiled_epoch(
     stack: _Stack,
     optimizer: Any,
-    train: tuple[np.ndarray, np.ndarray],
-    validation: tuple[np.ndarray, np.ndarray] | None,
+    train: tuple[Encoded, np.ndarray],
+    validation: tuple[Encoded, np.ndarray] | None,
     *,
     penalty_coef: Any,
     decay_coef: Any,
@@ -155,15 +166,20 @@ def _compiled_epoch(
     """
     import tensorflow as tf
 
-    x_all, y_all = tf.constant(train[0]), tf.constant(train[1])
-    held_out = tuple(tf.constant(part) for part in validation) if validation is not None else None
+    dense_all, indices_all = tf.constant(train[0].dense), tf.constant(train[0].indices)
+    y_all = tf.constant(train[1])
+    held_out = (
+        (tf.constant(validation[0].dense), tf.constant(validation[0].indices), tf.constant(validation[1]))
+        if validation is not None
+        else None
+    )
     members = int(penalty_coef.shape[0])
 
     def step(rows: Any) -> Any:
         """One optimiser step on the batch ``rows``: its loss, bce and accuracy (3, G), times the batch size."""
-        x, y = tf.gather(x_all, rows), tf.gather(y_all, rows)
+        dense, indices, y = tf.gather(dense_all, rows), tf.gather(indices_all, rows), tf.gather(y_all, rows)
         with tf.GradientTape() as tape:
-            logits = stack.logits(x)
+            logits = stack.logits(dense, indices)
             bce = _bce(y, logits)  # (G,)
             penalty = penalty_coef * stack.hidden_squared_norms()
             total = tf.reduce_sum(bce + penalty)
@@ -185,10 +201,10 @@ def _compiled_epoch(
         means = sums / rows
         metrics = {"loss": means[0], "bce": means[1], "accuracy": means[2]}
         if held_out is not None:
-            logits = stack.logits(held_out[0])
-            val_bce = _bce(held_out[1], logits)
+            logits = stack.logits(held_out[0], held_out[1])
+            val_bce = _bce(held_out[2], logits)
             penalty = penalty_coef * stack.hidden_squared_norms()
-            metrics.update(val_loss=val_bce + penalty, val_bce=val_bce, val_accuracy=_accuracy(held_out[1], logits))
+            metrics.update(val_loss=val_bce + penalty, val_bce=val_bce, val_accuracy=_accuracy(held_out[2], logits))
         return metrics
 
     return run_epoch
@@ -210,28 +226,34 @@ def _accuracy(y: Any, logits: Any) -> Any:
 
 
 class _Stack:
-    """All kernels and biases of G copies of the reference network, as one (G, P) variable.
+    """All trained weights of G copies of the reference network, as one (G, P) variable.
 
-    One flat variable per stack instead of six per network cuts the ops of every step
+    One flat variable per stack instead of several per network cuts the ops of every step
     (Adam's update becomes one set of elementwise ops); Adam is elementwise, so the
     arithmetic per weight is unchanged. Every member starts from the same initial weights.
+    The pieces are the embedding tables (if any), then each Dense layer's kernel and bias;
+    the input layers hold no trained weights and run once, before packing (``encode``).
     """
 
-    def __init__(self, reference: Any, members: int) -> None:
+    def __init__(self, reference: Any, prep: Preprocessing, members: int) -> None:
         import keras
 
-        self.normalizer = reference.get_layer("normalize")
+        self.dense_width = prep.dense_width
+        self.embedding_dims = [column.embedding_dim for column in prep.embedded]
+        self.tables = [reference.get_layer(f"{EMBEDDING_PREFIX}{i + 1}") for i in range(len(self.embedding_dims))]
         self.dense = [layer for layer in reference.layers if isinstance(layer, keras.layers.Dense)]
-        pieces = [np.asarray(w) for layer in self.dense for w in (layer.kernel, layer.bias)]
+        pieces = [np.asarray(table.embeddings) for table in self.tables]
+        pieces += [np.asarray(w) for layer in self.dense for w in (layer.kernel, layer.bias)]
         self.shapes = [piece.shape for piece in pieces]
         self.bounds = np.cumsum([0] + [piece.size for piece in pieces]).tolist()
         flat = np.concatenate([piece.ravel() for piece in pieces])
         self.theta = keras.Variable(np.repeat(flat[None, :], members, axis=0), name="packed_parameters")
         self.variables = [self.theta]
+        penalized = list(range(len(self.tables)))
+        penalized += [len(self.tables) + 2 * i for i, layer in enumerate(self.dense) if layer.name.startswith(HIDDEN)]
         mask = np.zeros(flat.size, dtype=np.float32)
-        for index, layer in enumerate(self.dense):
-            if layer.name.startswith(HIDDEN):
-                mask[self.bounds[2 * index] : self.bounds[2 * index + 1]] = 1.0
+        for piece in penalized:
+            mask[self.bounds[piece] : self.bounds[piece + 1]] = 1.0
         self.hidden_mask = mask
 
     def _pieces(self) -> list[Any]:
@@ -244,19 +266,42 @@ class _Stack:
             for start, end, shape in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
         ]
 
-    def logits(self, x: Any) -> Any:
-        """(B, F) raw features → (G, B, 1) logits of every member."""
+    def logits(self, dense: Any, indices: Any) -> Any:
+        """(B, F) encoded rows and (B, k) lookup indices → (G, B, 1) logits of every member."""
         import tensorflow as tf
 
         pieces = self._pieces()
-        kernels, biases = pieces[0::2], pieces[1::2]
-        h = tf.nn.relu(tf.einsum("bf,gfh->gbh", self.normalizer(x), kernels[0]) + biases[0][:, None, :])
+        tables, layers = pieces[: len(self.tables)], pieces[len(self.tables) :]
+        kernels, biases = layers[0::2], layers[1::2]
+        first = kernels[0]
+        z = biases[0][:, None, :]
+        if self.dense_width:
+            z = z + tf.einsum("bf,gfh->gbh", dense, first[:, : self.dense_width])
+        start = self.dense_width
+        for column, (table, dim) in enumerate(zip(tables, self.embedding_dims, strict=True)):
+            looked_up = tf.gather(table, indices[:, column], axis=1)  # (G, B, dim)
+            z = z + tf.einsum("gbd,gdh->gbh", looked_up, first[:, start : start + dim])
+            start += dim
+        h = tf.nn.relu(z)
         for kernel, bias in zip(kernels[1:-1], biases[1:-1], strict=True):
             h = tf.nn.relu(tf.einsum("gbf,gfh->gbh", h, kernel) + bias[:, None, :])
         return tf.einsum("gbf,gfh->gbh", h, kernels[-1]) + biases[-1][:, None, :]
 
+    def probabilities(self, rows: Encoded) -> np.ndarray:
+        """(G, rows) probabilities of every member, in slices of :data:`PREDICT_ROWS` rows."""
+        import tensorflow as tf
+
+        parts = [
+            tf.sigmoid(
+                self.logits(rows.dense[start : start + PREDICT_ROWS], rows.indices[start : start + PREDICT_ROWS])
+            ).numpy()[:, :, 0]
+            for start in range(0, len(rows), PREDICT_ROWS)
+        ]
+        members = int(self.theta.shape[0])
+        return np.concatenate(parts, axis=1) if parts else np.zeros((members, 0), dtype=np.float32)
+
     def hidden_squared_norms(self) -> Any:
-        """Σ w² of the penalised kernels, per member: (G,)."""
+        """Σ w² of the penalised weights (embedding tables and hidden kernels), per member: (G,)."""
         import tensorflow as tf
 
         return tf.reduce_sum(tf.square(self.theta.value) * self.hidden_mask, axis=1)
@@ -274,7 +319,7 @@ class _Stack:
     def unpack(
         self,
         g: int,
-        x_train: np.ndarray,
+        prep: Preprocessing,
         *,
         lam: float,
         mode: str,
@@ -283,22 +328,14 @@ class _Stack:
         seed: int,
     ) -> Any:
         """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
-        model = build_model(
-            x_train,
-            lam=lam,
-            mode=mode,
-            hidden_units=hidden_units,
-            learning_rate=learning_rate,
-            seed=seed,
-            normalizer=self.normalizer,
-        )
+        model = build_model(prep, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
         flat = np.array(self.theta.value)[g]
-        names = {layer.name for layer in self.dense}
-        layers = [layer for layer in model.layers if layer.name in names]
-        for index, layer in enumerate(layers):
-            for offset, weight in enumerate((layer.kernel, layer.bias)):
-                piece = 2 * index + offset
-                weight.assign(flat[self.bounds[piece] : self.bounds[piece + 1]].reshape(self.shapes[piece]))
+        weights = [model.get_layer(table.name).embeddings for table in self.tables]
+        weights += [
+            w for layer in self.dense for w in (model.get_layer(layer.name).kernel, model.get_layer(layer.name).bias)
+        ]
+        for piece, weight in enumerate(weights):
+            weight.assign(flat[self.bounds[piece] : self.bounds[piece + 1]].reshape(self.shapes[piece]))
         return model
 
 

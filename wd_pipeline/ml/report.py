@@ -309,8 +309,9 @@ def model_card(
     test_intervals: Mapping[str, Interval],
     version: str | None = None,
     threshold: float = 0.5,
+    inputs: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """A markdown card a reviewer reads before trusting the model: data, settings, choice, evidence."""
+    """A markdown card a reviewer reads before trusting the model: data, inputs, settings, choice, evidence."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(RULES)}")
     level = next(iter(test_intervals.values())).level if test_intervals else 0.95
@@ -325,6 +326,7 @@ def model_card(
         f"- **Source**: `{data_source}`",
         f"- **sha256**: `{data_sha256}`",
         "",
+        *_inputs_section(inputs),
         "## Choice of weight decay",
         "",
         f"- **Mode**: {chosen_mode} ({MODE_NAMES.get(chosen_mode, chosen_mode)})",
@@ -349,6 +351,26 @@ def model_card(
         *(f"| {key} | `{_setting(value)}` |" for key, value in config.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _inputs_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The model's raw inputs and what its preprocessing learnt on the refit's training rows."""
+    if not rows:
+        return []
+    return [
+        "## Inputs (preprocessing inside the model, adapted on the refit's training rows)",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of equal keys as a markdown table (pipes in values escaped)."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row[key]).replace("|", "\\|") for key in keys) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def report_artifacts(

@@ -97,10 +97,12 @@ def refit_epochs(folds: pd.DataFrame, selection: Selection, default: int) -> int
 def test_predictions(model_path: str, split_folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of the chosen, refit model on the test split: computed once, never tuned on."""
     from wd_pipeline.data import splits
-    from wd_pipeline.ml.network import load, predict_probability
+    from wd_pipeline.ml.network import predict_frame
+    from wd_pipeline.ml.training import load_model
 
     test = splits.load_split(split_folder, "test")
-    return test.label, predict_probability(load(model_path), test.features.to_numpy(np.float32))
+    network, prep = load_model(model_path)
+    return test.label, predict_frame(network, prep, test.features)
 
 
 test_predictions.__test__ = False  # a library function, not a pytest test

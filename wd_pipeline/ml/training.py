@@ -29,7 +29,9 @@ import numpy as np
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
+from wd_pipeline.ml import preprocessing
 from wd_pipeline.ml.metrics import classification_metrics
+from wd_pipeline.ml.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from wd_pipeline.ml.packed import MemberFit
@@ -183,7 +185,7 @@ def fold_data(
     from sklearn.model_selection import StratifiedKFold
 
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train_rows, val_rows = list(splitter.split(development.features, development.label))[fold]
+    train_rows, val_rows = list(splitter.split(np.zeros(len(development)), development.label))[fold]
     return splits.take(development, train_rows), splits.take(development, val_rows)
 
 
@@ -216,14 +218,16 @@ def train_chunk(
 
         with timing.measure("unit_load_data"):
             train, validation = fold_data(split_folder, config.folds, fold, config.seed)
-            x_train, y_train = _arrays(train)
-            val_arrays = _arrays(validation) if validation is not None else None
+        with timing.measure("unit_encode"):
+            prep = preprocessing.adapt(train.features, splits.read_schema(split_folder), one_hot_max=config.one_hot_max)
+            train_rows = (preprocessing.encode(prep, train.features), _labels(train))
+            val_rows = (preprocessing.encode(prep, validation.features), _labels(validation)) if validation else None
         started = time.perf_counter()
         with timing.interval(timing.TRAINING):
             members = train_packed(
-                x_train,
-                y_train,
-                val_arrays,
+                prep,
+                train_rows,
+                val_rows,
                 lams=[unit.lam for unit in missing],
                 mode=mode,
                 hidden_units=config.hidden_units,
@@ -236,7 +240,13 @@ def train_chunk(
         share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
         for unit, member in zip(missing, members, strict=True):
             results[unit.lam] = _record(
-                member, unit, config, seconds=share, train=(x_train, y_train), validation=val_arrays
+                member,
+                unit,
+                config,
+                prep,
+                seconds=share,
+                train_label=train.label,
+                val_label=validation_label(validation),
             )
     return [results[lam] for lam in lams]
 
@@ -267,22 +277,31 @@ class _Unit:
     folder: Path
 
 
+def validation_label(validation: splits.LabeledData | None) -> np.ndarray | None:
+    return validation.label if validation is not None else None
+
+
 def _record(
     member: MemberFit,
     unit: _Unit,
     config: PipelineConfig,
+    prep: Preprocessing,
     *,
     seconds: float,
-    train: tuple[np.ndarray, np.ndarray],
-    validation: tuple[np.ndarray, np.ndarray] | None,
+    train_label: np.ndarray,
+    val_label: np.ndarray | None,
 ) -> FitResult:
-    """Score a trained member, then save model and result (result last: it marks completion)."""
+    """Score a trained member, then save model, its preprocessing and result (result last: it marks completion)."""
     from wd_pipeline.ml.network import keras_l2, penalty, weight_norm
 
     network = member.model
     with timing.measure("unit_score"):
-        train_metrics = classification_metrics(train[1], _predict(network, train[0]))
-        val_metrics = classification_metrics(validation[1], _predict(network, validation[0])) if validation else {}
+        train_metrics = classification_metrics(train_label, member.train_probability)
+        val_metrics = (
+            classification_metrics(val_label, member.val_probability)
+            if val_label is not None and member.val_probability is not None
+            else {}
+        )
     mode, lam = unit.mode, unit.lam
     result = FitResult(
         mode=mode,
@@ -310,21 +329,22 @@ def _record(
         },
     )
     with timing.measure("unit_save"):
-        _save(network, result, unit.folder)
+        _save(network, prep, result, unit.folder)
     return result
 
 
-def _arrays(part: splits.LabeledData) -> tuple[np.ndarray, np.ndarray]:
-    return part.features.to_numpy(dtype=np.float32), part.label.astype(np.float32).reshape(-1, 1)
+def _labels(part: splits.LabeledData) -> np.ndarray:
+    return part.label.astype(np.float32).reshape(-1, 1)
 
 
-def _predict(network: Any, features: np.ndarray) -> np.ndarray:
-    from wd_pipeline.ml.network import predict_probability
+def load_model(model_path: str | Path) -> tuple[Any, Preprocessing]:
+    """A saved unit's network and the preprocessing it was adapted with (saved beside it)."""
+    from wd_pipeline.ml.network import load
 
-    return predict_probability(network, features)
+    return load(str(model_path)), Preprocessing.load(Path(model_path).parent)
 
 
-def _save(network: Any, result: FitResult, folder: Path) -> None:
+def _save(network: Any, prep: Preprocessing, result: FitResult, folder: Path) -> None:
     """Write into a private folder, then rename it into place: a unit appears whole or not at all.
 
     Two workers may train the same unit (λ = 0 of two modes); the second rename finds the
@@ -334,6 +354,7 @@ def _save(network: Any, result: FitResult, folder: Path) -> None:
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     network.save(staging / MODEL_FILE)
+    prep.save(staging)
     (staging / RESULT_FILE).write_text(json.dumps(result.to_dict()))
     try:
         staging.rename(folder)

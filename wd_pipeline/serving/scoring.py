@@ -9,21 +9,25 @@ Every scoring run is recorded in MLflow next to the pipeline runs that produced 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # ScoreSettings lives with the other settings models, where the CLI reads it without pandas.
 from wd_pipeline.config import ScoreSettings, make_settings
 from wd_pipeline.data import sources
+from wd_pipeline.data.schema import ColumnSpec, Role
 from wd_pipeline.errors import DataError, TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from wd_pipeline.ml.preprocessing import Preprocessing
 
 OUTPUT_COLUMNS = ("probability", "label")
 
@@ -43,6 +47,8 @@ class ScoreResult:
     output: str
     run_id: str
     input_sha256: str
+    inputs: dict[str, dict[str, float]] = field(default_factory=dict)  # per column: missing / unseen shares
+    metrics: dict[str, float] = field(default_factory=dict)  # on rows carrying the training label, if any
 
 
 def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -58,52 +64,111 @@ def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
     return version, f"models:/{name}/{version}"
 
 
-def check_features(table: pa.Table, expected: list[str], model: str) -> pd.DataFrame:
-    """The table's feature columns, in signature order, as float64 — or a DataError naming the columns."""
+def model_columns(table: pa.Table, columns: list[ColumnSpec], model: str) -> pd.DataFrame:
+    """The whole table as pandas, after checking that every column the model reads is there and usable.
+
+    Other columns (an ID, a key, the label) are kept: they pass through to the output, so
+    predictions can be joined back. Numeric columns must be numbers; categorical ones may
+    be anything Arrow can write as text.
+    """
     names = table.column_names
     duplicates = sorted({name for name in names if names.count(name) > 1})
-    missing = [name for name in expected if name not in names]
-    unexpected = [name for name in names if name not in expected]
-    if duplicates or missing or unexpected:
-        problems = [
-            f"{label} {columns}"
-            for label, columns in (("duplicated", duplicates), ("missing", missing), ("unexpected", unexpected))
-            if columns
-        ]
+    if duplicates:
+        raise DataError(f"data has duplicate columns {duplicates}: give every column a unique name")
+    missing = [spec.name for spec in columns if spec.name not in names]
+    if missing:
         raise DataError(
-            f"columns do not match the input signature of {model}: {', '.join(problems)}. "
-            f"The model takes exactly {expected}"
+            f"data lacks column(s) {missing} that {model} reads; it reads {[spec.name for spec in columns]}. "
+            "Add them (an empty column means all values missing)"
         )
     if table.num_rows == 0:
         raise DataError("data holds a header but no rows: nothing to score")
-    text = [
-        f"{name} ({table.schema.field(name).type})" for name in expected if not _numeric(table.schema.field(name).type)
-    ]
-    if text:
-        raise DataError(f"feature columns must be numeric for {model}; non-numeric: {text}")
-    frame = table.select(expected).to_pandas().astype("float64")
-    finite = np.isfinite(frame.to_numpy())
-    bad = {name: int((~finite[:, i]).sum()) for i, name in enumerate(expected) if not finite[:, i].all()}
-    if bad:
-        raise DataError(
-            f"feature columns hold missing or infinite values (column: count) {bad}: clean or drop those rows"
-        )
+    for spec in columns:
+        kind = table.schema.field(spec.name).type
+        if spec.role is Role.NUMERIC and not _numeric(kind):
+            example = _first_text(table.column(spec.name))
+            raise DataError(
+                f"column {spec.name!r} holds {kind} (e.g. {example!r}) but {model} reads it as numeric: "
+                "pass numbers, with empty cells for missing values"
+            )
+    infinite = {
+        spec.name: count
+        for spec in columns
+        if spec.role is Role.NUMERIC and (count := _infinite(table.column(spec.name)))
+    }
+    if infinite:
+        raise DataError(f"numeric columns hold infinite values (column: count) {infinite}: clean or drop those rows")
+    frame = table.to_pandas()
+    for spec in columns:
+        if spec.role is Role.NUMERIC:
+            frame[spec.name] = frame[spec.name].astype("float64")
+        else:
+            strings = pc.cast(table.column(spec.name), pa.string())
+            frame[spec.name] = pd.Series(strings.to_numpy(zero_copy_only=False), dtype=object, index=frame.index)
     return frame
 
 
 def _numeric(kind: pa.DataType) -> bool:
-    # An all-empty CSV column arrives as the null type: the finite-value check names it.
+    # An all-empty CSV column arrives as the null type: all of it is missing, which the model imputes.
     checks = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null)
     return any(check(kind) for check in checks)
 
 
-def predictions(features: pd.DataFrame, probability: np.ndarray, threshold: float) -> pd.DataFrame:
-    """Input features plus ``probability`` and the 0/1 ``label`` at ``threshold``."""
-    clash = [name for name in OUTPUT_COLUMNS if name in features.columns]
+def _infinite(column: pa.ChunkedArray) -> int:
+    if not pa.types.is_floating(column.type):
+        return 0
+    return int(pc.sum(pc.is_inf(column)).as_py() or 0)
+
+
+def _first_text(column: pa.ChunkedArray) -> str:
+    values = pc.drop_null(column).slice(0, 1).to_pylist()
+    return str(values[0]) if values else ""
+
+
+def input_report(frame: pd.DataFrame, prep: Preprocessing) -> dict[str, dict[str, float]]:
+    """Per input column, the share of missing values and (categorical) of values unseen in training."""
+    report: dict[str, dict[str, float]] = {}
+    rows = max(len(frame), 1)
+    for column in prep.numeric:
+        report[column.name] = {"missing": float(frame[column.name].isna().sum()) / rows}
+    for column in prep.categorical:
+        values = frame[column.name]
+        present = values.notna()
+        unseen = present & ~values.isin(set(column.vocabulary))
+        report[column.name] = {"missing": float((~present).sum()) / rows, "unseen": float(unseen.sum()) / rows}
+    return report
+
+
+def predictions(frame: pd.DataFrame, probability: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Input rows, every column kept, plus ``probability`` and the 0/1 ``label`` at ``threshold``."""
+    clash = [name for name in OUTPUT_COLUMNS if name in frame.columns]
     if clash:
-        raise DataError(f"feature columns {clash} clash with the prediction columns {list(OUTPUT_COLUMNS)}")
+        raise DataError(f"input columns {clash} clash with the prediction columns {list(OUTPUT_COLUMNS)}: rename them")
     probability = np.asarray(probability, dtype=np.float64).ravel()
-    return features.assign(probability=probability, label=(probability >= threshold).astype(np.int8))
+    return frame.assign(probability=probability, label=(probability >= threshold).astype(np.int8))
+
+
+def labelled_metrics(
+    table: pa.Table, probability: np.ndarray, label: str | None, positive_class: str | None, threshold: float
+) -> dict[str, float]:
+    """Metrics on the rows whose training label is present: an evaluation on new labelled data.
+
+    Empty when the label column is absent, entirely missing, or holds a single class.
+    """
+    from wd_pipeline.data.validation import encode_label
+    from wd_pipeline.ml.metrics import classification_metrics
+
+    if not label or label not in table.column_names:
+        return {}
+    column = table.column(label)
+    known = pc.is_valid(column)
+    if not pc.any(known).as_py():
+        return {}
+    y = encode_label(pc.filter(column, known), label, positive_class)
+    if len(np.unique(y)) < 2:
+        return {}
+    mask = known.to_numpy(zero_copy_only=False)
+    return classification_metrics(y, np.asarray(probability)[mask], threshold)
 
 
 def write_parquet(frame: pd.DataFrame, output: str | Path) -> Path:
@@ -134,9 +199,15 @@ def score_file(
     run_name = f"score {settings.model_name}@champion v{version}"
     run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
     try:
-        features = check_features(table, registry.input_columns(model_uri), f"{settings.model_name} v{version}")
-        scored = predictions(features, registry.model_probability(model_uri, features), settings.threshold)
+        frame = model_columns(table, registry.input_schema(model_uri), f"{settings.model_name} v{version}")
+        config = registry.model_config(model_uri)
+        probability = registry.model_probability(model_uri, frame)
+        scored = predictions(frame, probability, settings.threshold)
         path = write_parquet(scored, settings.output)
+        inputs = input_report(frame, registry.model_preprocessing(model_uri))
+        evaluation = labelled_metrics(
+            table, probability, config.get("label"), config.get("positive_class"), settings.threshold
+        )
         result = ScoreResult(
             model_uri=model_uri,
             version=version,
@@ -145,6 +216,8 @@ def score_file(
             output=str(path),
             run_id=run_id,
             input_sha256=sha256,
+            inputs=inputs,
+            metrics=evaluation,
         )
         _log_scoring(client, result, settings, source=source.uri, mean_probability=float(scored["probability"].mean()))
     except BaseException:
@@ -172,10 +245,22 @@ def _log_scoring(
         "threshold": f"{settings.threshold:g}",
     }
     client.log_batch(result.run_id, params=[Param(key, value) for key, value in params.items()])
+    shares = {
+        f"input.{kind}.{runs.metric_key(name)}": share
+        for name, column in result.inputs.items()
+        for kind, share in column.items()
+    }
+    labelled = {f"labelled_{name}": value for name, value in result.metrics.items()}
     runs.log_metrics(
         client,
         result.run_id,
-        {"rows": result.rows, "positive_rate": result.positive_rate, "mean_probability": mean_probability},
+        {
+            "rows": result.rows,
+            "positive_rate": result.positive_rate,
+            "mean_probability": mean_probability,
+            **shares,
+            **labelled,
+        },
     )
     tags = {"data.sha256": result.input_sha256, "data.source": source, "scored_model": result.model_uri}
     runs.set_tags(client, result.run_id, tags)

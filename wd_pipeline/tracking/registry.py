@@ -28,20 +28,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.errors import ConfigError, TrackingError, first_line
 from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 from wd_pipeline.ml.metrics import classification_metrics
+from wd_pipeline.ml.preprocessing import PREPROCESSING_FILE
 from wd_pipeline.tracking.promotion_lock import LockSettings, promotion_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.models import ModelSignature
 
     from wd_pipeline.config import PipelineConfig
+    from wd_pipeline.ml.preprocessing import Preprocessing
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PYFUNC_CODE = Path(__file__).parents[1] / "serving" / "pyfunc_model.py"
-SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy")
+SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy", "pyarrow")
+SIGNATURE_TYPES = {Role.NUMERIC: "double", Role.CATEGORICAL: "string"}
 # models:/NAME/VERSION, models:/NAME@ALIAS or a logged model models:/m-ID on the configured
 # server; not models://PROFILE@… (another registry), runs:/, file paths or URLs.
 REGISTRY_URI = re.compile(r"models:/[^/]")
@@ -109,25 +114,67 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
 
 
-def log_model(parent_run_id: str, keras_model_path: str, example: pd.DataFrame, features: list[str]) -> tuple[str, str]:
-    """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id)."""
-    import mlflow
-    from mlflow.models import infer_signature
+def log_model(
+    parent_run_id: str,
+    keras_model_path: str,
+    prep: Preprocessing,
+    schema: TableSchema,
+    example: pd.DataFrame,
+    positive_class: str | None = None,
+) -> tuple[str, str]:
+    """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id).
 
-    example = example[features].astype("float64")
-    sample_output = pd.DataFrame({"probability": np.full(len(example), 0.5)})
-    signature = infer_signature(example, sample_output)
+    The signature lists every raw column the network reads: numeric ones as doubles,
+    categorical ones as strings. The input example holds a missing value, so the model
+    page shows that gaps are accepted.
+    """
+    import mlflow
+
+    used = [spec for spec in schema.columns if spec.name in prep.columns]
+    example = example_with_gap(example[[spec.name for spec in used]], used)
     with mlflow.start_run(run_id=parent_run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
-            artifacts={"keras_model": keras_model_path},
-            model_config={"input_columns": features},
-            signature=signature,
+            artifacts={
+                "keras_model": keras_model_path,
+                "preprocessing": str(Path(keras_model_path).with_name(PREPROCESSING_FILE)),
+            },
+            model_config={
+                **prep.input_config(),
+                "columns": [spec.to_dict() for spec in used],
+                "label": schema.label,
+                "positive_class": positive_class,
+            },
+            signature=input_signature(used),
             input_example=example,
             pip_requirements=serving_requirements(),
         )
     return info.model_uri, info.model_id
+
+
+def input_signature(columns: list[ColumnSpec]) -> ModelSignature:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([ColSpec(SIGNATURE_TYPES[spec.role], spec.name) for spec in columns])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "probability")]))
+
+
+def example_with_gap(example: pd.DataFrame, columns: list[ColumnSpec]) -> pd.DataFrame:
+    """A few training rows as the signature types them, with at least one missing value."""
+    example = example.reset_index(drop=True).copy()
+    for spec in columns:
+        if spec.role is Role.NUMERIC:
+            example[spec.name] = example[spec.name].astype("float64")
+        else:
+            example[spec.name] = example[spec.name].astype(object).where(example[spec.name].notna(), None)
+    if not example.isna().to_numpy().any() and len(example):
+        gap = example.iloc[[0]].copy()
+        first = columns[0]
+        gap[first.name] = np.nan if first.role is Role.NUMERIC else None
+        example = pd.concat([example, gap], ignore_index=True)
+    return example
 
 
 def require_registry_uri(model_uri: str) -> str:
@@ -163,23 +210,78 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
         return None
 
 
-def input_columns(model_uri: str) -> list[str]:
-    """Feature columns of a logged model's input signature, in order."""
+def model_config(model_uri: str) -> dict[str, Any]:
+    """The model config a logged pyfunc model was saved with (input columns, label, missing token)."""
     from mlflow.models import get_model_info
 
-    signature = get_model_info(require_registry_uri(model_uri)).signature
-    return list(signature.inputs.input_names()) if signature is not None else []
+    info = get_model_info(require_registry_uri(model_uri))
+    return dict(info.flavors.get("python_function", {}).get("model_config") or {})
 
 
-def schema_change(new: list[str], champion: list[str]) -> str | None:
-    """Why two input signatures are not the same data, or None when they are."""
-    if new == champion:
-        return None
-    added = [name for name in new if name not in champion]
-    removed = [name for name in champion if name not in new]
+def model_preprocessing(model_uri: str) -> Preprocessing:
+    """What the model's input layers learnt (vocabularies, medians), from the artifact logged with it."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    from wd_pipeline.ml.preprocessing import Preprocessing
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = download_artifacts(
+            artifact_uri=f"{require_registry_uri(model_uri)}/artifacts/{PREPROCESSING_FILE}", dst_path=folder
+        )
+        return Preprocessing.load(Path(local).parent)
+
+
+def input_schema(model_uri: str) -> list[ColumnSpec]:
+    """The raw columns a logged model reads, with role and source type, in order.
+
+    Versions logged before the model config carried them are read from the signature:
+    doubles as numeric, strings as categorical, source type unknown.
+    """
+    from mlflow.models import get_model_info
+
+    info = get_model_info(require_registry_uri(model_uri))
+    config = info.flavors.get("python_function", {}).get("model_config") or {}
+    if "columns" in config:
+        return [ColumnSpec.from_dict(raw) for raw in config["columns"]]
+    if info.signature is None:
+        return []
+    roles = {kind: role for role, kind in SIGNATURE_TYPES.items()}
+    return [
+        ColumnSpec(column.name, roles.get(str(column.type), Role.NUMERIC), "")
+        for column in info.signature.inputs.inputs
+    ]
+
+
+def input_columns(model_uri: str) -> list[str]:
+    """Names of the raw columns a logged model reads, in order."""
+    return [spec.name for spec in input_schema(model_uri)]
+
+
+def schema_change(new: list[ColumnSpec], champion: list[ColumnSpec]) -> str | None:
+    """Why two models' inputs are not the same data (columns, roles, source types), or None when they are."""
+    new_names, old_names = [spec.name for spec in new], [spec.name for spec in champion]
+    added = [name for name in new_names if name not in old_names]
+    removed = [name for name in old_names if name not in new_names]
     if added or removed:
         return f"added {added}, removed {removed}"
-    return "same columns in another order"
+    before = {spec.name: spec for spec in champion}
+    changed = [
+        f"{spec.name}: {_kind(before[spec.name])} → {_kind(spec)}"
+        for spec in new
+        if spec.role is not before[spec.name].role
+        or (spec.source_type and before[spec.name].source_type and spec.source_type != before[spec.name].source_type)
+    ]
+    if changed:
+        return f"changed {changed}"
+    if new_names != old_names:
+        return "same columns in another order"
+    return None
+
+
+def _kind(spec: ColumnSpec) -> str:
+    return f"{spec.role} {spec.source_type}".strip()
 
 
 def floor_violations(metrics: dict[str, float], policy: GatePolicy) -> list[str]:
@@ -354,7 +456,7 @@ def _compare(
     if champion_version is None:
         return _Comparison()
     champion_uri = f"models:/{name}/{champion_version}"
-    change = schema_change(input_columns(new.model_uri), input_columns(champion_uri))
+    change = schema_change(input_schema(new.model_uri), input_schema(champion_uri))
     if change is not None:
         return _Comparison(
             blocked=f"input columns differ from champion v{champion_version} ({change}): the data schema changed, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -323,6 +324,11 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
     from mlflow.entities import Param
 
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def metric_key(name: str) -> str:
+    """``name`` as MLflow accepts it in a metric key (letters, digits, ``_ - . / space``); others become ``_``."""
+    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
