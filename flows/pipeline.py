@@ -114,7 +114,7 @@ def weight_decay_pipeline(
     batch_size: BatchSize = 32,
     learning_rate: LearningRate = 1e-3,
     hidden_units: HiddenUnits = [10, 10],  # noqa: B006
-    one_hot_max: OneHotMax = 32,
+    one_hot_max: OneHotMax = 64,
     seed: Seed = 42,
     val_fraction: ValFraction = 0.2,
     test_fraction: TestFraction = 0.2,

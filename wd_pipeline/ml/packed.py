@@ -239,18 +239,21 @@ class _Stack:
         import keras
 
         self.dense_width = prep.dense_width
-        self.embedding_dims = [column.embedding_dim for column in prep.embedded]
-        self.tables = [reference.get_layer(f"{EMBEDDING_PREFIX}{i + 1}") for i in range(len(self.embedding_dims))]
+        self.tables = [reference.get_layer(f"{EMBEDDING_PREFIX}{i + 1}") for i in range(len(prep.embedded))]
+        # All embedding tables stacked row-wise into one piece, looked up with offset indices.
+        self.table_rows = [int(table.input_dim) for table in self.tables]
+        self.offsets = np.cumsum([0, *self.table_rows[:-1]]).astype(np.int32)
         self.dense = [layer for layer in reference.layers if isinstance(layer, keras.layers.Dense)]
-        pieces = [np.asarray(table.embeddings) for table in self.tables]
+        pieces = [np.concatenate([np.asarray(table.embeddings) for table in self.tables])] if self.tables else []
         pieces += [np.asarray(w) for layer in self.dense for w in (layer.kernel, layer.bias)]
         self.shapes = [piece.shape for piece in pieces]
         self.bounds = np.cumsum([0] + [piece.size for piece in pieces]).tolist()
         flat = np.concatenate([piece.ravel() for piece in pieces])
         self.theta = keras.Variable(np.repeat(flat[None, :], members, axis=0), name="packed_parameters")
         self.variables = [self.theta]
-        penalized = list(range(len(self.tables)))
-        penalized += [len(self.tables) + 2 * i for i, layer in enumerate(self.dense) if layer.name.startswith(HIDDEN)]
+        first_dense = 1 if self.tables else 0
+        penalized = [0] if self.tables else []
+        penalized += [first_dense + 2 * i for i, layer in enumerate(self.dense) if layer.name.startswith(HIDDEN)]
         mask = np.zeros(flat.size, dtype=np.float32)
         for piece in penalized:
             mask[self.bounds[piece] : self.bounds[piece + 1]] = 1.0
@@ -271,17 +274,18 @@ class _Stack:
         import tensorflow as tf
 
         pieces = self._pieces()
-        tables, layers = pieces[: len(self.tables)], pieces[len(self.tables) :]
+        layers = pieces[1:] if self.tables else pieces
         kernels, biases = layers[0::2], layers[1::2]
         first = kernels[0]
         z = biases[0][:, None, :]
         if self.dense_width:
             z = z + tf.einsum("bf,gfh->gbh", dense, first[:, : self.dense_width])
-        start = self.dense_width
-        for column, (table, dim) in enumerate(zip(tables, self.embedding_dims, strict=True)):
-            looked_up = tf.gather(table, indices[:, column], axis=1)  # (G, B, dim)
-            z = z + tf.einsum("gbd,gdh->gbh", looked_up, first[:, start : start + dim])
-            start += dim
+        if self.tables:
+            # One gather for every embedded column: a gather per column (or a one-hot product)
+            # cost several times more per step under XLA on a CPU.
+            looked_up = tf.gather(pieces[0], indices + self.offsets, axis=1)  # (G, B, columns, dim)
+            flat = tf.reshape(looked_up, tf.concat([tf.shape(looked_up)[:2], [-1]], axis=0))
+            z = z + tf.einsum("gbd,gdh->gbh", flat, first[:, self.dense_width :])
         h = tf.nn.relu(z)
         for kernel, bias in zip(kernels[1:-1], biases[1:-1], strict=True):
             h = tf.nn.relu(tf.einsum("gbf,gfh->gbh", h, kernel) + bias[:, None, :])
@@ -330,12 +334,19 @@ class _Stack:
         """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
         model = build_model(prep, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
         flat = np.array(self.theta.value)[g]
-        weights = [model.get_layer(table.name).embeddings for table in self.tables]
-        weights += [
+        pieces = [
+            flat[start:end].reshape(shape)
+            for start, end, shape in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
+        ]
+        if self.tables:
+            stacked = pieces.pop(0)
+            for table, offset, rows in zip(self.tables, self.offsets, self.table_rows, strict=True):
+                model.get_layer(table.name).embeddings.assign(stacked[offset : offset + rows])
+        dense = [
             w for layer in self.dense for w in (model.get_layer(layer.name).kernel, model.get_layer(layer.name).bias)
         ]
-        for piece, weight in enumerate(weights):
-            weight.assign(flat[self.bounds[piece] : self.bounds[piece + 1]].reshape(self.shapes[piece]))
+        for weight, piece in zip(dense, pieces, strict=True):
+            weight.assign(piece)
         return model
 
 

@@ -10,8 +10,8 @@ the registered model takes the raw table and training and serving cannot disagre
 - Categorical columns are looked up in their training vocabulary (``StringLookup``); a missing
   value is its own category, :data:`MISSING`, and a value never seen in training goes to the
   out-of-vocabulary slot. A column with at most ``one_hot_max`` slots is one-hot encoded; a
-  larger one is embedded (its table is trained and penalised like a hidden kernel, see
-  ``network.py``).
+  larger one is embedded in :data:`EMBEDDING_DIM` dimensions (its table is trained and
+  penalised like a hidden kernel, see ``network.py``).
 
 Training encodes each fold's rows once (:func:`encode`, the same layers the saved model
 runs), and the packed grid trains every λ on that matrix.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,9 @@ UNSEEN = "<unseen>"
 NUMERIC_INPUT = "numeric"
 CATEGORICAL_INPUT = "categorical_{index}"
 PREPROCESSING_FILE = "preprocessing.json"
-MAX_EMBEDDING_DIM = 16
+# Every embedded column gets the same width, so the packed grid holds all tables as one and
+# looks every column up in a single gather (see ``packed.py``).
+EMBEDDING_DIM = 8
 ENCODE_ROWS = 65536
 
 
@@ -166,11 +167,6 @@ class Encoded:
         return len(self.dense)
 
 
-def embedding_dim(slots: int) -> int:
-    """Width of an embedding: √slots rounded up, at most :data:`MAX_EMBEDDING_DIM`."""
-    return min(MAX_EMBEDDING_DIM, math.ceil(math.sqrt(slots)))
-
-
 def adapt(features: pd.DataFrame, schema: TableSchema, *, one_hot_max: int) -> Preprocessing:
     """Learn every statistic of the input layers from these (training) rows."""
     numeric = tuple(_adapt_numeric(features[spec.name]) for spec in schema.columns if spec.role is Role.NUMERIC)
@@ -206,7 +202,7 @@ def _adapt_categorical(column: pd.Series, one_hot_max: int) -> CategoricalColumn
         counts=tuple(int(counts[i]) for i in order),
         missing_rate=round(missing / max(len(values), 1), 6),
         encoding=encoding,
-        embedding_dim=embedding_dim(slots) if encoding is Encoding.EMBEDDING else 0,
+        embedding_dim=EMBEDDING_DIM if encoding is Encoding.EMBEDDING else 0,
     )
 
 
