@@ -149,14 +149,21 @@ def _score(settings: ScoreSettings) -> ScoreResult:
 
 
 def format_score_summary(result: ScoreResult) -> str:
-    return "\n".join(
-        [
-            "",
-            f"scored        {result.rows} rows with {result.model_uri} (positive rate {result.positive_rate:.4f})",
-            f"predictions   {result.output}",
-            f"MLflow run    {result.run_id}",
-        ]
-    )
+    gaps = [
+        f"{name} " + ", ".join(f"{share:.1%} {kind}" for kind, share in shares.items() if share)
+        for name, shares in result.inputs.items()
+        if any(shares.values())
+    ]
+    lines = [
+        "",
+        f"scored        {result.rows} rows with {result.model_uri} (positive rate {result.positive_rate:.4f})",
+        f"inputs        {'; '.join(gaps) if gaps else 'no missing values, no unseen categories'}",
+    ]
+    if result.metrics:
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
+        lines.append(f"labelled rows {metrics}")
+    lines += [f"predictions   {result.output}", f"MLflow run    {result.run_id}"]
+    return "\n".join(lines)
 
 
 def format_summary(summary: PipelineSummary) -> str:

@@ -7,10 +7,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,9 +19,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers.local_stack import ADHOC, NIGHTLY, TINY, LocalStack
+from tests.helpers.model_server import invoke, served_model
 from wd_pipeline.cli import main
 from wd_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
-from wd_pipeline.ops import stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -156,49 +154,14 @@ def test_bad_parameters_are_refused_by_the_server_and_register_nothing(
 
 
 def test_served_champion_predicts_probabilities(two_runs, local_stack: LocalStack, bundled: pd.DataFrame) -> None:
-    port = stack.free_port()
-    command = [
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
+    rows = bundled.drop(columns="diagnosis").head(20)
+    with served_model(
         f"models:/{DEFAULT_MODEL_NAME}@champion",
-        "--env-manager",
-        "local",
-        "-p",
-        str(port),
-        "--host",
-        stack.HOST,
-    ]
-    SCREENSHOTS.mkdir(exist_ok=True)
-    log = SCREENSHOTS / "mlflow-models-serve.log"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            command,
-            env=local_stack.env,
-            cwd=local_stack.state_dir,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while not stack._http_ok(f"http://{stack.HOST}:{port}/ping"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"model server did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(1)
-        rows = bundled.drop(columns="diagnosis").head(20)
-        payload = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
-        request = urllib.request.Request(
-            f"http://{stack.HOST}:{port}/invocations",
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            predictions = json.loads(response.read())["predictions"]
-    finally:
-        stack._signal_groups([server.pid], signal.SIGTERM)
-        server.wait(timeout=30)
+        env=local_stack.env,
+        cwd=local_stack.state_dir,
+        log=SCREENSHOTS / "mlflow-models-serve.log",
+    ) as url:
+        predictions = invoke(url, list(rows.columns), rows.values.tolist())
     probability = np.array([p["probability"] for p in predictions])
     assert probability.shape == (20,) and np.all((probability >= 0) & (probability <= 1))
     mlflow.set_tracking_uri(local_stack.mlflow_url)
