@@ -105,11 +105,13 @@ def _accuracy(probability: np.ndarray | None, y: np.ndarray) -> float:
     return float(np.mean((np.asarray(probability).ravel() >= 0.5) == (y.ravel() >= 0.5)))
 
 
-def mixed_frame(rows: int, numeric: int = 20, categorical: int = 10, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+def mixed_frame(
+    rows: int, numeric: int = 20, categorical: int = 10, largest_vocabulary: int = 200, seed: int = 0
+) -> tuple[pd.DataFrame, np.ndarray]:
     """A table like the ones users bring: numeric and string columns, 5 % gaps, label from both kinds.
 
-    Category counts grow from 3 to 200 across the columns, so both encodings (one-hot and
-    embedding) take part.
+    Category counts grow from 3 to ``largest_vocabulary`` across the columns; above the
+    one-hot threshold a column is embedded.
     """
     rng = np.random.default_rng(seed)
     columns: dict[str, Any] = {}
@@ -120,7 +122,7 @@ def mixed_frame(rows: int, numeric: int = 20, categorical: int = 10, seed: int =
         values[rng.random(rows) < 0.05] = np.nan
         columns[f"x{i}"] = values
     for i in range(categorical):
-        size = int(np.geomspace(3, 200, categorical)[i])
+        size = int(np.geomspace(3, largest_vocabulary, categorical)[i])
         codes = rng.integers(0, size, rows)
         score += (codes % 3 == 0) * (0.8 if i < 3 else 0.0)
         values = np.array([f"c{i}_{code}" for code in range(size)], dtype=object)[codes]
@@ -130,13 +132,15 @@ def mixed_frame(rows: int, numeric: int = 20, categorical: int = 10, seed: int =
     return pd.DataFrame(columns), label
 
 
-def throughput(rows: int, lams: list[float], epochs: int, batch_size: int, repeats: int = 3) -> dict[str, Any]:
+def throughput(
+    rows: int, lams: list[float], epochs: int, batch_size: int, largest_vocabulary: int = 200, repeats: int = 3
+) -> dict[str, Any]:
     """Packed training on a mixed table's encoded rows against a numeric-only table of the same encoded width.
 
     Both sides train on an encoded matrix of the same width; what differs is the mixed
     table's embedding lookups. The two alternate ``repeats`` times and medians are compared.
     """
-    frame, label = mixed_frame(rows)
+    frame, label = mixed_frame(rows, largest_vocabulary=largest_vocabulary)
     cut = int(rows * 0.8)
     mixed_schema = _schema(frame, "y")
     mixed = workload(frame[:cut], label[:cut], frame[cut:], label[cut:], mixed_schema)
@@ -211,7 +215,7 @@ def main() -> None:
     if name == "ingest":
         result = ingest(raw["source"], raw["label"], raw["work"])
     elif name == "throughput":
-        result = throughput(raw["rows"], raw["lams"], raw["epochs"], raw["batch_size"])
+        result = throughput(raw["rows"], raw["lams"], raw["epochs"], raw["batch_size"], raw["largest_vocabulary"])
     else:
         data = load_arrays(raw["source"], raw["label"], raw.get("positive_class"), raw["work"])
         result = {"baseline": baseline, "packed": packed}[name](data, raw["lams"], raw["epochs"], raw["batch_size"])
