@@ -60,7 +60,8 @@ def test_compose_has_the_production_services() -> None:
     services = compose()["services"]
     assert {"postgres", "minio", "prefect-server", "mlflow", "worker"} <= set(services)
     mlflow = " ".join(services["mlflow"]["command"])
-    assert "postgresql+psycopg2://" in mlflow and "--artifacts-destination=s3://" in mlflow
+    assert "--artifacts-destination=s3://" in mlflow and "postgresql" not in mlflow  # its password stays out of `ps`
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     for service in services.values():
         for port in service.get("ports", []):

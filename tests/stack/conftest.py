@@ -1,29 +1,32 @@
-"""One local stack (Prefect server, MLflow server, worker) on free ports for the whole module."""
+"""One local stack (Prefect server, MLflow server, worker) on free ports for the whole module,
+and one PostgreSQL server for the whole session."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers.local_stack import LocalStack
+from tests.helpers.postgres import NOT_INSTALLED, Postgres, binaries, running_postgres
 from wd_pipeline import processes
 from wd_pipeline.ops import stack
 from wd_pipeline.ops.deploy import deploy
 
 
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """Started through the same code as `wd-pipeline stack up`, deployed, and torn down after."""
+@contextlib.contextmanager
+def deployed(settings: stack.StackSettings) -> Iterator[LocalStack]:
+    """The stack already started from ``settings``: deployed, clients pointed at it, stopped after.
+
+    Stopping is checked: nothing it recorded may outlive ``stack down``.
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    state_dir = tmp_path_factory.mktemp("stack")
-    settings = stack.StackSettings(
-        state_dir=state_dir, prefect_port=stack.free_port(), mlflow_port=stack.free_port(), timeout=180
-    )
-    state = stack.up(settings)
+    state_dir = settings.state_dir
     patch = pytest.MonkeyPatch()
     try:
+        state = stack.StackState.load(state_dir)
         deploy(state_dir)
         exports = state.exports()
         for key, value in exports.items():
@@ -35,3 +38,26 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         recorded = stack.down(state_dir)
         alive = [r.name for r in recorded if processes.alive(r.pid)]
         assert not alive, f"still running after stack down: {alive}"
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Started through the same code as `wd-pipeline stack up`, deployed, and torn down after."""
+    settings = stack.StackSettings(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        prefect_port=stack.free_port(),
+        mlflow_port=stack.free_port(),
+        timeout=180,
+    )
+    stack.up(settings)
+    with deployed(settings) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Debian's PostgreSQL on a free port, with the compose databases (prefect, mlflow, mlflow_auth)."""
+    if binaries() is None:
+        pytest.skip(NOT_INSTALLED)
+    with running_postgres() as server:
+        yield server

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from wd_pipeline import processes
 from wd_pipeline.config import PROJECT_ROOT, Port, described
 from wd_pipeline.errors import ConfigError, PortInUseError, ServiceStartError, StackNotRunningError
+from wd_pipeline.ops import databases
 from wd_pipeline.ops.server_auth import AUTH_DATABASE_ENV
 
 HOST = "127.0.0.1"
@@ -159,10 +160,14 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     On any failure everything already started is stopped again, so a failed ``up`` leaves
     no process behind and can simply be retried.
     """
-    state_dir = _prepare(settings, (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)))
+    state_dir = _prepare(
+        settings,
+        (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)),
+        (PREFECT_SERVER, MLFLOW_SERVER),
+    )
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
     checks = _health_checks(state, _auth(settings).prefect_auth_string)
-    specs = _service_specs(settings, state_dir)
+    specs = service_specs(settings, state_dir)
     try:
         prefect = _start(state, state_dir, PREFECT_SERVER, specs[PREFECT_SERVER])
         mlflow = _start(state, state_dir, MLFLOW_SERVER, specs[MLFLOW_SERVER])
@@ -202,10 +207,11 @@ def start_service(settings: StackSettings, name: str, echo: Callable[[str], None
     port = {PREFECT_SERVER: settings.prefect_port, MLFLOW_SERVER: settings.mlflow_port}.get(name)
     if port is not None:
         ensure_port_free(port, name)
+    check_databases(settings, (name,))
     _make_folders(state_dir)
     order = [r.name for r in state.services]
     state.services = [r for r in state.services if r.name != name]
-    record = _start(state, state_dir, name, _service_specs(settings, state_dir)[name])
+    record = _start(state, state_dir, name, service_specs(settings, state_dir)[name])
     if name in order:  # back in its place: `down` stops in reverse start order, the worker first
         state.services.sort(key=lambda r: order.index(r.name) if r.name in order else len(order))
         state.save(state_dir)
@@ -219,10 +225,10 @@ def up_mlflow(settings: StackSettings, echo: Callable[[str], None] = lambda _: N
     For pipeline runs that bring their own Prefect API (the CLI's temporary one) but must
     share one tracking server and registry, e.g. several runs racing for one model name.
     """
-    state_dir = _prepare(settings, (("MLflow server", settings.mlflow_port),))
+    state_dir = _prepare(settings, (("MLflow server", settings.mlflow_port),), (MLFLOW_SERVER,))
     state = StackState("", settings.mlflow_url, settings.work_pool)
     try:
-        mlflow = _start(state, state_dir, MLFLOW_SERVER, _service_specs(settings, state_dir)[MLFLOW_SERVER])
+        mlflow = _start(state, state_dir, MLFLOW_SERVER, service_specs(settings, state_dir)[MLFLOW_SERVER])
         _wait(mlflow, _health_checks(state)[mlflow.name], settings.timeout, echo)
     except BaseException:
         _abort(state, state_dir)
@@ -230,14 +236,27 @@ def up_mlflow(settings: StackSettings, echo: Callable[[str], None] = lambda _: N
     return state
 
 
-def _prepare(settings: StackSettings, ports: Iterable[tuple[str, int]]) -> Path:
-    """Refuse a running stack or a taken port, then create the state folders; returns the state dir."""
+def _prepare(settings: StackSettings, ports: Iterable[tuple[str, int]], servers: Iterable[str]) -> Path:
+    """Refuse a running stack, a taken port or a database that does not answer, then create the state folders.
+
+    Returns the state dir.
+    """
     state_dir = settings.state_dir.resolve()
     _refuse_if_running(state_dir)
     for name, port in ports:
         ensure_port_free(port, name)
+    check_databases(settings, servers)
     _make_folders(state_dir)
     return state_dir
+
+
+def check_databases(settings: StackSettings, servers: Iterable[str]) -> None:
+    """Connect once to the database each of ``servers`` is given, so a wrong URL or password is one line, at once."""
+    servers = set(servers)
+    if PREFECT_SERVER in servers and settings.prefect_database_url:
+        databases.check_prefect_database(settings.prefect_database_url)
+    if MLFLOW_SERVER in servers and settings.mlflow_backend_uri:
+        databases.check_mlflow_database(settings.mlflow_backend_uri)
 
 
 def _abort(state: StackState, state_dir: Path) -> None:
@@ -292,7 +311,7 @@ class ServiceSpec:
     url: str
 
 
-def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, ServiceSpec]:
+def service_specs(settings: StackSettings, state_dir: Path) -> dict[str, ServiceSpec]:
     """Per service (credentials from ``settings`` or the environment)."""
     auth = _auth(settings)
     return {
@@ -302,7 +321,7 @@ def _service_specs(settings: StackSettings, state_dir: Path) -> dict[str, Servic
             f"http://{HOST}:{settings.prefect_port}",
         ),
         MLFLOW_SERVER: ServiceSpec(
-            _mlflow_command(settings, state_dir, auth), _mlflow_env(state_dir, auth), settings.mlflow_url
+            _mlflow_command(settings, state_dir, auth), _mlflow_env(settings, state_dir, auth), settings.mlflow_url
         ),
         PREFECT_WORKER: ServiceSpec(
             _worker_command(settings),
@@ -363,7 +382,6 @@ def _prefect_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> d
 
 
 def _mlflow_command(settings: StackSettings, state_dir: Path, auth: StackAuth) -> list[str]:
-    backend = settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
     # With credentials, through the same entry point as the compose service (it adds `server --app-name basic-auth`).
     launcher = (
         [sys.executable, "-m", "wd_pipeline.ops.server_auth"] if auth.mlflow else [str(venv_bin() / "mlflow"), "server"]
@@ -376,17 +394,20 @@ def _mlflow_command(settings: StackSettings, state_dir: Path, auth: StackAuth) -
         str(settings.mlflow_port),
         "--workers",
         "1",
-        "--backend-store-uri",
-        backend,
         "--serve-artifacts",
         "--artifacts-destination",
         str(state_dir / "mlartifacts"),
     ]
 
 
-def _mlflow_env(state_dir: Path, auth: StackAuth) -> dict[str, str]:
-    # The job runner alone costs a few hundred MB and a core at start (see STACK.md).
-    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+def _mlflow_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> dict[str, str]:
+    env = base_env(
+        # The job runner alone costs a few hundred MB and a core at start (see STACK.md).
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        # Read by `mlflow server` as --backend-store-uri. In the environment, a database
+        # password stays out of the process list and out of stack.json, which records commands.
+        MLFLOW_BACKEND_STORE_URI=settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}",
+    )
     if auth.mlflow:
         # The admin is created on the first start only: the users live in the state dir after that.
         env["MLFLOW_AUTH_ADMIN_USERNAME"] = auth.mlflow_username or ""
