@@ -32,13 +32,14 @@ def numeric_frame(x: np.ndarray) -> pd.DataFrame:
 
 
 def frame_schema(frame: pd.DataFrame, features: Sequence[str], label: str = LABEL) -> TableSchema:
-    """Roles as ingest gives them: text columns categorical, everything else numeric; Arrow type as source type."""
+    """Roles as ingest gives them: text columns categorical, everything else numeric; Arrow type as source type
+    (text as ``string``, whichever string type pandas hands Arrow)."""
     arrow = pa.Schema.from_pandas(frame[list(features)], preserve_index=False)
     columns = []
     for name in features:
         kind = arrow.field(name).type
-        role = Role.CATEGORICAL if pa.types.is_string(kind) or pa.types.is_large_string(kind) else Role.NUMERIC
-        columns.append(ColumnSpec(name, role, str(kind)))
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        columns.append(ColumnSpec(name, Role.CATEGORICAL if text else Role.NUMERIC, "string" if text else str(kind)))
     return TableSchema(label, tuple(columns))
 
 
