@@ -193,10 +193,19 @@ def require_registry_uri(model_uri: str) -> str:
 
 
 def model_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
-    """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode)."""
+    """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode).
+
+    Integer columns are handed over as doubles, the signature's type: MLflow's schema check
+    refuses int64 for a double column (it could lose precision), so the gate would fail on any
+    table with an integer feature.
+    """
     import mlflow
+    from mlflow.types import DataType
 
     model = mlflow.pyfunc.load_model(require_registry_uri(model_uri))
+    schema = model.metadata.get_input_schema()
+    doubles = [spec.name for spec in (schema.inputs if schema else []) if spec.type == DataType.double]
+    features = features.astype({name: "float64" for name in doubles if name in features.columns})
     return model.predict(features)["probability"].to_numpy()
 
 
