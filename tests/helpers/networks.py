@@ -26,9 +26,9 @@ def column_names(width: int) -> list[str]:
     return [f"x{i}" for i in range(width)]
 
 
-def numeric_frame(x: np.ndarray) -> pd.DataFrame:
-    """A matrix as a frame of float columns x0, x1, …"""
-    return pd.DataFrame(np.asarray(x, dtype=np.float64), columns=column_names(x.shape[1]))
+def numeric_frame(x: np.ndarray, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """A matrix as a frame of float columns, named x0, x1, … unless ``names`` are given."""
+    return pd.DataFrame(np.asarray(x, dtype=np.float64), columns=list(names or column_names(x.shape[1])))
 
 
 def frame_schema(frame: pd.DataFrame, features: Sequence[str], label: str = LABEL) -> TableSchema:
@@ -43,9 +43,9 @@ def frame_schema(frame: pd.DataFrame, features: Sequence[str], label: str = LABE
     return TableSchema(label, tuple(columns))
 
 
-def numeric_prep(x: np.ndarray) -> Preprocessing:
+def numeric_prep(x: np.ndarray, names: Sequence[str] | None = None) -> Preprocessing:
     """An all-numeric preprocessing adapted on the rows of ``x`` (no gaps: no indicators, no vocabularies)."""
-    frame = numeric_frame(x)
+    frame = numeric_frame(x, names)
     return preprocessing.adapt(frame, frame_schema(frame, list(frame.columns)), one_hot_max=32)
 
 
