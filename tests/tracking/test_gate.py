@@ -206,6 +206,7 @@ def test_a_version_logged_without_column_roles_is_read_from_its_signature(module
             python_model=str(registry.PYFUNC_CODE),
             artifacts={"keras_model": keras_files["strong"]},
             signature=registry.input_signature(columns),
+            pip_requirements=registry.serving_requirements(),
         )
     assert registry.model_config(info.model_uri) == {}
     assert registry.input_schema(info.model_uri) == columns
