@@ -36,7 +36,7 @@ BAD_PARAMS = "Flow run received invalid parameters:\n - "
 def store(module_store: Path, prefect_api) -> Path:
     """The module's MLflow store with ``MODEL@champion`` = v1, so every case can check it is kept."""
     frame = labelled_frame(rows=120)
-    keras_path = train_keras(frame, module_store / "seed.keras", epochs=0)
+    keras_path = train_keras(frame, module_store / "seed", epochs=0)
     model_uri, run_id = log_pyfunc(keras_path, frame, ["a", "b", "c"], experiment="matrix-seed")
     decision = registry.register(
         runs.get_client(),

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.helpers.networks import LABEL, fit_full_batch, frame_schema
+
 COLUMNS = ["a", "b", "c", "d"]
 SIGNAL = ["a", "b", "c"]
 
@@ -20,27 +22,46 @@ def labelled_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
 
 
 def train_keras(
-    frame: pd.DataFrame, path: Path, *, features: list[str] = SIGNAL, epochs: int = 60, flip: bool = False
+    frame: pd.DataFrame,
+    folder: Path,
+    *,
+    features: list[str] = SIGNAL,
+    epochs: int = 60,
+    flip: bool = False,
+    one_hot_max: int = 32,
 ) -> str:
-    """Fit the reference network full-batch; ``flip`` learns the opposite label (a bad model)."""
+    """Fit the reference network full-batch on the raw ``features`` (text columns categorical) and save it with
+    its preprocessing in ``folder``, as a training unit is saved; ``flip`` learns the opposite label (a bad
+    model). Returns the network's path."""
+    from wd_pipeline.ml import preprocessing
     from wd_pipeline.ml.network import build_model
+    from wd_pipeline.ml.training import MODEL_FILE
 
-    x = frame[features].to_numpy(np.float32)
-    y = (1 - frame["y"] if flip else frame["y"]).to_numpy(np.float32).reshape(-1, 1)
-    network = build_model(x, lam=0.0, hidden_units=(8,), learning_rate=0.05, seed=0)
-    if epochs:
-        network.fit(x, y, epochs=epochs, batch_size=len(x), verbose=0)
-    network.save(path)
-    return str(path)
+    prep = preprocessing.adapt(frame[features], frame_schema(frame, features), one_hot_max=one_hot_max)
+    y = (1 - frame[LABEL] if flip else frame[LABEL]).to_numpy(np.float32).reshape(-1, 1)
+    network = build_model(prep, lam=0.0, hidden_units=(8,), learning_rate=0.05, seed=0)
+    fit_full_batch(network, preprocessing.model_inputs(frame, prep), y, epochs)
+    folder.mkdir(parents=True, exist_ok=True)
+    network.save(folder / MODEL_FILE)
+    prep.save(folder)
+    return str(folder / MODEL_FILE)
 
 
 def log_pyfunc(
-    keras_path: str, frame: pd.DataFrame, features: list[str], experiment: str = "gate-test"
+    keras_path: str,
+    frame: pd.DataFrame,
+    features: list[str],
+    experiment: str = "gate-test",
+    positive_class: str | None = None,
 ) -> tuple[str, str]:
-    """Log a keras file as the pipeline's pyfunc model in a fresh run; returns (model URI, run id)."""
+    """Log a saved network and its preprocessing as the pipeline's pyfunc model in a fresh run; returns
+    (model URI, run id). The label is ``y``, the columns' roles are read from ``frame``."""
+    from wd_pipeline.ml.preprocessing import Preprocessing
     from wd_pipeline.tracking import registry, runs
 
     client = runs.get_client()
     run_id = client.create_run(runs.ensure_experiment(client, experiment)).info.run_id
-    model_uri, _ = registry.log_model(run_id, keras_path, frame.head(5), features)
+    prep = Preprocessing.load(Path(keras_path).parent)
+    schema = frame_schema(frame, features)
+    model_uri, _ = registry.log_model(run_id, keras_path, prep, schema, frame.head(5), positive_class)
     return model_uri, run_id

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers.registry_models import SIGNAL, labelled_frame, log_pyfunc, train_keras
 from wd_pipeline.config import make_config
+from wd_pipeline.data.schema import ColumnSpec, Role
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.tracking import registry, runs
 from wd_pipeline.tracking.registry import GatePolicy, schema_change
@@ -33,15 +34,23 @@ def keras_files(tmp_path_factory, data) -> dict[str, str]:
     train, _ = data
     folder = tmp_path_factory.mktemp("keras")
     return {
-        "strong": train_keras(train, folder / "strong.keras"),
-        "weak": train_keras(train, folder / "weak.keras", epochs=0),
-        "flipped": train_keras(train, folder / "flipped.keras", flip=True),
-        "other_schema": train_keras(train, folder / "other.keras", features=["a", "b", "d"]),
+        "strong": train_keras(train, folder / "strong"),
+        "weak": train_keras(train, folder / "weak", epochs=0),
+        "flipped": train_keras(train, folder / "flipped", flip=True),
+        "other_schema": train_keras(train, folder / "other", features=["a", "b", "d"]),
+        # The same columns, but c binned into text: a categorical column where the champion has a numeric one.
+        "c_as_text": train_keras(with_text_c(train), folder / "c-as-text"),
     }
+
+
+def with_text_c(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(c=pd.cut(frame["c"], [-10, -0.5, 0.5, 10], labels=["low", "mid", "high"]).astype(object))
 
 
 def gate(name: str, kind: str, keras_files, data, policy: GatePolicy = NO_FLOORS, features: list[str] = SIGNAL):
     train, test = data
+    if kind == "c_as_text":  # that run's rows hold c as text
+        train, test = with_text_c(train), with_text_c(test)
     model_uri, run_id = log_pyfunc(keras_files[kind], train, features)
     return registry.register(
         runs.get_client(),
@@ -110,6 +119,18 @@ def test_a_changed_schema_blocks_promotion(module_store: Path, keras_files, data
     assert changed.difference is None
     assert aliases(name)["champion"] == champion.version
 
+    recoded = gate(name, "c_as_text", keras_files, data)
+    assert recoded.alias == "challenger" and recoded.difference is None
+    assert (
+        "input columns differ from champion v1 (changed ['c: numeric double → categorical string'])" in recoded.reason
+    )
+    assert registry.input_schema(f"models:/{name}/{recoded.version}") == [
+        ColumnSpec("a", Role.NUMERIC, "double"),
+        ColumnSpec("b", Role.NUMERIC, "double"),
+        ColumnSpec("c", Role.CATEGORICAL, "string"),
+    ]
+    assert aliases(name)["champion"] == champion.version
+
 
 def test_a_version_that_never_becomes_ready_is_deleted_and_reported(
     module_store: Path, keras_files, data, monkeypatch: pytest.MonkeyPatch
@@ -142,7 +163,50 @@ def test_a_version_that_never_becomes_ready_is_deleted_and_reported(
     assert runs.get_client().search_model_versions("name = 'gate-unready'") == []
 
 
+def numeric(*names: str) -> list[ColumnSpec]:
+    return [ColumnSpec(name, Role.NUMERIC, "double") for name in names]
+
+
 def test_schema_change_names_columns_and_order() -> None:
-    assert schema_change(["a", "b"], ["a", "b"]) is None
-    assert schema_change(["b", "a"], ["a", "b"]) == "same columns in another order"
-    assert schema_change(["a", "x"], ["a", "b", "c"]) == "added ['x'], removed ['b', 'c']"
+    assert schema_change(numeric("a", "b"), numeric("a", "b")) is None
+    assert schema_change(numeric("b", "a"), numeric("a", "b")) == "same columns in another order"
+    assert schema_change(numeric("a", "x"), numeric("a", "b", "c")) == "added ['x'], removed ['b', 'c']"
+
+
+def test_schema_change_names_a_changed_role_or_type() -> None:
+    zip_code = ColumnSpec("zip", Role.NUMERIC, "int64")
+    as_category = ColumnSpec("zip", Role.CATEGORICAL, "int64")
+    assert schema_change([*numeric("a"), as_category], [*numeric("a"), zip_code]) == (
+        "changed ['zip: numeric int64 → categorical int64']"
+    )
+    assert schema_change([ColumnSpec("n", Role.NUMERIC, "double")], [ColumnSpec("n", Role.NUMERIC, "int64")]) == (
+        "changed ['n: numeric int64 → numeric double']"
+    )
+    both = [ColumnSpec("b", Role.CATEGORICAL, "string"), ColumnSpec("a", Role.NUMERIC, "float")]
+    assert schema_change(both, numeric("a", "b")) == (
+        "changed ['b: numeric double → categorical string', 'a: numeric double → numeric float']"
+    )
+    # A version whose source types were not recorded compares on names and roles only.
+    assert schema_change([ColumnSpec("a", Role.NUMERIC, "")], numeric("a")) is None
+    assert schema_change([ColumnSpec("a", Role.CATEGORICAL, "")], numeric("a")) == (
+        "changed ['a: numeric double → categorical']"
+    )
+
+
+def test_a_version_logged_without_column_roles_is_read_from_its_signature(module_store: Path, keras_files) -> None:
+    """Versions logged before the model config listed the columns: roles come from the signature's types."""
+    import mlflow
+
+    columns = [ColumnSpec("a", Role.NUMERIC, ""), ColumnSpec("colour", Role.CATEGORICAL, "")]
+    client = runs.get_client()
+    run_id = client.create_run(runs.ensure_experiment(client, "gate-legacy")).info.run_id
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(registry.PYFUNC_CODE),
+            artifacts={"keras_model": keras_files["strong"]},
+            signature=registry.input_signature(columns),
+            pip_requirements=registry.serving_requirements(),
+        )
+    assert registry.model_config(info.model_uri) == {}
+    assert registry.input_schema(info.model_uri) == columns

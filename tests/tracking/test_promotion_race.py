@@ -53,8 +53,8 @@ def logged(module_store: Path, tmp_path_factory, data) -> dict[str, tuple[str, s
     train, _ = data
     folder = tmp_path_factory.mktemp("keras")
     files = {
-        "better": train_keras(train, folder / "better.keras"),
-        "worse": train_keras(train, folder / "worse.keras", epochs=0),
+        "better": train_keras(train, folder / "better"),
+        "worse": train_keras(train, folder / "worse", epochs=0),
     }
     return {kind: log_pyfunc(path, train, SIGNAL, experiment="race-test") for kind, path in files.items()}
 

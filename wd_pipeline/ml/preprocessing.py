@@ -207,8 +207,18 @@ def _adapt_categorical(column: pd.Series, one_hot_max: int) -> CategoricalColumn
 
 
 def category_strings(column: pd.Series) -> np.ndarray:
-    """A categorical column as an object array of strings, a gap as :data:`MISSING`."""
+    """A categorical column as an object array of strings, a gap as :data:`MISSING`.
+
+    Values that are not text (integer codes such as a zip code) are spelt as Arrow writes
+    them, as the served wrapper and ``score`` spell them, so a category reads the same in
+    training and serving.
+    """
     values = column.to_numpy(dtype=object, na_value=None)
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        import pyarrow as pa
+
+        text = pa.array(values, from_pandas=True).cast(pa.string())
+        values = text.to_numpy(zero_copy_only=False).astype(object)
     missing = pd.isna(values)
     if missing.any():
         values = values.copy()

@@ -193,10 +193,19 @@ def require_registry_uri(model_uri: str) -> str:
 
 
 def model_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
-    """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode)."""
+    """Probabilities from a logged or registered pyfunc model (its network loads in Keras' safe mode).
+
+    Integer columns are handed over as doubles, the signature's type: MLflow's schema check
+    refuses int64 for a double column (it could lose precision), so the gate would fail on any
+    table with an integer feature.
+    """
     import mlflow
+    from mlflow.types import DataType
 
     model = mlflow.pyfunc.load_model(require_registry_uri(model_uri))
+    schema = model.metadata.get_input_schema()
+    doubles = [spec.name for spec in (schema.inputs if schema else []) if spec.type == DataType.double]
+    features = features.astype({name: "float64" for name in doubles if name in features.columns})
     return model.predict(features)["probability"].to_numpy()
 
 
@@ -215,7 +224,7 @@ def model_config(model_uri: str) -> dict[str, Any]:
     from mlflow.models import get_model_info
 
     info = get_model_info(require_registry_uri(model_uri))
-    return dict(info.flavors.get("python_function", {}).get("model_config") or {})
+    return _pyfunc_config(info)
 
 
 def model_preprocessing(model_uri: str) -> Preprocessing:
@@ -242,16 +251,23 @@ def input_schema(model_uri: str) -> list[ColumnSpec]:
     from mlflow.models import get_model_info
 
     info = get_model_info(require_registry_uri(model_uri))
-    config = info.flavors.get("python_function", {}).get("model_config") or {}
+    config = _pyfunc_config(info)
     if "columns" in config:
         return [ColumnSpec.from_dict(raw) for raw in config["columns"]]
     if info.signature is None:
         return []
     roles = {kind: role for role, kind in SIGNATURE_TYPES.items()}
     return [
-        ColumnSpec(column.name, roles.get(str(column.type), Role.NUMERIC), "")
+        ColumnSpec(column.name, roles.get(column.type.name, Role.NUMERIC), "")
         for column in info.signature.inputs.inputs
     ]
+
+
+def _pyfunc_config(info: Any) -> dict[str, Any]:
+    """The ``model_config`` a pyfunc model was logged with (MLflow keeps it under the flavor's ``config`` key)."""
+    from mlflow.models.model import MODEL_CONFIG
+
+    return dict(info.flavors.get("python_function", {}).get(MODEL_CONFIG) or {})
 
 
 def input_columns(model_uri: str) -> list[str]:
