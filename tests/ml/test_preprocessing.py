@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -102,26 +101,29 @@ def test_integer_codes_as_categories_read_as_the_served_model_spells_them() -> N
     np.testing.assert_array_equal(encode(prep, codes).dense[:, 0], [0, 0, 0, 0])  # nothing out of vocabulary
 
 
-@pytest.mark.parametrize(("one_hot_max", "encoding", "dim"), [(6, Encoding.ONE_HOT, 0), (5, Encoding.EMBEDDING, 3)])
+@pytest.mark.parametrize(
+    ("one_hot_max", "encoding", "dim"), [(6, Encoding.ONE_HOT, 0), (5, Encoding.EMBEDDING, preprocessing.EMBEDDING_DIM)]
+)
 def test_one_hot_up_to_one_hot_max_slots_then_an_embedding(one_hot_max: int, encoding: Encoding, dim: int) -> None:
     """colour: red, green, blue, grey and <missing>, plus the unseen slot: 6 slots."""
     table = mixed_table(rows=200, seed=2)
     prep = adapt(table.features[["colour"]], frame_schema(table.frame, ["colour"]), one_hot_max=one_hot_max)
     (colour,) = prep.categorical
     assert colour.slots == 6
-    assert (colour.encoding, colour.embedding_dim) == (encoding, dim)  # ⌈√6⌉ = 3
+    assert (colour.encoding, colour.embedding_dim) == (encoding, dim)
     encoded = encode(prep, table.features)
     one_hot = encoding is Encoding.ONE_HOT
     assert (encoded.dense.shape[1], encoded.indices.shape[1]) == ((6, 0) if one_hot else (0, 1))
 
 
-def test_embedding_width_grows_as_the_root_of_the_slots_up_to_a_cap() -> None:
-    assert [preprocessing.embedding_dim(slots) for slots in (33, 41, 256, 257, 401)] == [6, 7, 16, 16, 16]
-    assert preprocessing.MAX_EMBEDDING_DIM == 16
-    frame = pd.DataFrame({"id_like": [f"v{i}" for i in range(400)]})
-    (column,) = adapted(frame).categorical
-    assert (column.slots, column.encoding, column.embedding_dim) == (401, Encoding.EMBEDDING, 16)
-    assert math.ceil(math.sqrt(401)) > 16
+def test_every_embedded_column_has_the_same_width_whatever_its_vocabulary() -> None:
+    """One width lets the packed grid hold all tables as one and look them up in one gather."""
+    frame = pd.DataFrame({"id_like": [f"v{i}" for i in range(400)], "few": [f"w{i % 70}" for i in range(400)]})
+    columns = adapted(frame).categorical
+    assert [(c.slots, c.encoding, c.embedding_dim) for c in columns] == [
+        (401, Encoding.EMBEDDING, preprocessing.EMBEDDING_DIM),
+        (71, Encoding.EMBEDDING, preprocessing.EMBEDDING_DIM),
+    ]
 
 
 @pytest.fixture(scope="module")
