@@ -8,7 +8,10 @@ once per training (:func:`_compiled_epoch`). Because the members share no weight
 member's gradient is exactly the gradient of its own loss, and Adam is elementwise, so every
 member follows the same trajectory as the model trained alone with the same seed and
 batches, up to float rounding. ``tests/ml/test_packed.py`` checks that against
-independent ``model.fit`` runs.
+independent ``model.fit`` runs. One exception: for an embedding's sparse gradient, Keras'
+Adam adds each looked-up row's squared gradients separately (Σg² instead of (Σg)² when a row
+occurs twice in a batch); the packed grid applies textbook Adam to the dense gradient, which
+is what the test's reference fit is made to use.
 
 Early stopping is per member: the epoch loop runs until every member has run out of
 patience, and each member keeps the weights of its own best epoch, as
