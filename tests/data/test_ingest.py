@@ -61,8 +61,8 @@ def test_missing_file(tmp_path: Path) -> None:
         prepare(tmp_path / "nope.csv", tmp_path)
 
 
-def test_directory_is_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="is not a file"):
+def test_folder_without_data_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="holds no Parquet or CSV files"):
         prepare(tmp_path, tmp_path)
 
 
@@ -262,3 +262,22 @@ def test_null_in_an_integer_feature_counts_as_missing(tiny_frame: pd.DataFrame, 
     pq.write_table(table, path)
     with pytest.raises(DataError, match=r"missing or infinite values \(column: count\) \{'n': 2\}"):
         prepare(path, tmp_path)
+
+
+def test_a_folder_of_files_splits_like_the_same_rows_in_one_file(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    tiny_frame.iloc[:25].to_csv(folder / "day-1.csv", index=False)
+    tiny_frame.iloc[25:].to_csv(folder / "day-2.csv", index=False)
+    from_folder = prepare(folder, tmp_path / "f")
+    from_file = prepare(write_csv(tmp_path, tiny_frame), tmp_path / "one")
+    for name in splits.SPLITS:
+        pd.testing.assert_frame_equal(
+            splits.load_split(from_folder, name).features, splits.load_split(from_file, name).features
+        )
+    manifest = splits.read_manifest(from_folder)
+    assert manifest["source"] == str(folder) and manifest["rows"] == len(tiny_frame)
+    assert [file["path"] for file in manifest["files"]] == ["day-1.csv", "day-2.csv"]
+    assert manifest["sha256"] == sources.folder_fingerprint(
+        [sources.SourceFile.from_dict(file) for file in manifest["files"]]
+    )

@@ -94,7 +94,7 @@ DATA_CASES: dict[str, tuple[DataCase, dict]] = {
     "missing file": (
         lambda f: (
             p := str(f / "nowhere.csv"),
-            f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file",
+            f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file, or of a folder of them",
         ),
         {},
     ),

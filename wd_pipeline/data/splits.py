@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
-from wd_pipeline.data.sources import Source, fingerprint, locate, parse_table, read_bytes
+from wd_pipeline.data.sources import SourceBytes, locate, parse_source, read_source
 from wd_pipeline.data.validation import CheckedTable, validate
 from wd_pipeline.errors import DataError
 
@@ -119,8 +119,7 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, 
 
 
 def build_manifest(
-    source: Source,
-    sha256: str,
+    read: SourceBytes,
     *,
     table: pa.Table,
     data: CheckedTable,
@@ -130,8 +129,9 @@ def build_manifest(
     """What a reader needs to trust the splits: provenance, sizes, balance, schema."""
     features = data.features.column_names
     return {
-        "source": source.uri,
-        "sha256": sha256,
+        "source": read.source.uri,
+        "sha256": read.sha256,
+        "files": [file.to_dict() for file in read.files],
         "rows": table.num_rows,
         "label": config.label,
         "positive_class": config.positive_class,
@@ -157,17 +157,13 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     """
     source = locate(config.data)
     check_work_dir(work_dir or config.work_dir)
-    raw = read_bytes(source)
-    sha256 = fingerprint(raw)
-    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, sha256)
+    read = read_source(source)
+    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, read.sha256)
     if not (folder / MANIFEST).exists():
-        table = parse_table(raw, source)
-        del raw
+        table = parse_source(read, config.na_values).table
         data = validate(table, config)
         rows = split_rows(data.label, config)
-        write_splits(
-            data, rows, folder, build_manifest(source, sha256, table=table, data=data, rows=rows, config=config)
-        )
+        write_splits(data, rows, folder, build_manifest(read, table=table, data=data, rows=rows, config=config))
     check_folds(folder, config.folds)
     return folder
 
