@@ -159,8 +159,8 @@ CUSTOM = {
 
 def test_resume_keys_are_those_of_existing_work_folders() -> None:
     default, custom = make_config(), make_config(**CUSTOM)
-    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-c584a188"
-    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-5827124d"
+    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-987a70ab"
+    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-ef908971"
     assert unit_key("/w/splits/abc", default, "l2", 1e-3, 0, 100) == "3ddd715076e499ce8fef"
     assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "2d687223d0d152accea7"
 
@@ -213,6 +213,12 @@ def test_make_settings_builds_any_settings_model() -> None:
     assert make_settings(ScoreSettings, data="a.csv", output="b.parquet").threshold == 0.5
     with pytest.raises(ConfigError, match="invalid settings: output: Field required"):
         make_settings(ScoreSettings, data="a.csv")
+
+
+def test_split_folders_of_an_older_format_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = split_key(make_config(), "a" * 64)
+    monkeypatch.setattr("wd_pipeline.data.splits.SPLIT_FORMAT", 1)
+    assert split_key(make_config(), "a" * 64) != before
 
 
 def test_column_settings_from_flags_and_config_files(tmp_path) -> None:

@@ -2,7 +2,8 @@
 
 The split is computed as row indices from the label alone and applied with
 ``Table.take``, so ingest stays in Arrow from read to write. The folder is keyed by the data
-fingerprint and the settings that shape the split, so a rerun finds it again.
+fingerprint, the settings that shape the split and the format of what is written, so a
+rerun finds it again and a newer ingest never reads an older folder.
 """
 
 from __future__ import annotations
@@ -21,17 +22,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
-from wd_pipeline.data.sources import SourceBytes, locate, parse_source, read_source
+from wd_pipeline.data.profile import DataProfile, profile_splits
+from wd_pipeline.data.schema import Role, TableSchema
+from wd_pipeline.data.sources import SourceBytes, SourceTable, locate, missing_tokens, parse_source, read_source
 from wd_pipeline.data.validation import CheckedTable, validate
 from wd_pipeline.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
+# Part of every split folder's key: raise it when what a split folder holds changes shape.
+SPLIT_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class LabeledData:
-    """Raw numeric features and a 0/1 label, aligned row for row."""
+    """Raw features and a 0/1 label, aligned row for row.
+
+    Numeric features are float columns (NaN where missing); categorical ones are object
+    columns holding ``str`` or None (None where missing).
+    """
 
     features: pd.DataFrame
     label: np.ndarray
@@ -92,27 +101,38 @@ def check_folds(folder: str | Path, folds: int) -> None:
 
 
 def split_key(config: PipelineConfig, sha256: str) -> str:
-    """Folder name for one split of one source: content hash + the settings that shape it."""
-    settings = json.dumps(config.settings_that_change(Changes.SPLITS), sort_keys=True)
+    """Folder name for one split of one source: content hash + the settings that shape it + the format."""
+    settings = json.dumps({**config.settings_that_change(Changes.SPLITS), "format": SPLIT_FORMAT}, sort_keys=True)
     return f"{sha256[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
-def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, manifest: dict[str, Any]) -> None:
-    """Write one Parquet file per split, then the manifest last so its presence means complete.
+def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path) -> DataProfile:
+    """Write one Parquet file per split; returns each split's profile, computed while writing.
 
     The three files are written by two threads (Arrow releases the GIL while encoding).
-    Float features are written without dictionary encoding: random-looking floats rarely
-    repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
+    Only the label and the categorical columns are dictionary-encoded: random-looking floats
+    rarely repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    label = manifest["label"]
+    label = data.schema.label
+    encoded = [label, *data.schema.categorical()]
 
-    def write(name: str) -> None:
-        part = data.features.take(rows[name]).append_column(label, pa.array(data.label[rows[name]], type=pa.int8()))
-        pq.write_table(part, folder / f"{name}.parquet", use_dictionary=[label])
+    def write(name: str) -> pa.Table:
+        part = data.features.take(rows[name])
+        pq.write_table(
+            part.append_column(label, pa.array(data.label[rows[name]], type=pa.int8())),
+            folder / f"{name}.parquet",
+            use_dictionary=encoded,
+        )
+        return part
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(write, SPLITS))
+        parts = dict(zip(SPLITS, pool.map(write, SPLITS), strict=True))
+    return profile_splits(parts, data.schema)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Written last, atomically, so that its presence means the folder is complete."""
     tmp = folder / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(folder / MANIFEST)
@@ -121,22 +141,25 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, 
 def build_manifest(
     read: SourceBytes,
     *,
-    table: pa.Table,
+    parsed: SourceTable,
     data: CheckedTable,
     rows: dict[str, np.ndarray],
+    profile: DataProfile,
     config: PipelineConfig,
 ) -> dict[str, Any]:
-    """What a reader needs to trust the splits: provenance, sizes, balance, schema."""
-    features = data.features.column_names
+    """What a reader needs to trust the splits: provenance, sizes, balance, schema, profile, what was left out."""
     return {
         "source": read.source.uri,
         "sha256": read.sha256,
         "files": [file.to_dict() for file in read.files],
-        "rows": table.num_rows,
+        "rows": parsed.table.num_rows,
         "label": config.label,
         "positive_class": config.positive_class,
-        "features": features,
-        "schema": {name: str(table.schema.field(name).type) for name in features},
+        "features": data.schema.names(),
+        "schema": data.schema.to_dict(),
+        "missing_values": list(missing_tokens(config.na_values)),
+        "dropped_label_rows": data.dropped_label_rows,
+        "dropped_columns": [column.to_dict() for column in data.dropped_columns],
         "seed": config.seed,
         "splits": {
             name: {
@@ -146,6 +169,7 @@ def build_manifest(
             }
             for name, part in rows.items()
         },
+        "profile": profile.to_dict(),
     }
 
 
@@ -160,16 +184,28 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     read = read_source(source)
     folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, read.sha256)
     if not (folder / MANIFEST).exists():
-        table = parse_source(read, config.na_values).table
-        data = validate(table, config)
+        parsed = parse_source(read, config.na_values)
+        data = validate(parsed.table, config, where=parsed.where)
         rows = split_rows(data.label, config)
-        write_splits(data, rows, folder, build_manifest(read, table=table, data=data, rows=rows, config=config))
+        profile = write_splits(data, rows, folder)
+        write_manifest(
+            folder, build_manifest(read, parsed=parsed, data=data, rows=rows, profile=profile, config=config)
+        )
     check_folds(folder, config.folds)
     return folder
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def read_schema(folder: str | Path) -> TableSchema:
+    """The roles and source types ingest decided, as the splits of ``folder`` hold them."""
+    return TableSchema.from_dict(read_manifest(folder)["schema"])
+
+
+def read_profile(folder: str | Path) -> DataProfile:
+    return DataProfile.from_dict(read_manifest(folder)["profile"])
 
 
 def load_split(folder: str | Path, name: str) -> LabeledData:
@@ -200,7 +236,12 @@ def _cached_split(split: Path, stamp: tuple[int, ...]) -> LabeledData:
 
 
 def _read_split(split: Path) -> LabeledData:
-    manifest = read_manifest(split.parent)
-    frame = pq.read_table(split).to_pandas()
-    label = frame.pop(manifest["label"]).to_numpy(dtype=np.int8)
-    return LabeledData(frame[manifest["features"]], label)
+    schema = read_schema(split.parent)
+    table = pq.read_table(split)
+    label = table.column(schema.label).to_numpy().astype(np.int8)
+    frame = table.select(schema.names()).to_pandas()
+    for spec in schema.columns:
+        if spec.role is Role.CATEGORICAL:
+            # pandas' own string dtypes hold NaN or pd.NA; the model side takes str or None.
+            frame[spec.name] = pd.Series(table.column(spec.name).to_numpy(zero_copy_only=False), dtype=object)
+    return LabeledData(frame, label)
