@@ -343,3 +343,21 @@ def test_the_manifest_holds_schema_profile_and_files(tmp_path: Path) -> None:
     profile = splits.read_profile(folder)
     assert [split.split for split in profile.splits] == list(splits.SPLITS)
     assert [split.rows for split in profile.splits] == [manifest["splits"][name]["rows"] for name in splits.SPLITS]
+
+
+def test_a_mixed_value_in_a_folder_is_found_by_file_and_row(tmp_path: Path) -> None:
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    (folder / "a.csv").write_text("n,y\n" + "".join(f"{i},{i % 2}\n" for i in range(60)))
+    (folder / "b.csv").write_text("n,y\n" + "".join(f"{'-' if i == 2 else i},{i % 2}\n" for i in range(60)))
+    with pytest.raises(DataError) as caught:
+        splits.prepare(config(tmp_path, folder))
+    assert "119 of its 120 values are numbers, but row 3 of b.csv holds '-'." in str(caught.value)
+    assert splits.read_manifest(splits.prepare(config(tmp_path, folder, na_values=["-"])))["rows"] == 120
+
+
+def test_a_parquet_dictionary_with_a_missing_token_becomes_null(tmp_path: Path) -> None:
+    data = table(s=pa.array(cycle(["a", "NA", "b"])).dictionary_encode(), x=cycle([1.0, 2.0]))
+    checked = check(data, tmp_path)
+    assert checked.features.column("s").null_count == 40
+    assert validation.conform(data, checked.schema).column("s").type == pa.string()

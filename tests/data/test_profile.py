@@ -83,3 +83,9 @@ def test_profile_reads_back_and_reads_well() -> None:
     assert "## train (200 rows)" in text and "## test (50 rows)" in text
     assert "| s | categorical | 20.0 % |" in text
     assert "a 3" in rows[1]["top categories"]  # the most common category first, with its share
+
+
+def test_dictionary_encoded_text_profiles_like_plain_text() -> None:
+    table = sample()
+    encoded = table.set_column(1, "s", table.column("s").dictionary_encode())
+    assert profile_columns(encoded, SCHEMA) == profile_columns(table, SCHEMA)

@@ -17,9 +17,9 @@ from wd_pipeline.data import sources
 from wd_pipeline.errors import DataError
 
 
-def read(data: str | Path, na_values: list[str] | None = None) -> tuple[sources.SourceBytes, sources.SourceTable]:
+def read(data: str | Path, na_values: list[str] | None = None) -> tuple[sources.Fingerprint, sources.SourceTable]:
     raw = sources.read_source(sources.locate(str(data)))
-    return raw, sources.parse_source(raw, na_values)
+    return raw.fingerprint(), sources.parse_source(raw, na_values)
 
 
 def part(start: int, rows: int = 4) -> pa.Table:
@@ -185,7 +185,7 @@ def test_folder_as_a_file_uri(tmp_path: Path) -> None:
     folder.mkdir()
     pq.write_table(part(0), folder / "a.parquet")
     raw, parsed = read(folder.as_uri())
-    assert raw.source.uri == folder.as_uri() and parsed.table.num_rows == 4
+    assert parsed.table.num_rows == 4 and parsed.paths == ("a.parquet",)
     assert raw.sha256 == read(folder)[0].sha256
 
 

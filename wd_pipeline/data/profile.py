@@ -174,7 +174,8 @@ def _escape(text: str) -> str:
 
 
 def profile_columns(table: pa.Table, schema: TableSchema, top: int = TOP_CATEGORIES) -> tuple[ColumnProfile, ...]:
-    """The profile of each schema column of ``table`` (columns in the form :func:`validation.conform` gives)."""
+    """The profile of each schema column of ``table`` (columns in the form :func:`validation.conform` gives;
+    categorical ones may also be dictionary-encoded)."""
     return tuple(_profile(table.column(spec.name), spec.name, spec.role, top) for spec in schema.columns)
 
 
@@ -200,7 +201,7 @@ def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> Column
         )
     counts = pc.value_counts(column)
     counts = counts.filter(counts.field("values").is_valid())
-    ranked = pa.table({"values": counts.field("values"), "counts": counts.field("counts")})
+    ranked = pa.table({"values": pc.cast(counts.field("values"), pa.string()), "counts": counts.field("counts")})
     # Ties in count go alphabetically, so the same split always gives the same profile.
     ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")])[:top])
     shares = tuple(

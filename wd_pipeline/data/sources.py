@@ -91,13 +91,34 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """The identity of what was read: each file's sha256, and one sha256 for the whole source."""
+
+    files: tuple[SourceFile, ...]
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SourceBytes:
-    """Every file of a source, read into memory, with their fingerprints and the source's."""
+    """Every file of a source, read into memory: paths relative to the folder (the URI for a single file)."""
 
     source: Source
-    files: tuple[SourceFile, ...]
+    paths: tuple[str, ...]
     contents: tuple[bytes, ...]
-    sha256: str
+
+    def fingerprint(self) -> Fingerprint:
+        """sha256 of every file (in threads: hashlib releases the GIL) and of the source.
+
+        A single file's fingerprint is its sha256; a folder's covers each file's relative
+        path and sha256 (:func:`folder_fingerprint`).
+        """
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            digests = list(pool.map(fingerprint, self.contents))
+        files = tuple(
+            SourceFile(path, len(raw), digest)
+            for path, raw, digest in zip(self.paths, self.contents, digests, strict=True)
+        )
+        return Fingerprint(files, folder_fingerprint(files) if self.source.is_folder else digests[0])
 
 
 @dataclass(frozen=True)
@@ -105,7 +126,7 @@ class SourceTable:
     """A parsed source: one table, the files it came from and how many rows each gave, in order."""
 
     table: pa.Table
-    files: tuple[SourceFile, ...]
+    paths: tuple[str, ...]
     file_rows: tuple[int, ...]
 
     def where(self, row: int) -> str:
@@ -113,12 +134,12 @@ class SourceTable:
 
         Rows are counted from 1, the header not counted.
         """
-        if len(self.files) == 1:
+        if len(self.paths) == 1:
             return f"row {row + 1}"
         start = 0
-        for file, rows in zip(self.files, self.file_rows, strict=True):
+        for path, rows in zip(self.paths, self.file_rows, strict=True):
             if row < start + rows:
-                return f"row {row - start + 1} of {file.path}"
+                return f"row {row - start + 1} of {path}"
             start += rows
         return f"row {row + 1}"
 
@@ -240,16 +261,13 @@ def folder_fingerprint(files: Sequence[SourceFile]) -> str:
 
 
 def read_source(source: Source) -> SourceBytes:
-    """Every byte of a file or of a folder's data files, read once, with the fingerprints."""
+    """Every byte of a file, or of a folder's data files (read by several threads), read once."""
     if not source.is_folder:
-        raw = read_bytes(source)
-        sha256 = fingerprint(raw)
-        return SourceBytes(source, (SourceFile(source.uri, len(raw), sha256),), (raw,), sha256)
+        return SourceBytes(source, (source.uri,), (read_bytes(source),))
     relative = list_data_files(source)
     with ThreadPoolExecutor(max_workers=4) as pool:
         contents = tuple(pool.map(lambda name: read_bytes(source.child(name)), relative))
-    files = tuple(SourceFile(name, len(raw), fingerprint(raw)) for name, raw in zip(relative, contents, strict=True))
-    return SourceBytes(source, files, contents, folder_fingerprint(files))
+    return SourceBytes(source, tuple(relative), contents)
 
 
 def list_data_files(source: Source) -> list[str]:
@@ -333,15 +351,15 @@ def parse_source(data: SourceBytes, na_values: Sequence[str] | None = None) -> S
     """One table from a file or from all files of a folder, hive partition keys as columns."""
     if not data.source.is_folder:
         table = parse_table(data.contents[0], data.source, na_values)
-        return SourceTable(table, data.files, (table.num_rows,))
+        return SourceTable(table, data.paths, (table.num_rows,))
 
     def parse(index: int) -> pa.Table:
-        return parse_table(data.contents[index], data.source.child(data.files[index].path), na_values)
+        return parse_table(data.contents[index], data.source.child(data.paths[index]), na_values)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        tables = list(pool.map(parse, range(len(data.files))))
+        tables = list(pool.map(parse, range(len(data.paths))))
     tables = _with_partition_keys(data, tables)
-    return SourceTable(_concat(tables, data), data.files, tuple(table.num_rows for table in tables))
+    return SourceTable(_concat(tables, data), data.paths, tuple(table.num_rows for table in tables))
 
 
 def _with_partition_keys(data: SourceBytes, tables: list[pa.Table]) -> list[pa.Table]:
@@ -350,22 +368,22 @@ def _with_partition_keys(data: SourceBytes, tables: list[pa.Table]) -> list[pa.T
     The partitioning is discovered from the paths alone, over the bytes already in memory,
     so nothing is read twice.
     """
-    if not any("=" in part for file in data.files for part in file.path.split("/")[:-1]):
+    if not any("=" in part for path in data.paths for part in path.split("/")[:-1]):
         return tables
     import pyarrow.dataset as ds
 
     base = data.source.path.rstrip("/")
     memory = pafs.PyFileSystem(
-        _MemoryFiles({f"{base}/{file.path}": raw for file, raw in zip(data.files, data.contents, strict=True)})
+        _MemoryFiles({f"{base}/{path}": raw for path, raw in zip(data.paths, data.contents, strict=True)})
     )
     file_format = (
         "parquet"
-        if data.files[0].path.lower().endswith(PARQUET_SUFFIXES)
+        if data.paths[0].lower().endswith(PARQUET_SUFFIXES)
         else ds.CsvFileFormat(convert_options=csv_options())
     )
     try:
         dataset = ds.dataset(
-            [f"{base}/{file.path}" for file in data.files],
+            [f"{base}/{path}" for path in data.paths],
             filesystem=memory,
             format=file_format,
             partitioning=ds.partitioning(flavor="hive"),
@@ -380,14 +398,14 @@ def _with_partition_keys(data: SourceBytes, tables: list[pa.Table]) -> list[pa.T
         fragment.path: ds.get_partition_keys(fragment.partition_expression) for fragment in dataset.get_fragments()
     }
     out = []
-    for file, table in zip(data.files, tables, strict=True):
+    for path, table in zip(data.paths, tables, strict=True):
         clash = [name for name in keys_schema.names if name in table.column_names]
         if clash:
             raise DataError(
                 f"data folder {data.source.uri}: {clash[0]!r} is both a partition folder name and a column of "
-                f"{file.path}: rename one of them"
+                f"{path}: rename one of them"
             )
-        keys = keys_by_path[f"{base}/{file.path}"]
+        keys = keys_by_path[f"{base}/{path}"]
         for field in keys_schema:
             value = keys.get(field.name)
             column = (
@@ -412,8 +430,8 @@ def _concat(tables: list[pa.Table], data: SourceBytes) -> pa.Table:
     fields = []
     for name in names:
         kinds = {
-            file.path: table.schema.field(name).type
-            for file, table in zip(data.files, tables, strict=True)
+            path: table.schema.field(name).type
+            for path, table in zip(data.paths, tables, strict=True)
             if name in table.column_names
         }
         fields.append(pa.field(name, _unify_type(name, kinds, data.source.uri)))

@@ -22,10 +22,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
-from wd_pipeline.data.profile import DataProfile, profile_splits
+from wd_pipeline.data.profile import DataProfile, SplitProfile, profile_columns
 from wd_pipeline.data.schema import Role, TableSchema
-from wd_pipeline.data.sources import SourceBytes, SourceTable, locate, missing_tokens, parse_source, read_source
-from wd_pipeline.data.validation import CheckedTable, validate
+from wd_pipeline.data.sources import (
+    Fingerprint,
+    SourceBytes,
+    SourceTable,
+    locate,
+    missing_tokens,
+    parse_source,
+    read_source,
+)
+from wd_pipeline.data.validation import CheckedTable, check_features, check_label
 from wd_pipeline.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -107,28 +115,30 @@ def split_key(config: PipelineConfig, sha256: str) -> str:
 
 
 def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path) -> DataProfile:
-    """Write one Parquet file per split; returns each split's profile, computed while writing.
+    """Write one Parquet file per split; returns each split's profile, computed by the thread that wrote it.
 
     The three files are written by two threads (Arrow releases the GIL while encoding).
     Only the label and the categorical columns are dictionary-encoded: random-looking floats
     rarely repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
+    The categorical columns arrive dictionary-encoded and are written as such, but without
+    the Arrow schema in the file, so a reader gets them back as plain text.
     """
     folder.mkdir(parents=True, exist_ok=True)
     label = data.schema.label
     encoded = [label, *data.schema.categorical()]
 
-    def write(name: str) -> pa.Table:
+    def write(name: str) -> SplitProfile:
         part = data.features.take(rows[name])
         pq.write_table(
             part.append_column(label, pa.array(data.label[rows[name]], type=pa.int8())),
             folder / f"{name}.parquet",
             use_dictionary=encoded,
+            store_schema=False,
         )
-        return part
+        return SplitProfile(name, part.num_rows, profile_columns(part, data.schema))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = dict(zip(SPLITS, pool.map(write, SPLITS), strict=True))
-    return profile_splits(parts, data.schema)
+        return DataProfile(tuple(pool.map(write, SPLITS)))
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -140,6 +150,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 def build_manifest(
     read: SourceBytes,
+    identity: Fingerprint,
     *,
     parsed: SourceTable,
     data: CheckedTable,
@@ -150,8 +161,8 @@ def build_manifest(
     """What a reader needs to trust the splits: provenance, sizes, balance, schema, profile, what was left out."""
     return {
         "source": read.source.uri,
-        "sha256": read.sha256,
-        "files": [file.to_dict() for file in read.files],
+        "sha256": identity.sha256,
+        "files": [file.to_dict() for file in identity.files],
         "rows": parsed.table.num_rows,
         "label": config.label,
         "positive_class": config.positive_class,
@@ -177,19 +188,29 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     """Read, validate, split and write; returns the folder of the splits and manifest.
 
     Splits already written for the same bytes and settings are reused, which is what lets
-    a rerun after a crash skip straight to the grid points still missing.
+    a rerun after a crash skip straight to the grid points still missing. The bytes are
+    hashed while they are parsed (hashlib and Arrow both release the GIL), so a reused
+    split still costs one parse, in the time of the hash.
     """
     source = locate(config.data)
     check_work_dir(work_dir or config.work_dir)
     read = read_source(source)
-    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, read.sha256)
-    if not (folder / MANIFEST).exists():
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(read.fingerprint)
         parsed = parse_source(read, config.na_values)
-        data = validate(parsed.table, config, where=parsed.where)
-        rows = split_rows(data.label, config)
+        identity = hashing.result()
+    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, identity.sha256)
+    if not (folder / MANIFEST).exists():
+        labelled = check_label(parsed.table, config)
+        # The split needs only the label: it runs while the feature columns are checked.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            split = pool.submit(split_rows, labelled.label, config)
+            data = check_features(parsed.table, config, labelled, where=parsed.where)
+            rows = split.result()
         profile = write_splits(data, rows, folder)
         write_manifest(
-            folder, build_manifest(read, parsed=parsed, data=data, rows=rows, profile=profile, config=config)
+            folder,
+            build_manifest(read, identity, parsed=parsed, data=data, rows=rows, profile=profile, config=config),
         )
     check_folds(folder, config.folds)
     return folder

@@ -47,7 +47,8 @@ class CheckedTable:
     """A validated source still in Arrow, row for row: the feature columns as the model takes them, the 0/1 label.
 
     ``features`` holds the schema's columns in order: numeric ones as float (null where
-    missing), categorical ones as ``pa.string()`` (null where missing).
+    missing), categorical ones as dictionary-encoded text (null where missing), so that
+    splitting moves small integer codes rather than strings.
     """
 
     features: pa.Table
@@ -57,18 +58,38 @@ class CheckedTable:
     dropped_columns: tuple[DroppedColumn, ...] = ()
 
     def class_counts(self, rows: np.ndarray | None = None) -> dict[str, int]:
-        label = self.label if rows is None else self.label[rows]
-        positives = int(label.sum())
-        return {"0": len(label) - positives, "1": positives}
+        return class_counts(self.label if rows is None else self.label[rows])
+
+
+@dataclass(frozen=True)
+class LabelledRows:
+    """What the label check decided: the feature columns and their roles, the 0/1 label of the rows that
+    have one, and those rows' numbers in the source (None when every row has a label)."""
+
+    features: tuple[str, ...]
+    roles: dict[str, Role]
+    label: np.ndarray
+    kept: np.ndarray | None
+
+
+def class_counts(label: np.ndarray) -> dict[str, int]:
+    positives = int(label.sum())
+    return {"0": len(label) - positives, "1": positives}
 
 
 def validate(table: pa.Table, config: PipelineConfig, *, where: RowLocator | None = None) -> CheckedTable:
     """Check the table against the settings; returns the model's columns and the 0/1 label.
 
     ``where`` turns a row number of ``table`` into words for a message (the file and row a
-    user can open); by default ``row N``, counted from 1.
+    user can open); by default ``row N``, counted from 1. The work is done in two steps,
+    :func:`check_label` and :func:`check_features`, so that a caller can split the rows
+    (which needs only the label) while the feature columns are checked.
     """
-    where = where or (lambda row: f"row {row + 1}")
+    return check_features(table, config, check_label(table, config), where=where)
+
+
+def check_label(table: pa.Table, config: PipelineConfig) -> LabelledRows:
+    """Everything decided from the header and the label: names, roles, the 0/1 label, enough rows per class."""
     names = table.column_names
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -84,21 +105,32 @@ def validate(table: pa.Table, config: PipelineConfig, *, where: RowLocator | Non
     features = _feature_columns(names, config)
     roles = infer_roles(table.schema, features, config.categorical or ())
     label, kept = _label(table.column(config.label), config)
-    dropped_rows = 0 if kept is None else table.num_rows - len(kept)
+    _check_class_sizes(class_counts(label), config)
+    return LabelledRows(tuple(features), roles, label, kept)
+
+
+def check_features(
+    table: pa.Table, config: PipelineConfig, labelled: LabelledRows, *, where: RowLocator | None = None
+) -> CheckedTable:
+    """The feature columns of the labelled rows, in the model's form, or the reason they cannot be used."""
+    where = where or (lambda row: f"row {row + 1}")
+    kept = labelled.kept
+    rows = table.num_rows
     if kept is not None:
         table = table.take(kept)
     schema = TableSchema(
-        config.label, tuple(ColumnSpec(name, roles[name], str(table.schema.field(name).type)) for name in features)
+        config.label,
+        tuple(ColumnSpec(name, labelled.roles[name], str(table.schema.field(name).type)) for name in labelled.features),
     )
-    columns = conform(table, schema, config.na_values)
-    facts = {name: _facts(columns.column(name), spec.role) for name, spec in zip(features, schema.columns, strict=True)}
+    columns = _conform(table, schema, config.na_values, encode=True)
+    facts = {spec.name: _facts(columns.column(spec.name), spec.role) for spec in schema.columns}
     _check_finite(facts)
     _check_not_empty(facts)
     forced = set(config.categorical or ())
     _check_mixed(columns, facts, forced, lambda row: where(int(kept[row]) if kept is not None else row))
     _check_identifiers(facts, forced)
     _check_vocabulary(facts, config.max_categories)
-    constant = [name for name in features if facts[name].constant]
+    constant = [spec.name for spec in schema.columns if facts[spec.name].constant]
     if constant:
         log.warning(
             "dropped constant column%s %s: one value on every row, nothing to learn from",
@@ -112,15 +144,13 @@ def validate(table: pa.Table, config: PipelineConfig, *, where: RowLocator | Non
     dropped = tuple(DroppedColumn(name, "excluded (--exclude)") for name in config.exclude or ()) + tuple(
         DroppedColumn(name, "constant") for name in constant
     )
-    data = CheckedTable(
+    return CheckedTable(
         columns.select(schema.names()),
-        label,
+        labelled.label,
         schema,
-        dropped_label_rows=dropped_rows,
+        dropped_label_rows=0 if kept is None else rows - len(kept),
         dropped_columns=dropped,
     )
-    _check_class_sizes(data.class_counts(), config)
-    return data
 
 
 def _did_you_mean(name: str, names: list[str]) -> str:
@@ -215,11 +245,16 @@ def conform(table: pa.Table, schema: TableSchema, na_values: Sequence[str] | Non
 
     Numeric: floats keep their width (a float32 source stays half the size through split and
     write), NaN becomes null; integers, booleans (0/1) and decimals become float64
-    (``safe=False`` rounds an int64 beyond 2**53 instead of refusing it). Categorical: text,
-    with every missing token (:func:`~wd_pipeline.data.sources.missing_tokens`) as null;
-    numbers named categorical are cast to their text (5 → "5"). Values the user declared
-    missing that read as numbers (``--na-values -999``) are null in numeric columns too.
+    (``safe=False`` rounds an int64 beyond 2**53 instead of refusing it). Categorical:
+    ``pa.string()``, with every missing token (:func:`~wd_pipeline.data.sources.missing_tokens`)
+    as null; numbers named categorical are cast to their text (5 → "5"). Values the user
+    declared missing that read as numbers (``--na-values -999``) are null in numeric columns too.
     """
+    return _conform(table, schema, na_values, encode=False)
+
+
+def _conform(table: pa.Table, schema: TableSchema, na_values: Sequence[str] | None, *, encode: bool) -> pa.Table:
+    """:func:`conform`; with ``encode`` the categorical columns come dictionary-encoded."""
     tokens = missing_tokens(na_values)
     numbers = _numeric_tokens(na_values or ())
     columns = []
@@ -228,7 +263,7 @@ def conform(table: pa.Table, schema: TableSchema, na_values: Sequence[str] | Non
         if spec.role is Role.NUMERIC:
             columns.append(_as_numeric(column, numbers))
         else:
-            columns.append(_as_categorical(column, tokens))
+            columns.append(_as_categorical(column, tokens, encode=encode))
     return pa.table(columns, names=schema.names())
 
 
@@ -257,10 +292,25 @@ def _as_numeric(column: pa.ChunkedArray, missing: list[float]) -> pa.ChunkedArra
     return column
 
 
-def _as_categorical(column: pa.ChunkedArray, tokens: Sequence[str]) -> pa.ChunkedArray:
-    if not pa.types.is_string(column.type):
+def _as_categorical(column: pa.ChunkedArray, tokens: Sequence[str], *, encode: bool) -> pa.ChunkedArray:
+    """Text with the missing tokens as nulls; dictionary-encoded when ``encode``.
+
+    Encoded, the tokens are looked for among the distinct values only, and the text is
+    compared row by row only when one of them occurs.
+    """
+    if pa.types.is_dictionary(column.type) and not pa.types.is_string(column.type.value_type):
+        column = pc.cast(column, column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)):
         column = pc.cast(column, pa.string())
-    return _null_where(column, pc.is_in(column, value_set=pa.array(tokens, pa.string())))
+    value_set = pa.array(tokens, pa.string())
+    if encode:
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        if not any(pc.any(pc.is_in(chunk.dictionary, value_set=value_set)).as_py() for chunk in encoded.chunks):
+            return encoded.cast(pa.dictionary(pa.int32(), pa.string()))
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, pa.string())
+    column = _null_where(column, pc.is_in(column, value_set=value_set))
+    return pc.dictionary_encode(column) if encode else column
 
 
 def _null_where(column: pa.ChunkedArray, mask: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -296,7 +346,10 @@ def _facts(column: pa.ChunkedArray, role: Role) -> _Facts:
             infinite = int(pc.sum(pc.is_inf(column)).as_py())
         return _Facts(role, len(column), missing, present > 0 and missing == 0 and low == high, infinite)
     counts = pc.value_counts(column)
-    values = counts.filter(counts.field("values").is_valid())
+    counts = counts.filter(counts.field("values").is_valid())
+    values = pa.StructArray.from_arrays(
+        [pc.cast(counts.field("values"), pa.string()), counts.field("counts")], names=["values", "counts"]
+    )
     return _Facts(role, len(column), missing, missing == 0 and len(values) == 1, values=values)
 
 
@@ -331,7 +384,7 @@ def _check_mixed(columns: pa.Table, facts: dict[str, _Facts], forced: set[str], 
             continue
         text = fact.values.filter(pc.invert(numeric))
         example = text.field("values")[int(pc.index(text.field("counts"), pc.max(text.field("counts"))).as_py())]
-        row = int(pc.index(columns.column(name), example).as_py())
+        row = int(pc.index(pc.cast(columns.column(name), pa.string()), example).as_py())
         raise DataError(
             f"column {name!r} mixes numbers and text: {numbers} of its {present} values are numbers, "
             f"but {where(row)} holds {example.as_py()!r}. Declare such values missing with --na-values "
