@@ -31,7 +31,7 @@ def table(**columns) -> pa.Table:
 
 def config(tmp_path: Path, data: Path | None = None, **settings):
     base = {"label": "y", "positive_class": None, "min_rows_per_class": 5, "work_dir": str(tmp_path / "work")}
-    return make_config(**base, **({"data": str(data)} if data else {}), **settings)
+    return make_config(**{**base, **({"data": str(data)} if data else {}), **settings})
 
 
 def check(data: pa.Table, tmp_path: Path, **settings) -> validation.CheckedTable:
@@ -361,3 +361,10 @@ def test_a_parquet_dictionary_with_a_missing_token_becomes_null(tmp_path: Path) 
     checked = check(data, tmp_path)
     assert checked.features.column("s").null_count == 40
     assert validation.conform(data, checked.schema).column("s").type == pa.string()
+
+
+def test_a_text_label_holding_a_missing_token_is_missing_in_parquet_too(tmp_path: Path) -> None:
+    words = ["no", "yes"] * 59 + ["NA", "?"]
+    data = pa.table({"x": list(range(ROWS)), "y": words})
+    checked = check(data, tmp_path, positive_class="yes", na_values=["?"])
+    assert checked.dropped_label_rows == 2 and len(checked.label) == ROWS - 2

@@ -116,6 +116,7 @@ def check_features(
     where = where or (lambda row: f"row {row + 1}")
     kept = labelled.kept
     rows = table.num_rows
+    table = table.select(list(labelled.features))
     if kept is not None:
         table = table.take(kept)
     schema = TableSchema(
@@ -430,7 +431,10 @@ def _label(column: pa.ChunkedArray, config: PipelineConfig) -> tuple[np.ndarray,
 
     Rows without a label cannot be learnt from or scored against: they are left out, with
     one warning line; a label missing on more than half the rows is refused as a wrong column.
+    A text label is missing where it holds a missing token, in Parquet as in CSV.
     """
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type):
+        column = _as_categorical(column, missing_tokens(config.na_values), encode=False)
     present = pc.is_valid(column)
     if pa.types.is_floating(column.type):
         present = pc.and_(present, pc.invert(pc.is_nan(column)))
