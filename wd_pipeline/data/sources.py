@@ -104,7 +104,7 @@ class SourceBytes:
 
     source: Source
     paths: tuple[str, ...]
-    contents: tuple[bytes, ...]
+    contents: tuple[pa.Buffer, ...]
 
     def fingerprint(self) -> Fingerprint:
         """sha256 of every file (in threads: hashlib releases the GIL) and of the source.
@@ -123,11 +123,16 @@ class SourceBytes:
 
 @dataclass(frozen=True)
 class SourceTable:
-    """A parsed source: one table, the files it came from and how many rows each gave, in order."""
+    """A parsed source: one table, the files it came from and how many rows each gave, in order.
+
+    ``declared`` is the source's own schema: the table's, except where text was read
+    dictionary-encoded for speed (:func:`parse_table`), where it keeps the file's text type.
+    """
 
     table: pa.Table
     paths: tuple[str, ...]
     file_rows: tuple[int, ...]
+    declared: pa.Schema
 
     def where(self, row: int) -> str:
         """Where row ``row`` (0-based, of the whole table) is, as a user finds it: ``row 7`` or ``row 7 of part-1.csv``.
@@ -237,11 +242,16 @@ def locate(data: str) -> Source:
     return Source(filesystem, path, uri, is_folder=info.type == pafs.FileType.Directory)
 
 
-def read_bytes(source: Source) -> bytes:
-    """All bytes of one file; empty files are refused here, before any parsing."""
+def read_bytes(source: Source) -> pa.Buffer:
+    """All bytes of one file; empty files are refused here, before any parsing.
+
+    Read as one Arrow buffer from a random-access file: a stream copies in small pieces,
+    which took ten times longer for a large file. Not memory-mapped, so a file rewritten
+    during ingest cannot change (or truncate) what is being parsed.
+    """
     try:
-        with source.filesystem.open_input_stream(source.path) as stream:
-            raw = stream.read()
+        with source.filesystem.open_input_file(source.path) as file:
+            raw = file.read_buffer()
     except OSError as exc:
         raise DataError(f"cannot read data file {source.uri}: {exc}") from None
     if not raw:
@@ -249,7 +259,7 @@ def read_bytes(source: Source) -> bytes:
     return raw
 
 
-def fingerprint(raw: bytes) -> str:
+def fingerprint(raw: bytes | pa.Buffer) -> str:
     """sha256 of the source bytes: the identity of the data everywhere downstream."""
     return hashlib.sha256(raw).hexdigest()
 
@@ -319,21 +329,27 @@ def csv_options(na_values: Sequence[str] | None = None) -> pacsv.ConvertOptions:
     return pacsv.ConvertOptions(null_values=list(missing_tokens(na_values)), strings_can_be_null=True)
 
 
-def parse_table(raw: bytes, source: Source, na_values: Sequence[str] | None = None) -> pa.Table:
+def parse_table(
+    raw: bytes | pa.Buffer, source: Source, na_values: Sequence[str] | None = None, *, text_as_dictionary: bool = False
+) -> pa.Table:
     """Parse Parquet (by magic bytes) or CSV into an Arrow table.
 
     In a CSV the missing tokens (:func:`missing_tokens`) are read as nulls; in Parquet they
-    are left as written (validation turns them into nulls in string columns).
+    are left as written (validation turns them into nulls in string columns). With
+    ``text_as_dictionary``, Parquet text columns are read dictionary-encoded, as Parquet
+    usually stores them, which saves building every string only to encode it again.
     """
-    looks_parquet = raw[:4] == PARQUET_MAGIC
+    view = memoryview(raw)
+    looks_parquet = view[:4] == PARQUET_MAGIC
     if source.is_parquet_by_name or looks_parquet:
-        if not (looks_parquet and raw[-4:] == PARQUET_MAGIC):
+        if not (looks_parquet and view[-4:] == PARQUET_MAGIC):
             raise DataError(
                 f"data file {source.uri} is not a valid Parquet file (truncated or another format): "
                 "write it again completely, or pass a CSV"
             )
         try:
-            return pq.read_table(pa.BufferReader(raw))
+            text = _text_columns(pq.read_schema(pa.BufferReader(raw))) if text_as_dictionary else None
+            return pq.read_table(pa.BufferReader(raw), read_dictionary=text or None)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"data file {source.uri} is not a readable Parquet file: {exc}") from None
     try:
@@ -347,11 +363,24 @@ def parse_table(raw: bytes, source: Source, na_values: Sequence[str] | None = No
     return table
 
 
-def parse_source(data: SourceBytes, na_values: Sequence[str] | None = None) -> SourceTable:
-    """One table from a file or from all files of a folder, hive partition keys as columns."""
+def _text_columns(schema: pa.Schema) -> list[str]:
+    return [field.name for field in schema if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)]
+
+
+def parse_source(
+    data: SourceBytes, na_values: Sequence[str] | None = None, *, text_as_dictionary: bool = False
+) -> SourceTable:
+    """One table from a file or from all files of a folder, hive partition keys as columns.
+
+    ``text_as_dictionary`` applies to a single Parquet file (see :func:`parse_table`); the
+    table's ``declared`` schema still gives the text columns' own type.
+    """
     if not data.source.is_folder:
-        table = parse_table(data.contents[0], data.source, na_values)
-        return SourceTable(table, data.paths, (table.num_rows,))
+        table = parse_table(data.contents[0], data.source, na_values, text_as_dictionary=text_as_dictionary)
+        declared = table.schema
+        if text_as_dictionary and any(pa.types.is_dictionary(field.type) for field in declared):
+            declared = pq.read_schema(pa.BufferReader(data.contents[0]))
+        return SourceTable(table, data.paths, (table.num_rows,), declared)
 
     def parse(index: int) -> pa.Table:
         return parse_table(data.contents[index], data.source.child(data.paths[index]), na_values)
@@ -359,7 +388,8 @@ def parse_source(data: SourceBytes, na_values: Sequence[str] | None = None) -> S
     with ThreadPoolExecutor(max_workers=2) as pool:
         tables = list(pool.map(parse, range(len(data.paths))))
     tables = _with_partition_keys(data, tables)
-    return SourceTable(_concat(tables, data), data.paths, tuple(table.num_rows for table in tables))
+    table = _concat(tables, data)
+    return SourceTable(table, data.paths, tuple(part.num_rows for part in tables), table.schema)
 
 
 def _with_partition_keys(data: SourceBytes, tables: list[pa.Table]) -> list[pa.Table]:
@@ -485,7 +515,7 @@ def _is_scalar(kind: pa.DataType) -> bool:
 class _MemoryFiles(pafs.FileSystemHandler):
     """A read-only filesystem over bytes already in memory, for pyarrow.dataset's path discovery."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(self, files: dict[str, pa.Buffer]) -> None:
         self.files = files
 
     def __eq__(self, other: object) -> bool:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wd_pipeline.config import PipelineConfig
+from wd_pipeline.data.profile import min_max
 from wd_pipeline.data.schema import ColumnSpec, DroppedColumn, Role, TableSchema
 from wd_pipeline.data.sources import missing_tokens
 from wd_pipeline.errors import DataError
@@ -34,8 +35,7 @@ TRUE_NAMES = {"1", "true"}
 # share of its present values, and at least ID_MIN_DISTINCT of them (small tables repeat little).
 ID_DISTINCT_SHARE = 0.9
 ID_MIN_DISTINCT = 20
-# A text column mixes numbers and text when most of its distinct values weighted by their
-# counts, but not all, read as numbers.
+# A text column mixes numbers and text when most of its values, but not all, read as numbers.
 NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 MAX_MISSING_LABEL_SHARE = 0.5
 
@@ -77,15 +77,19 @@ def class_counts(label: np.ndarray) -> dict[str, int]:
     return {"0": len(label) - positives, "1": positives}
 
 
-def validate(table: pa.Table, config: PipelineConfig, *, where: RowLocator | None = None) -> CheckedTable:
+def validate(
+    table: pa.Table, config: PipelineConfig, *, where: RowLocator | None = None, declared: pa.Schema | None = None
+) -> CheckedTable:
     """Check the table against the settings; returns the model's columns and the 0/1 label.
 
     ``where`` turns a row number of ``table`` into words for a message (the file and row a
-    user can open); by default ``row N``, counted from 1. The work is done in two steps,
+    user can open); by default ``row N``, counted from 1. ``declared`` gives the source
+    types the schema records, when the table was read with other ones (text read
+    dictionary-encoded); by default the table's. The work is done in two steps,
     :func:`check_label` and :func:`check_features`, so that a caller can split the rows
     (which needs only the label) while the feature columns are checked.
     """
-    return check_features(table, config, check_label(table, config), where=where)
+    return check_features(table, config, check_label(table, config), where=where, declared=declared)
 
 
 def check_label(table: pa.Table, config: PipelineConfig) -> LabelledRows:
@@ -110,10 +114,16 @@ def check_label(table: pa.Table, config: PipelineConfig) -> LabelledRows:
 
 
 def check_features(
-    table: pa.Table, config: PipelineConfig, labelled: LabelledRows, *, where: RowLocator | None = None
+    table: pa.Table,
+    config: PipelineConfig,
+    labelled: LabelledRows,
+    *,
+    where: RowLocator | None = None,
+    declared: pa.Schema | None = None,
 ) -> CheckedTable:
     """The feature columns of the labelled rows, in the model's form, or the reason they cannot be used."""
     where = where or (lambda row: f"row {row + 1}")
+    declared = declared or table.schema
     kept = labelled.kept
     rows = table.num_rows
     table = table.select(list(labelled.features))
@@ -121,7 +131,7 @@ def check_features(
         table = table.take(kept)
     schema = TableSchema(
         config.label,
-        tuple(ColumnSpec(name, labelled.roles[name], str(table.schema.field(name).type)) for name in labelled.features),
+        tuple(ColumnSpec(name, labelled.roles[name], str(declared.field(name).type)) for name in labelled.features),
     )
     columns = _conform(table, schema, config.na_values, encode=True)
     facts = {spec.name: _facts(columns.column(spec.name), spec.role) for spec in schema.columns}
@@ -340,8 +350,7 @@ def _facts(column: pa.ChunkedArray, role: Role) -> _Facts:
     missing = column.null_count
     present = len(column) - missing
     if role is Role.NUMERIC:
-        low, high = pc.min_max(column).values()
-        low, high = low.as_py(), high.as_py()
+        low, high = min_max(column)
         infinite = 0
         if low is not None and (math.isinf(low) or math.isinf(high)):
             infinite = int(pc.sum(pc.is_inf(column)).as_py())
