@@ -106,10 +106,11 @@ def ingest_comparison(path: Path, repeats: int = 3) -> dict[str, Any]:
     result = run_workload("ingest", source=str(path), label="y", work=str(CACHE / "ingest"), repeats=repeats)
     result["ratio"] = result["ingest_seconds"] / result["bare_seconds"]
     result["ratio_arrow"] = result["ingest_seconds"] / result["bare_arrow_seconds"]
+    result["cpu_ratio_arrow"] = result["ingest_cpu_seconds"] / result["bare_arrow_cpu_seconds"]
     result["source"] = path.name
     print(
         f"ingest {path.name}: {result['ingest_seconds']:.2f} s; bare Arrow ×{result['ratio_arrow']:.2f}, "
-        f"bare with pandas ×{result['ratio']:.2f}",
+        f"bare with pandas ×{result['ratio']:.2f}; CPU seconds against bare Arrow ×{result['cpu_ratio_arrow']:.2f}",
         flush=True,
     )
     return result

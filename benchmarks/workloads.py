@@ -78,29 +78,36 @@ def ingest(source: str, label: str, work: str, repeats: int = 3) -> dict[str, An
     Bare with pandas, as issue #5 states it: ``pq.read_table`` + ``to_pandas`` + write of the
     same data (``Table.from_pandas`` + ``pq.write_table``). The three alternate ``repeats``
     times, each ingest into an empty folder (no cached splits), and the medians are
-    compared, so no side alone enjoys a warm page cache or a quiet moment.
+    compared, so no side alone enjoys a warm page cache or a quiet moment. CPU seconds (all
+    threads of the process) are recorded too: on a machine others share, they move less
+    than wall time.
     """
 
     bare, bare_arrow, ours = [], [], []
+    arrow_cpu, ours_cpu = [], []
     for attempt in range(repeats):
         shutil.rmtree(work, ignore_errors=True)
         Path(work).mkdir(parents=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         pq.write_table(pq.read_table(source), Path(work) / "bare-arrow.parquet")
         bare_arrow.append(time.perf_counter() - started)
+        arrow_cpu.append(time.process_time() - cpu)
         started = time.perf_counter()
         frame = pq.read_table(source).to_pandas()
         pq.write_table(pa.Table.from_pandas(frame), Path(work) / "bare.parquet")
         bare.append(time.perf_counter() - started)
         del frame
         config = make_config(data=source, label=label, positive_class=None, work_dir=f"{work}/{attempt}", folds=1)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         splits.prepare(config)
         ours.append(time.perf_counter() - started)
+        ours_cpu.append(time.process_time() - cpu)
     return {
         "bare_seconds": float(np.median(bare)),
         "bare_arrow_seconds": float(np.median(bare_arrow)),
         "ingest_seconds": float(np.median(ours)),
+        "bare_arrow_cpu_seconds": float(np.median(arrow_cpu)),
+        "ingest_cpu_seconds": float(np.median(ours_cpu)),
         "bare_all": bare,
         "bare_arrow_all": bare_arrow,
         "ingest_all": ours,
