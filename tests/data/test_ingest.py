@@ -281,3 +281,26 @@ def test_a_folder_of_files_splits_like_the_same_rows_in_one_file(tiny_frame: pd.
     assert manifest["sha256"] == sources.folder_fingerprint(
         [sources.SourceFile.from_dict(file) for file in manifest["files"]]
     )
+
+
+@pytest.mark.parametrize("seed", [0, 42, 7, 2**31 - 1])
+def test_split_rows_are_scikit_learns(seed: int) -> None:
+    """The array draw gives the rows of ``train_test_split`` twice over, as the split always did, for
+    many sizes and balances, ties between the classes' remainders among them (equal classes)."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(seed)
+    cases = [(40, 0.5), (41, 0.5), (120, 0.5), (97, 0.1), (1000, 0.3), (2001, 0.05), (569, 212 / 569)]
+    cases += [(int(rng.integers(30, 5000)), float(rng.uniform(0.1, 0.9))) for _ in range(20)]
+    for size, positive in cases:
+        label = (np.arange(size) < round(positive * size)).astype(np.int8)
+        rng.shuffle(label)
+        for val_fraction, test_fraction in ((0.2, 0.2), (0.1, 0.25), (0.15, 1 / 3)):
+            config = make_config(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+            index = np.arange(size)
+            rest, test = train_test_split(index, test_size=test_fraction, stratify=label, random_state=seed)
+            share = val_fraction / (1 - test_fraction)
+            train, validation = train_test_split(rest, test_size=share, stratify=label[rest], random_state=seed)
+            rows = splits.split_rows(label, config)
+            for name, expected in (("train", train), ("validation", validation), ("test", test)):
+                np.testing.assert_array_equal(rows[name], np.sort(expected), err_msg=f"{size} rows, {name}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,14 +70,40 @@ def split_rows(label: np.ndarray, config: PipelineConfig) -> dict[str, np.ndarra
     """Seeded, stratified train / validation / test split: each split's row numbers, ascending.
 
     Only the label takes part, so the features never leave Arrow (see :func:`write_splits`).
+    The test rows are drawn from all rows, then the validation rows from the rest, each
+    with :func:`stratified_draw` seeded with the run's seed.
     """
-    from sklearn.model_selection import train_test_split
-
-    index = np.arange(len(label))
-    rest, test = train_test_split(index, test_size=config.test_fraction, stratify=label, random_state=config.seed)
+    rest, test = stratified_draw(label, config.test_fraction, config.seed)
     val_share = config.val_fraction / (1.0 - config.test_fraction)
-    train, validation = train_test_split(rest, test_size=val_share, stratify=label[rest], random_state=config.seed)
-    return {name: np.sort(rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
+    kept, validation = stratified_draw(label[rest], val_share, config.seed)
+    parts = (rest[kept], rest[validation], test)
+    return {name: np.sort(rows) for name, rows in zip(SPLITS, parts, strict=True)}
+
+
+def stratified_draw(label: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, drawn): a seeded draw of ``ceil(share × rows)`` rows keeping the class balance, and the others.
+
+    The rows scikit-learn's ``train_test_split(..., stratify=label, random_state=seed)``
+    draws, in the order it returns them (the order matters: the validation draw is made
+    from the rest in that order): per-class sizes from its ``_approximate_mode``, then one
+    permutation of each class's rows and one of the rest, from the same ``RandomState``.
+    scikit-learn collects the rows in Python lists, which took half a second for a million
+    rows; these are arrays. ``tests/data/test_ingest.py`` checks both give the same rows.
+    """
+    from sklearn.utils.extmath import _approximate_mode
+
+    drawn_size = math.ceil(share * len(label))
+    _, classes, counts = np.unique(label, return_inverse=True, return_counts=True)
+    by_class = np.split(np.argsort(classes, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    kept_sizes = _approximate_mode(counts, len(label) - drawn_size, rng)
+    drawn_sizes = _approximate_mode(counts - kept_sizes, drawn_size, rng)
+    rest, drawn = [], []
+    for rows, count, kept_size, size in zip(by_class, counts, kept_sizes, drawn_sizes, strict=True):
+        shuffled = rows[rng.permutation(count)]
+        rest.append(shuffled[:kept_size])
+        drawn.append(shuffled[kept_size : kept_size + size])
+    return rng.permutation(np.concatenate(rest)), np.concatenate(drawn)
 
 
 def take(data: LabeledData, rows: np.ndarray) -> LabeledData:
