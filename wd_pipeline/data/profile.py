@@ -215,8 +215,8 @@ def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> Column
 def min_max(column: pa.ChunkedArray) -> tuple[float | None, float | None]:
     """Smallest and largest present value of a float column (None, None when every value is missing).
 
-    Computed by numpy: pyarrow's min/max kernels took ten times longer on float columns.
-    Nulls become NaN on the way, which the NaN-aware reductions skip.
+    Computed by numpy: pyarrow's min/max kernels are far slower on float columns
+    (benchmarks/RESULTS.md). Nulls become NaN on the way, which the NaN-aware reductions skip.
     """
     if column.null_count == len(column):
         return None, None

@@ -246,8 +246,8 @@ def read_bytes(source: Source) -> pa.Buffer:
     """All bytes of one file; empty files are refused here, before any parsing.
 
     Read as one Arrow buffer from a random-access file: a stream copies in small pieces,
-    which took ten times longer for a large file. Not memory-mapped, so a file rewritten
-    during ingest cannot change (or truncate) what is being parsed.
+    far slower for a large file (benchmarks/RESULTS.md). Not memory-mapped, so a file
+    rewritten during ingest cannot change (or truncate) what is being parsed.
     """
     try:
         with source.filesystem.open_input_file(source.path) as file:
@@ -292,7 +292,9 @@ def list_data_files(source: Source) -> list[str]:
     except OSError as exc:
         raise DataError(f"cannot list data folder {source.uri}: {exc}") from None
     base = source.path.rstrip("/") + "/"
-    parquet, csv, other = [], [], []
+    parquet: list[str] = []
+    csv: list[str] = []
+    other: list[str] = []
     for info in infos:
         if info.type != pafs.FileType.File or not info.path.startswith(base):
             continue
@@ -305,6 +307,7 @@ def list_data_files(source: Source) -> list[str]:
         (parquet if lower.endswith(PARQUET_SUFFIXES) else csv if lower.endswith(CSV_SUFFIXES) else other).append(
             relative
         )
+    parquet, csv = sorted(parquet), sorted(csv)
     if parquet and csv:
         raise DataError(
             f"data folder {source.uri} mixes Parquet and CSV files ({parquet[0]}, {csv[0]}): keep one format per folder"
@@ -321,7 +324,7 @@ def list_data_files(source: Source) -> list[str]:
             len(other),
             sorted(other)[0],
         )
-    return sorted(parquet or csv)
+    return parquet or csv
 
 
 def csv_options(na_values: Sequence[str] | None = None) -> pacsv.ConvertOptions:

@@ -87,8 +87,7 @@ def stratified_draw(label: np.ndarray, share: float, seed: int) -> tuple[np.ndar
     draws, in the order it returns them (the order matters: the validation draw is made
     from the rest in that order): per-class sizes from its ``_approximate_mode``, then one
     permutation of each class's rows and one of the rest, from the same ``RandomState``.
-    scikit-learn collects the rows in Python lists, which took half a second for a million
-    rows; these are arrays. ``tests/data/test_ingest.py`` checks both give the same rows.
+    scikit-learn collects the rows in Python lists, slow for large tables; these are arrays. ``tests/data/test_ingest.py`` checks both give the same rows.
     """
     from sklearn.utils.extmath import _approximate_mode
 
@@ -149,7 +148,7 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path) 
     rarely repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
     The categorical columns arrive dictionary-encoded and are written as such, but without
     the Arrow schema in the file, so a reader gets them back as plain text. No column
-    statistics: nothing filters these files, and computing them cost a fifth of the write.
+    statistics: nothing filters these files, and computing them is a good part of the write.
     """
     folder.mkdir(parents=True, exist_ok=True)
     label = data.schema.label
