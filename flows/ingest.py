@@ -1,8 +1,9 @@
-"""Prefect flow ``ingest``: read, validate, split, and record the data as an MLflow input."""
+"""Prefect flow ``ingest``: read, validate, split, and record the data, its schema and profile."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import TRACKING_TASK
@@ -23,7 +24,9 @@ def log_splits(parent_run_id: str, split_folder: str) -> None:
     with timing.measure("tracking_dataset"):
         manifest = splits.read_manifest(split_folder)
         frames = {name: splits.load_split(split_folder, name).frame(manifest["label"]) for name in splits.SPLITS}
-        runs.log_dataset(runs.get_client(), parent_run_id, manifest, frames)
+        client = runs.get_client()
+        runs.log_dataset(client, parent_run_id, manifest, frames)
+        runs.log_profile(client, parent_run_id, splits.read_profile(split_folder))
 
 
 @flow(name="ingest")
@@ -31,14 +34,24 @@ def ingest(config: PipelineConfig, parent_run_id: str) -> str:
     """Returns the folder holding the train / validation / test Parquet files and manifest."""
     split_folder = prepare_splits(config)
     manifest = splits.read_manifest(split_folder)
+    schema = splits.read_schema(split_folder)
     sizes = ", ".join(f"{name} {part['rows']}" for name, part in manifest["splits"].items())
     get_run_logger().info(
-        "Data %s (sha256 %s…): %d rows, %d features; splits: %s",
+        "Data %s (sha256 %s…, %d file%s): %d rows, %d features (%d numeric, %d categorical); splits: %s",
         manifest["source"],
         manifest["sha256"][:12],
+        len(manifest["files"]),
+        "" if len(manifest["files"]) == 1 else "s",
         manifest["rows"],
-        len(manifest["features"]),
+        len(schema.columns),
+        len(schema.numeric()),
+        len(schema.categorical()),
         sizes,
     )
     log_splits(parent_run_id, split_folder)
+    create_table_artifact(
+        splits.read_profile(split_folder).table_rows(),
+        key="data-profile",
+        description=f"Per split and feature column: missing share, spread or top categories ({manifest['source']})",
+    )
     return split_folder

@@ -16,12 +16,18 @@ from wd_pipeline.tracking import registry, runs
 
 
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
-def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, positive_class: str | None) -> str:
+def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, config: PipelineConfig) -> str:
     with timing.measure("register_log_model"):
         example = splits.load_split(split_folder, "train").features.head(5)
         prep = Preprocessing.load(Path(model_path).parent)
         model_uri, _ = registry.log_model(
-            parent_run_id, model_path, prep, splits.read_schema(split_folder), example, positive_class
+            parent_run_id,
+            model_path,
+            prep,
+            splits.read_schema(split_folder),
+            example,
+            positive_class=config.positive_class,
+            na_values=config.na_values,
         )
     return model_uri
 
@@ -68,7 +74,7 @@ def register_chosen_model(
     config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
 ) -> registry.RegistryDecision:
     """Returns the registry decision: version, alias and the numbers behind it."""
-    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config.positive_class)
+    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config)
     decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
     get_run_logger().info("%s v%s → @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
     return decision

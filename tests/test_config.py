@@ -106,7 +106,18 @@ def test_every_setting_says_what_it_changes() -> None:
     assert set(SETTING_CHANGES) == set(PipelineConfig.model_fields)
     splits = {name for name, changes in SETTING_CHANGES.items() if Changes.SPLITS in changes}
     training = {name for name, changes in SETTING_CHANGES.items() if Changes.TRAINING in changes}
-    assert splits == {"label", "positive_class", "features", "val_fraction", "test_fraction", "seed"}
+    assert splits == {
+        "label",
+        "positive_class",
+        "features",
+        "categorical",
+        "exclude",
+        "na_values",
+        "max_categories",
+        "val_fraction",
+        "test_fraction",
+        "seed",
+    }
     assert training == {
         "epochs",
         "batch_size",
@@ -159,13 +170,24 @@ CUSTOM = {
 
 def test_resume_keys_are_those_of_existing_work_folders() -> None:
     default, custom = make_config(), make_config(**CUSTOM)
-    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-1e7a123e"
-    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-a2e362ab"
+    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-987a70ab"
+    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-ef908971"
     assert unit_key("/w/splits/abc", default, "l2", 1e-3, 0, 100) == "f9f99fb77606272e8571"
-    assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "397e55b23a2b6fd3d0e0"
+    assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "611677f2b3231f01abc3"
 
 
-@pytest.mark.parametrize(("name", "value"), [("seed", 8), ("val_fraction", 0.15), ("features", ["a"])])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("seed", 8),
+        ("val_fraction", 0.15),
+        ("features", ["a"]),
+        ("categorical", ["a"]),
+        ("exclude", ["b"]),
+        ("na_values", ["?"]),
+        ("max_categories", 50),
+    ],
+)
 def test_a_split_setting_changes_the_split_key(name: str, value) -> None:
     assert split_key(make_config(**{**CUSTOM, name: value}), "b" * 64) != split_key(make_config(**CUSTOM), "b" * 64)
 
@@ -204,3 +226,47 @@ def test_make_settings_builds_any_settings_model() -> None:
     assert make_settings(ScoreSettings, data="a.csv", output="b.parquet").threshold == 0.5
     with pytest.raises(ConfigError, match="invalid settings: output: Field required"):
         make_settings(ScoreSettings, data="a.csv")
+
+
+def test_split_folders_of_an_older_format_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = split_key(make_config(), "a" * 64)
+    monkeypatch.setattr("wd_pipeline.data.splits.SPLIT_FORMAT", 1)
+    assert split_key(make_config(), "a" * 64) != before
+
+
+def test_column_settings_from_flags_and_config_files(tmp_path) -> None:
+    from wd_pipeline.cli import build_parser, config_from_args
+
+    argv = ["run", "--categorical", "zip, rating", "--exclude", "id,ts", "--na-values", "?,n/a, -999"]
+    argv += ["--max-categories", "50", "--work-dir", str(tmp_path)]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.categorical, config.exclude, config.na_values, config.max_categories) == (
+        ["zip", "rating"],
+        ["id", "ts"],
+        ["?", "n/a", "-999"],
+        50,
+    )
+    path = tmp_path / "run.toml"
+    path.write_text('categorical = ["zip"]\nexclude = ["id"]\nna_values = ["?", "unknown"]\nmax_categories = 7\n')
+    config = make_config(**load_config_file(path))
+    assert (config.categorical, config.exclude, config.na_values, config.max_categories) == (
+        ["zip"],
+        ["id"],
+        ["?", "unknown"],
+        7,
+    )
+    assert make_config().params()["na_values"] == "" and config.params()["na_values"] == "?,unknown"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_categories": 1}, "max_categories: Input should be greater than or equal to 2"),
+        ({"na_values": [""]}, "na_values.0: String should have at least 1 character"),
+        ({"exclude": [""]}, "exclude.0: String should have at least 1 character"),
+    ],
+)
+def test_bad_column_settings_name_the_field(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(**settings)
+    assert message in str(caught.value)

@@ -101,6 +101,26 @@ Features = Annotated[
     described("feature columns; all columns but the label when empty"),
     Changes.SPLITS,
 ]
+Categorical = Annotated[
+    list[ColumnName] | None,
+    described("columns taken as categories whatever their type, e.g. integer codes such as a zip code"),
+    Changes.SPLITS,
+]
+Exclude = Annotated[
+    list[ColumnName] | None,
+    described("columns left out of the model, e.g. IDs and timestamps"),
+    Changes.SPLITS,
+]
+NaValues = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
+    described("cell values that mean missing, besides empty cells and pyarrow's defaults (NA, null, NaN, N/A …)"),
+    Changes.SPLITS,
+]
+MaxCategories = Annotated[
+    int,
+    described("most distinct values a categorical column may hold, or the data is refused", ge=2, le=1_000_000),
+    Changes.SPLITS,
+]
 Grid = Annotated[
     list[Lambda],
     described("λ values to train", min_length=1, max_length=256),
@@ -249,6 +269,10 @@ class PipelineConfig(BaseModel):
     label: Label = DEFAULT_LABEL
     positive_class: PositiveClass = DEFAULT_POSITIVE_CLASS
     features: Features = None
+    categorical: Categorical = None
+    exclude: Exclude = None
+    na_values: NaValues = None
+    max_categories: MaxCategories = 1000
     grid: Grid = list(DEFAULT_GRID)
     epochs: Epochs = 100
     batch_size: BatchSize = 32

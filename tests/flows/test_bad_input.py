@@ -45,17 +45,17 @@ DATA_CASES = {
         lambda folder: write(folder, bundled_with(lambda f: f.assign(diagnosis=np.arange(len(f)) % 3 * 1.0))),
         "must be binary",
     ),
-    "nan feature": (
+    "empty feature": (
         lambda folder: write(folder, bundled_with(lambda f: f.assign(mean_radius=np.nan))),
-        "missing or infinite values (column: count) {'mean_radius': 569}",
+        "column 'mean_radius' is empty (every value missing)",
     ),
     "inf feature": (
         lambda folder: write(folder, bundled_with(lambda f: f.assign(mean_area=np.inf))),
-        "missing or infinite values",
+        "features hold infinite values (column: count) {'mean_area': 569}",
     ),
-    "text feature": (
-        lambda folder: write(folder, bundled_with(lambda f: f.assign(mean_texture="rough"))),
-        "non-numeric columns: ['mean_texture (string)']",
+    "identifier feature": (
+        lambda folder: write(folder, bundled_with(lambda f: f.assign(mean_texture=[f"id{i}" for i in range(len(f))]))),
+        "column 'mean_texture' looks like an identifier",
     ),
     "single class": (
         lambda folder: write(folder, bundled_with(lambda f: f.assign(diagnosis="malignant"))),

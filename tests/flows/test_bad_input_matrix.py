@@ -9,6 +9,7 @@ module, seeded with a champion so "champion unchanged" is a real check, not a va
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flows.pipeline import weight_decay_pipeline
@@ -88,13 +91,33 @@ def truncated_parquet(folder: Path) -> str:
 
 DataCase = Callable[[Path], tuple[str, str]]
 NOT_PARQUET = "is not a valid Parquet file (truncated or another format): write it again completely, or pass a CSV"
-ONE_BAD = "features hold missing or infinite values (column: count) {'a': 1}: clean, impute or drop those rows"
+INFINITE = (
+    "features hold infinite values (column: count) {'a': 1}: replace them with numbers, "
+    "or leave those cells empty to mark them missing"
+)
+
+
+def parquet(folder: Path, table: pa.Table, name: str) -> str:
+    path = folder / name
+    pq.write_table(table, path)
+    return str(path)
+
+
+def empty_folder(folder: Path) -> str:
+    path = folder / "landing"
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
+def mixed_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(c=frame.c.round(3).astype(str).mask(frame.index == 4, "?"))
+
 
 DATA_CASES: dict[str, tuple[DataCase, dict]] = {
     "missing file": (
         lambda f: (
             p := str(f / "nowhere.csv"),
-            f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file",
+            f"data file not found: {p}. Pass --data with the path of a CSV or Parquet file, or of a folder of them",
         ),
         {},
     ),
@@ -170,23 +193,84 @@ DATA_CASES: dict[str, tuple[DataCase, dict]] = {
         ),
         {"positive_class": "si"},
     ),
-    "missing label value": (
+    "label mostly missing": (
         lambda f: (
-            csv(f, good().assign(y=lambda d: d.y.astype("Int64").mask(d.index == 0)), "holes.csv"),
-            "label column 'y' has 1 missing values: drop or fill those rows",
+            csv(f, good().assign(y=lambda d: d.y.astype("Int64").mask(d.index % 3 != 0)), "holes.csv"),
+            "label column 'y' is missing on 80 of 120 rows (more than half): "
+            "fill it in, or pass --label with another column",
         ),
         {},
     ),
-    "NaN feature": (lambda f: (csv(f, good().assign(a=lambda d: d.a.mask(d.index == 3)), "nan.csv"), ONE_BAD), {}),
     "inf feature": (
-        lambda f: (csv(f, good().assign(a=lambda d: d.a.mask(d.index == 3, np.inf)), "inf.csv"), ONE_BAD),
+        lambda f: (csv(f, good().assign(a=lambda d: d.a.mask(d.index == 3, np.inf)), "inf.csv"), INFINITE),
         {},
     ),
-    "text feature": (
+    "all-missing column": (
         lambda f: (
-            csv(f, good().assign(c="rough"), "text.csv"),
-            "features must be numeric; non-numeric columns: ['c (string)']. "
-            "Encode them, or leave them out with --features",
+            csv(f, good().assign(e=np.nan), "empty-column.csv"),
+            "column 'e' is empty (every value missing): leave it out with --exclude e",
+        ),
+        {},
+    ),
+    "identifier column": (
+        lambda f: (
+            csv(f, good().assign(name=[f"user-{i}" for i in range(120)]), "ids.csv"),
+            "column 'name' looks like an identifier (120 distinct values in 120 rows): "
+            "leave it out with --exclude name, or pass --categorical name if it is a category",
+        ),
+        {},
+    ),
+    "numbers mixed with text": (
+        lambda f: (
+            csv(f, mixed_numbers(good()), "mixed.csv"),
+            "column 'c' mixes numbers and text: 119 of its 120 values are numbers, but row 5 holds '?'. "
+            "Declare such values missing with --na-values '?', or take the column as categorical with --categorical c",
+        ),
+        {},
+    ),
+    "too many categories": (
+        lambda f: (
+            csv(f, good().assign(city=[f"c{i % 30}" for i in range(120)]), "cities.csv"),
+            "categorical columns have more distinct values than --max-categories 20 (column: count) {'city': 30}: "
+            "raise --max-categories, or leave it out with --exclude city",
+        ),
+        {"max_categories": 20},
+    ),
+    "unknown --categorical column": (
+        lambda f: (
+            csv(f, good().assign(city=[f"c{i % 3}" for i in range(120)]), "city.csv"),
+            "--categorical names column 'cty' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y', 'city']. "
+            "Did you mean 'city'? Pass --categorical with names of the header",
+        ),
+        {"categorical": ["cty"]},
+    ),
+    "unknown --exclude column": (
+        lambda f: (
+            csv(f, good(), "plain.csv"),
+            "--exclude names column 'ID' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
+            "Pass --exclude with names of the header",
+        ),
+        {"exclude": ["ID"]},
+    ),
+    "date column": (
+        lambda f: (
+            parquet(
+                f,
+                pa.Table.from_pandas(good(), preserve_index=False).append_column(
+                    "day", pa.array([datetime.date(2024, 1, 1 + i % 28) for i in range(120)])
+                ),
+                "dated.parquet",
+            ),
+            "date/time columns ['day (date32[day])'] cannot be model inputs: "
+            "leave them out with --exclude day (or derive numeric columns from them first)",
+        ),
+        {},
+    ),
+    "empty data folder": (
+        lambda f: (
+            p := empty_folder(f),
+            f"data folder {p} holds no Parquet or CSV files (*.parquet, *.pq, *.csv): "
+            "pass --data with a folder of them, or with one file",
         ),
         {},
     ),
@@ -262,6 +346,8 @@ FLOW_PARAMS = {
     "batch size 0": ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
     "unknown mode": ({"modes": ["l3"]}, "modes.0: Input should be 'l2' or 'decoupled'"),
     "too many folds": ({"folds": 50}, "folds: Input should be less than or equal to 20"),
+    "max categories 1": ({"max_categories": 1}, "max_categories: Input should be greater than or equal to 2"),
+    "empty na value": ({"na_values": [""]}, "na_values.0: String should have at least 1 character"),
 }
 
 
@@ -288,6 +374,14 @@ CLI_FLAGS = {
     "batch size 0": (["--batch-size", "0"], "invalid settings: batch_size: Input should be greater than or equal to 1"),
     "unknown mode": (["--modes", "l3"], "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
     "folds 0": (["--folds", "0"], "invalid settings: folds: Input should be greater than or equal to 1"),
+    "text max categories": (
+        ["--max-categories", "lots"],
+        "--max-categories 'lots' is not valid: give a whole number, e.g. --max-categories 1000",
+    ),
+    "max categories 1": (
+        ["--max-categories", "1"],
+        "invalid settings: max_categories: Input should be greater than or equal to 2",
+    ),
 }
 
 CONFIG_FILES = {
@@ -298,6 +392,7 @@ CONFIG_FILES = {
     "batch size 0": ("batch_size = 0\n", "invalid settings: batch_size: Input should be greater than or equal to 1"),
     "unknown mode": ("modes = ['l3']\n", "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
     "misspelled key": ("epoch = 5\n", "invalid settings: epoch: Extra inputs are not permitted"),
+    "categorical not a list": ("categorical = 5\n", "invalid settings: categorical: Input should be a valid list"),
     "not TOML": ("epochs = = 5\n", "is not valid: Invalid value (at line 1, column 10)"),
 }
 

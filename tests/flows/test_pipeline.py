@@ -103,6 +103,7 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
         )
     }
     assert artifacts >= plots | {"grid/results.csv", "grid/folds.csv", "data/manifest.json", "model_card.md"}
+    assert {"data/profile.json", "data/profile.md"} <= artifacts
     png = Path(
         mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="plots/validation_curve.png")
     )
@@ -201,5 +202,8 @@ def test_prefect_artifacts_published(three_runs) -> None:
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [row["lambda"] for row in rows] == ["0", "1e-02", "1e-01"]
     assert sum(row["chosen"] == "✔" for row in rows) == 1
+    profile = Artifact.get("data-profile")
+    rows = json.loads(profile.data) if isinstance(profile.data, str) else profile.data
+    assert len(rows) == 3 * 30 and {row["split"] for row in rows} == {"train", "validation", "test"}
     summary = Artifact.get("pipeline-summary")
     assert "**Chosen**: l2 λ = " in summary.data and "@challenger" in summary.data

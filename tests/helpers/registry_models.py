@@ -63,5 +63,5 @@ def log_pyfunc(
     run_id = client.create_run(runs.ensure_experiment(client, experiment)).info.run_id
     prep = Preprocessing.load(Path(keras_path).parent)
     schema = frame_schema(frame, features)
-    model_uri, _ = registry.log_model(run_id, keras_path, prep, schema, frame.head(5), positive_class)
+    model_uri, _ = registry.log_model(run_id, keras_path, prep, schema, frame.head(5), positive_class=positive_class)
     return model_uri, run_id

@@ -1,4 +1,9 @@
-"""PROVISIONAL (lead's stand-in until the data branch lands): the table's feature columns and their roles."""
+"""What ingest decided about each column: its role for the model and the Arrow type it was read as.
+
+The schema is written into the split manifest, so training and serving read the same
+decisions ingest took instead of inferring them again from a split (where, say, a column
+might be all-missing by chance).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +13,32 @@ from typing import Any
 
 
 class Role(enum.StrEnum):
+    """How the model takes a column: as a number, or as a category (one value among a vocabulary)."""
+
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
+    """One feature column: its name, its role, and its Arrow type as read from the source."""
+
     name: str
     role: Role
     source_type: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "role": str(self.role), "source_type": self.source_type}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ColumnSpec:
-        return cls(raw["name"], Role(raw["role"]), raw.get("source_type", ""))
+        return cls(name=str(raw["name"]), role=Role(raw["role"]), source_type=str(raw["source_type"]))
 
 
 @dataclass(frozen=True)
 class TableSchema:
+    """The label and the model's feature columns, in the order the splits hold them."""
+
     label: str
     columns: tuple[ColumnSpec, ...]
 
@@ -40,15 +51,30 @@ class TableSchema:
     def categorical(self) -> list[str]:
         return [column.name for column in self.columns if column.role is Role.CATEGORICAL]
 
+    def column(self, name: str) -> ColumnSpec:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "columns": [{"name": c.name, "role": str(c.role), "source_type": c.source_type} for c in self.columns],
-        }
+        return {"label": self.label, "columns": [column.to_dict() for column in self.columns]}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TableSchema:
-        return cls(
-            raw["label"],
-            tuple(ColumnSpec(c["name"], Role(c["role"]), c["source_type"]) for c in raw["columns"]),
-        )
+        return cls(label=str(raw["label"]), columns=tuple(ColumnSpec.from_dict(item) for item in raw["columns"]))
+
+
+@dataclass(frozen=True)
+class DroppedColumn:
+    """A column of the source that is not in the splits, and why (shown in the manifest)."""
+
+    name: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DroppedColumn:
+        return cls(name=str(raw["name"]), reason=str(raw["reason"]))

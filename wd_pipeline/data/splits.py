@@ -2,7 +2,8 @@
 
 The split is computed as row indices from the label alone and applied with
 ``Table.take``, so ingest stays in Arrow from read to write. The folder is keyed by the data
-fingerprint and the settings that shape the split, so a rerun finds it again.
+fingerprint, the settings that shape the split and the format of what is written, so a
+rerun finds it again and a newer ingest never reads an older folder.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +23,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
-from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
-from wd_pipeline.data.sources import Source, fingerprint, locate, parse_table, read_bytes
-from wd_pipeline.data.validation import CheckedTable, validate
+from wd_pipeline.data.profile import DataProfile, SplitProfile, profile_columns
+from wd_pipeline.data.schema import Role, TableSchema
+from wd_pipeline.data.sources import (
+    Fingerprint,
+    SourceBytes,
+    SourceTable,
+    locate,
+    missing_tokens,
+    parse_source,
+    read_source,
+)
+from wd_pipeline.data.validation import CheckedTable, check_features, check_label
 from wd_pipeline.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
+# Part of every split folder's key: raise it when what a split folder holds changes shape.
+SPLIT_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class LabeledData:
-    """Raw numeric features and a 0/1 label, aligned row for row."""
+    """Raw features and a 0/1 label, aligned row for row.
+
+    Numeric features are float columns (NaN where missing); categorical ones are object
+    columns holding ``str`` or None (None where missing).
+    """
 
     features: pd.DataFrame
     label: np.ndarray
@@ -53,14 +70,39 @@ def split_rows(label: np.ndarray, config: PipelineConfig) -> dict[str, np.ndarra
     """Seeded, stratified train / validation / test split: each split's row numbers, ascending.
 
     Only the label takes part, so the features never leave Arrow (see :func:`write_splits`).
+    The test rows are drawn from all rows, then the validation rows from the rest, each
+    with :func:`stratified_draw` seeded with the run's seed.
     """
-    from sklearn.model_selection import train_test_split
-
-    index = np.arange(len(label))
-    rest, test = train_test_split(index, test_size=config.test_fraction, stratify=label, random_state=config.seed)
+    rest, test = stratified_draw(label, config.test_fraction, config.seed)
     val_share = config.val_fraction / (1.0 - config.test_fraction)
-    train, validation = train_test_split(rest, test_size=val_share, stratify=label[rest], random_state=config.seed)
-    return {name: np.sort(rows) for name, rows in zip(SPLITS, (train, validation, test), strict=True)}
+    kept, validation = stratified_draw(label[rest], val_share, config.seed)
+    parts = (rest[kept], rest[validation], test)
+    return {name: np.sort(rows) for name, rows in zip(SPLITS, parts, strict=True)}
+
+
+def stratified_draw(label: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, drawn): a seeded draw of ``ceil(share × rows)`` rows keeping the class balance, and the others.
+
+    The rows scikit-learn's ``train_test_split(..., stratify=label, random_state=seed)``
+    draws, in the order it returns them (the order matters: the validation draw is made
+    from the rest in that order): per-class sizes from its ``_approximate_mode``, then one
+    permutation of each class's rows and one of the rest, from the same ``RandomState``.
+    scikit-learn collects the rows in Python lists, slow for large tables; these are arrays. ``tests/data/test_ingest.py`` checks both give the same rows.
+    """
+    from sklearn.utils.extmath import _approximate_mode
+
+    drawn_size = math.ceil(share * len(label))
+    _, classes, counts = np.unique(label, return_inverse=True, return_counts=True)
+    by_class = np.split(np.argsort(classes, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    kept_sizes = _approximate_mode(counts, len(label) - drawn_size, rng)
+    drawn_sizes = _approximate_mode(counts - kept_sizes, drawn_size, rng)
+    rest, drawn = [], []
+    for rows, count, kept_size, size in zip(by_class, counts, kept_sizes, drawn_sizes, strict=True):
+        shuffled = rows[rng.permutation(count)]
+        rest.append(shuffled[:kept_size])
+        drawn.append(shuffled[kept_size : kept_size + size])
+    return rng.permutation(np.concatenate(rest)), np.concatenate(drawn)
 
 
 def take(data: LabeledData, rows: np.ndarray) -> LabeledData:
@@ -93,51 +135,70 @@ def check_folds(folder: str | Path, folds: int) -> None:
 
 
 def split_key(config: PipelineConfig, sha256: str) -> str:
-    """Folder name for one split of one source: content hash + the settings that shape it."""
-    settings = json.dumps(config.settings_that_change(Changes.SPLITS), sort_keys=True)
+    """Folder name for one split of one source: content hash + the settings that shape it + the format."""
+    settings = json.dumps({**config.settings_that_change(Changes.SPLITS), "format": SPLIT_FORMAT}, sort_keys=True)
     return f"{sha256[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
-def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path, manifest: dict[str, Any]) -> None:
-    """Write one Parquet file per split, then the manifest last so its presence means complete.
+def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path) -> DataProfile:
+    """Write one Parquet file per split; returns each split's profile, computed by the thread that wrote it.
 
     The three files are written by two threads (Arrow releases the GIL while encoding).
-    Float features are written without dictionary encoding: random-looking floats rarely
-    repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
+    Only the label and the categorical columns are dictionary-encoded: random-looking floats
+    rarely repeat, so Arrow builds a dictionary only to drop it, which tripled the write time.
+    The categorical columns arrive dictionary-encoded and are written as such, but without
+    the Arrow schema in the file, so a reader gets them back as plain text. No column
+    statistics: nothing filters these files, and computing them is a good part of the write.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    label = manifest["label"]
+    label = data.schema.label
+    encoded = [label, *data.schema.categorical()]
 
-    def write(name: str) -> None:
-        part = data.features.take(rows[name]).append_column(label, pa.array(data.label[rows[name]], type=pa.int8()))
-        pq.write_table(part, folder / f"{name}.parquet", use_dictionary=[label])
+    def write(name: str) -> SplitProfile:
+        part = data.features.take(rows[name])
+        pq.write_table(
+            part.append_column(label, pa.array(data.label[rows[name]], type=pa.int8())),
+            folder / f"{name}.parquet",
+            use_dictionary=encoded,
+            store_schema=False,
+            write_statistics=False,
+        )
+        return SplitProfile(name, part.num_rows, profile_columns(part, data.schema))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(write, SPLITS))
+        return DataProfile(tuple(pool.map(write, SPLITS)))
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Written last, atomically, so that its presence means the folder is complete."""
     tmp = folder / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(folder / MANIFEST)
 
 
 def build_manifest(
-    source: Source,
-    sha256: str,
+    read: SourceBytes,
+    identity: Fingerprint,
     *,
-    table: pa.Table,
+    parsed: SourceTable,
     data: CheckedTable,
     rows: dict[str, np.ndarray],
+    profile: DataProfile,
     config: PipelineConfig,
 ) -> dict[str, Any]:
-    """What a reader needs to trust the splits: provenance, sizes, balance, schema."""
-    features = data.features.column_names
+    """What a reader needs to trust the splits: provenance, sizes, balance, schema, profile, what was left out."""
     return {
-        "source": source.uri,
-        "sha256": sha256,
-        "rows": table.num_rows,
+        "source": read.source.uri,
+        "sha256": identity.sha256,
+        "files": [file.to_dict() for file in identity.files],
+        "rows": parsed.table.num_rows,
         "label": config.label,
         "positive_class": config.positive_class,
-        "features": features,
-        "schema": {name: str(table.schema.field(name).type) for name in features},
+        "features": data.schema.names(),
+        "schema": data.schema.to_dict(),
+        "missing_values": list(missing_tokens(config.na_values)),
+        "dropped_label_rows": data.dropped_label_rows,
+        "dropped_columns": [column.to_dict() for column in data.dropped_columns],
         "seed": config.seed,
         "splits": {
             name: {
@@ -147,6 +208,7 @@ def build_manifest(
             }
             for name, part in rows.items()
         },
+        "profile": profile.to_dict(),
     }
 
 
@@ -154,20 +216,29 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
     """Read, validate, split and write; returns the folder of the splits and manifest.
 
     Splits already written for the same bytes and settings are reused, which is what lets
-    a rerun after a crash skip straight to the grid points still missing.
+    a rerun after a crash skip straight to the grid points still missing. The bytes are
+    hashed while they are parsed (hashlib and Arrow both release the GIL), so a reused
+    split still costs one parse, in the time of the hash.
     """
     source = locate(config.data)
     check_work_dir(work_dir or config.work_dir)
-    raw = read_bytes(source)
-    sha256 = fingerprint(raw)
-    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, sha256)
+    read = read_source(source)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(read.fingerprint)
+        parsed = parse_source(read, config.na_values, text_as_dictionary=True)
+        identity = hashing.result()
+    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, identity.sha256)
     if not (folder / MANIFEST).exists():
-        table = parse_table(raw, source)
-        del raw
-        data = validate(table, config)
-        rows = split_rows(data.label, config)
-        write_splits(
-            data, rows, folder, build_manifest(source, sha256, table=table, data=data, rows=rows, config=config)
+        labelled = check_label(parsed.table, config)
+        # The split needs only the label: it runs while the feature columns are checked.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            split = pool.submit(split_rows, labelled.label, config)
+            data = check_features(parsed.table, config, labelled, where=parsed.where, declared=parsed.declared)
+            rows = split.result()
+        profile = write_splits(data, rows, folder)
+        write_manifest(
+            folder,
+            build_manifest(read, identity, parsed=parsed, data=data, rows=rows, profile=profile, config=config),
         )
     check_folds(folder, config.folds)
     return folder
@@ -178,15 +249,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def read_schema(folder: str | Path) -> TableSchema:
-    """PROVISIONAL until the data branch lands: every feature numeric unless the manifest says otherwise."""
-    manifest = read_manifest(folder)
-    raw = manifest.get("schema", {})
-    if isinstance(raw, dict) and "columns" in raw:
-        return TableSchema.from_dict(raw)
-    return TableSchema(
-        manifest["label"],
-        tuple(ColumnSpec(name, Role.NUMERIC, str(raw.get(name, ""))) for name in manifest["features"]),
-    )
+    """The roles and source types ingest decided, as the splits of ``folder`` hold them."""
+    return TableSchema.from_dict(read_manifest(folder)["schema"])
+
+
+def read_profile(folder: str | Path) -> DataProfile:
+    return DataProfile.from_dict(read_manifest(folder)["profile"])
 
 
 def load_split(folder: str | Path, name: str) -> LabeledData:
@@ -217,7 +285,12 @@ def _cached_split(split: Path, stamp: tuple[int, ...]) -> LabeledData:
 
 
 def _read_split(split: Path) -> LabeledData:
-    manifest = read_manifest(split.parent)
-    frame = pq.read_table(split).to_pandas()
-    label = frame.pop(manifest["label"]).to_numpy(dtype=np.int8)
-    return LabeledData(frame[manifest["features"]], label)
+    schema = read_schema(split.parent)
+    table = pq.read_table(split)
+    label = table.column(schema.label).to_numpy().astype(np.int8)
+    frame = table.select(schema.names()).to_pandas()
+    for spec in schema.columns:
+        if spec.role is Role.CATEGORICAL:
+            # pandas' own string dtypes hold NaN or pd.NA; the model side takes str or None.
+            frame[spec.name] = pd.Series(table.column(spec.name).to_numpy(zero_copy_only=False), dtype=object)
+    return LabeledData(frame, label)

@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 # ScoreSettings lives with the other settings models, where the CLI reads it without pandas.
 from wd_pipeline.config import ScoreSettings, make_settings
 from wd_pipeline.data import sources
-from wd_pipeline.data.schema import ColumnSpec, Role
+from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
+from wd_pipeline.data.validation import conform
 from wd_pipeline.errors import DataError, TrackingError
 
 if TYPE_CHECKING:
@@ -64,12 +65,16 @@ def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
     return version, f"models:/{name}/{version}"
 
 
-def model_columns(table: pa.Table, columns: list[ColumnSpec], model: str) -> pd.DataFrame:
+def model_columns(
+    table: pa.Table, columns: list[ColumnSpec], model: str, na_values: list[str] | None = None
+) -> pd.DataFrame:
     """The whole table as pandas, after checking that every column the model reads is there and usable.
 
     Other columns (an ID, a key, the label) are kept: they pass through to the output, so
     predictions can be joined back. Numeric columns must be numbers; categorical ones may
-    be anything Arrow can write as text.
+    be anything Arrow can write as text. The model's columns are conformed as ingest did for
+    training (``na_values`` and the default missing tokens become gaps, numbers named
+    categorical become their text), so a token such as ``?`` is a gap here too.
     """
     names = table.column_names
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -99,12 +104,13 @@ def model_columns(table: pa.Table, columns: list[ColumnSpec], model: str) -> pd.
     if infinite:
         raise DataError(f"numeric columns hold infinite values (column: count) {infinite}: clean or drop those rows")
     frame = table.to_pandas()
+    conformed = conform(table, TableSchema("", tuple(columns)), na_values)
     for spec in columns:
+        values = conformed.column(spec.name)
         if spec.role is Role.NUMERIC:
-            frame[spec.name] = frame[spec.name].astype("float64")
+            frame[spec.name] = values.to_numpy().astype("float64")
         else:
-            strings = pc.cast(table.column(spec.name), pa.string())
-            frame[spec.name] = pd.Series(strings.to_numpy(zero_copy_only=False), dtype=object, index=frame.index)
+            frame[spec.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object, index=frame.index)
     return frame
 
 
@@ -190,17 +196,19 @@ def score_file(
     source = sources.locate(settings.data)
     raw = sources.read_bytes(source)
     sha256 = sources.fingerprint(raw)
-    table = sources.parse_table(raw, source)
-    del raw
     client = client or runs.get_client()
     # First: it turns an unreachable server or missing credentials into one clear message.
     experiment_id = runs.ensure_experiment(client, settings.experiment)
     version, model_uri = resolve_champion(client, settings.model_name)
+    config = registry.model_config(model_uri)
+    na_values = config.get("na_values") or None
+    table = sources.parse_table(raw, source, na_values)
+    del raw
     run_name = f"score {settings.model_name}@champion v{version}"
     run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
     try:
-        frame = model_columns(table, registry.input_schema(model_uri), f"{settings.model_name} v{version}")
-        config = registry.model_config(model_uri)
+        model = f"{settings.model_name} v{version}"
+        frame = model_columns(table, registry.input_schema(model_uri), model, na_values)
         probability = registry.model_probability(model_uri, frame)
         scored = predictions(frame, probability, settings.threshold)
         path = write_parquet(scored, settings.output)

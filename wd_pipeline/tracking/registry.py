@@ -120,7 +120,9 @@ def log_model(
     prep: Preprocessing,
     schema: TableSchema,
     example: pd.DataFrame,
+    *,
     positive_class: str | None = None,
+    na_values: list[str] | None = None,
 ) -> tuple[str, str]:
     """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id).
 
@@ -145,6 +147,7 @@ def log_model(
                 "columns": [spec.to_dict() for spec in used],
                 "label": schema.label,
                 "positive_class": positive_class,
+                "na_values": list(na_values or []),
             },
             signature=input_signature(used),
             input_example=example,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
+    from wd_pipeline.data.profile import DataProfile
     from wd_pipeline.ml.training import FitResult
 
 DEFAULT_DB = "mlflow.db"
@@ -352,9 +353,10 @@ def log_dataset(client: MlflowClient, run_id: str, manifest: Mapping[str, Any], 
     """Record the splits as MLflow dataset inputs (digest = source sha256) and the manifest.
 
     MLflow infers a dataset's schema by testing every value for None/NaN in Python (26 s
-    for 200k rows × 31 columns here). Ingest has already refused missing values, so the
-    schema of the first rows is the schema of the whole split; the profile (row and
-    element counts) is still that of the whole split.
+    for 200k rows × 31 columns here), so it is inferred from the first rows: their column
+    types are the split's, though a column may have missing values only further down (the
+    manifest's schema and profile are exact). The profile (row and element counts) is still
+    that of the whole split.
     """
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -374,6 +376,12 @@ def log_dataset(client: MlflowClient, run_id: str, manifest: Mapping[str, Any], 
     _log_inputs(client, run_id, inputs)
     log_text(client, run_id, json.dumps(manifest, indent=2), "data/manifest.json")
     set_tags(client, run_id, {"data.sha256": manifest["sha256"], "data.source": manifest["source"]})
+
+
+def log_profile(client: MlflowClient, run_id: str, profile: DataProfile) -> None:
+    """The per-split profile of the data, as JSON to read back and as markdown tables to read."""
+    log_text(client, run_id, json.dumps(profile.to_dict(), indent=2), "data/profile.json")
+    log_text(client, run_id, profile.markdown(), "data/profile.md")
 
 
 DUPLICATE_ROW_TEXT = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")

@@ -1,0 +1,230 @@
+"""What each split holds, column by column: counts, missing shares, and the spread or the top categories.
+
+Computed with ``pyarrow.compute`` on the split as written, so it describes exactly what
+training and testing read. It goes into the split manifest and, from the ingest flow, to
+MLflow and Prefect as a table a person can read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wd_pipeline.data.schema import Role, TableSchema
+
+TOP_CATEGORIES = 10  # categories kept per column in the profile
+TOP_SHOWN = 3  # of which the readable table shows this many
+
+
+@dataclass(frozen=True)
+class CategoryShare:
+    """One category of a column: its value, its rows, and their share of the split's rows."""
+
+    value: str
+    count: int
+    share: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "count": self.count, "share": self.share}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CategoryShare:
+        return cls(value=str(raw["value"]), count=int(raw["count"]), share=float(raw["share"]))
+
+
+@dataclass(frozen=True)
+class ColumnProfile:
+    """One column of one split. Numeric columns fill mean/std/min/max (over present values), categorical
+    ones ``distinct`` and ``top``; the other fields stay None / empty."""
+
+    name: str
+    role: Role
+    rows: int
+    missing: int
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    distinct: int | None = None
+    top: tuple[CategoryShare, ...] = field(default=())
+
+    @property
+    def missing_share(self) -> float:
+        return self.missing / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "name": self.name,
+            "role": str(self.role),
+            "rows": self.rows,
+            "missing": self.missing,
+            "missing_share": round(self.missing_share, 6),
+        }
+        if self.role is Role.NUMERIC:
+            raw.update({"mean": self.mean, "std": self.std, "min": self.min, "max": self.max})
+        else:
+            raw.update({"distinct": self.distinct, "top": [share.to_dict() for share in self.top]})
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ColumnProfile:
+        return cls(
+            name=str(raw["name"]),
+            role=Role(raw["role"]),
+            rows=int(raw["rows"]),
+            missing=int(raw["missing"]),
+            mean=raw.get("mean"),
+            std=raw.get("std"),
+            min=raw.get("min"),
+            max=raw.get("max"),
+            distinct=raw.get("distinct"),
+            top=tuple(CategoryShare.from_dict(item) for item in raw.get("top", ())),
+        )
+
+
+@dataclass(frozen=True)
+class SplitProfile:
+    """Every feature column of one split, in schema order."""
+
+    split: str
+    rows: int
+    columns: tuple[ColumnProfile, ...]
+
+    def column(self, name: str) -> ColumnProfile:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "rows": self.rows, "columns": [column.to_dict() for column in self.columns]}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SplitProfile:
+        return cls(
+            split=str(raw["split"]),
+            rows=int(raw["rows"]),
+            columns=tuple(ColumnProfile.from_dict(item) for item in raw["columns"]),
+        )
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """The profile of every split of one ingest."""
+
+    splits: tuple[SplitProfile, ...]
+
+    def split(self, name: str) -> SplitProfile:
+        for split in self.splits:
+            if split.split == name:
+                return split
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"splits": [split.to_dict() for split in self.splits]}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DataProfile:
+        return cls(splits=tuple(SplitProfile.from_dict(item) for item in raw["splits"]))
+
+    def table_rows(self) -> list[dict[str, str]]:
+        """One row per split and column, every cell text: for a Prefect table artifact or a CSV."""
+        return [{"split": split.split, **_cells(column)} for split in self.splits for column in split.columns]
+
+    def markdown(self) -> str:
+        """A section per split with one table row per column."""
+        headers = ["column", "role", "missing", "mean", "std", "min", "max", "distinct", "top categories"]
+        lines = ["# Data profile", ""]
+        for split in self.splits:
+            lines += [f"## {split.split} ({split.rows:,} rows)", ""]
+            lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+            for column in split.columns:
+                cells = _cells(column)
+                lines.append("| " + " | ".join(_escape(cells[header]) for header in headers) + " |")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _cells(column: ColumnProfile) -> dict[str, str]:
+    top = ", ".join(f"{share.value} {100 * share.share:.1f} %" for share in column.top[:TOP_SHOWN])
+    return {
+        "column": column.name,
+        "role": str(column.role),
+        "missing": f"{100 * column.missing_share:.1f} %",
+        "mean": _number(column.mean),
+        "std": _number(column.std),
+        "min": _number(column.min),
+        "max": _number(column.max),
+        "distinct": "" if column.distinct is None else str(column.distinct),
+        "top categories": top,
+    }
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def profile_columns(table: pa.Table, schema: TableSchema, top: int = TOP_CATEGORIES) -> tuple[ColumnProfile, ...]:
+    """The profile of each schema column of ``table`` (columns in the form :func:`validation.conform` gives;
+    categorical ones may also be dictionary-encoded)."""
+    return tuple(_profile(table.column(spec.name), spec.name, spec.role, top) for spec in schema.columns)
+
+
+def profile_splits(parts: Mapping[str, pa.Table], schema: TableSchema) -> DataProfile:
+    return DataProfile(
+        tuple(SplitProfile(name, table.num_rows, profile_columns(table, schema)) for name, table in parts.items())
+    )
+
+
+def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> ColumnProfile:
+    rows, missing = len(column), column.null_count
+    if role is Role.NUMERIC:
+        low, high = min_max(column)
+        return ColumnProfile(
+            name,
+            role,
+            rows,
+            missing,
+            mean=_finite(pc.mean(column).as_py()),
+            std=_finite(pc.stddev(column, ddof=1).as_py()),
+            min=_finite(low),
+            max=_finite(high),
+        )
+    counts = pc.value_counts(column)
+    counts = counts.filter(counts.field("values").is_valid())
+    ranked = pa.table({"values": pc.cast(counts.field("values"), pa.string()), "counts": counts.field("counts")})
+    # Ties in count go alphabetically, so the same split always gives the same profile.
+    ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")])[:top])
+    shares = tuple(
+        CategoryShare(str(value), int(count), count / rows)
+        for value, count in zip(ranked["values"].to_pylist(), ranked["counts"].to_pylist(), strict=True)
+    )
+    return ColumnProfile(name, role, rows, missing, distinct=len(counts), top=shares)
+
+
+def min_max(column: pa.ChunkedArray) -> tuple[float | None, float | None]:
+    """Smallest and largest present value of a float column (None, None when every value is missing).
+
+    Computed by numpy: pyarrow's min/max kernels are far slower on float columns
+    (benchmarks/RESULTS.md). Nulls become NaN on the way, which the NaN-aware reductions skip.
+    """
+    if column.null_count == len(column):
+        return None, None
+    values = column.to_numpy()
+    if column.null_count:
+        return float(np.nanmin(values)), float(np.nanmax(values))
+    return float(values.min()), float(values.max())
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
