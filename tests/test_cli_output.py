@@ -34,7 +34,25 @@ def test_score_prints_rows_model_predictions_file_and_run() -> None:
         [
             "",
             "scored        25 rows with models:/wd-classifier/2 (positive rate 0.4000)",
+            "inputs        no missing values, no unseen categories",
             "predictions   /data/predictions.parquet",
             "MLflow run    r9",
         ]
     )
+
+
+def test_score_names_missing_and_unseen_shares_and_the_labelled_metrics() -> None:
+    result = ScoreResult(
+        model_uri="models:/wd-classifier/2",
+        version="2",
+        rows=300,
+        positive_rate=0.5,
+        output="/data/p.parquet",
+        run_id="r9",
+        input_sha256="ab" * 32,
+        inputs={"age": {"missing": 0.08}, "city": {"missing": 0.0, "unseen": 0.0333}, "plan": {"missing": 0.0}},
+        metrics={"roc_auc": 0.91, "log_loss": 0.35},
+    )
+    lines = format_score_summary(result).splitlines()
+    assert lines[2] == "inputs        age 8.0% missing; city 3.3% unseen"
+    assert lines[3] == "labelled rows roc_auc 0.9100, log_loss 0.3500"

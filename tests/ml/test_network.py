@@ -79,7 +79,7 @@ def test_embedding_feeds_the_first_hidden_layer(mixed) -> None:
     assert prep.first_layer_width == prep.dense_width + preprocessing.EMBEDDING_DIM
     model = build_model(prep, lam=0.1, hidden_units=(5,), seed=3)
     assert embeddings(model)[0].shape == (27, preprocessing.EMBEDDING_DIM)
-    assert kernels(model)[0].shape == (prep.dense_width + 6, 5)
+    assert kernels(model)[0].shape == (prep.first_layer_width, 5)
 
 
 def test_loss_is_cross_entropy_plus_penalty(table) -> None:
