@@ -240,7 +240,9 @@ WorkDir = Annotated[str, described(WORK_DIR_HELP, min_length=1), Changes.NOTHING
 WorkDirOrDefault = Annotated[WorkDir | None, described(WORK_DIR_HELP)]
 
 # The score command's own settings (it shares the experiment and the threshold with a run).
-ScoreData = Annotated[str, described("CSV or Parquet file to score: local path or pyarrow URI", min_length=1)]
+ScoreData = Annotated[
+    str, described("CSV or Parquet file, or a folder of them, to score: local path or pyarrow URI", min_length=1)
+]
 ScoreOutput = Annotated[str, described("Parquet file for the input features plus probability and label", min_length=1)]
 ScoredModel = Annotated[Name, described("registered model whose @champion scores the file")]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -16,7 +15,9 @@ from flows.pipeline import weight_decay_pipeline
 from tests.helpers.model_server import invoke, served_model
 from tests.helpers.stores import isolated_store
 from tests.helpers.tables import LABEL, POSITIVE, raw_table
+from wd_pipeline.config import default_work_dir
 from wd_pipeline.data import splits
+from wd_pipeline.ops import stack
 from wd_pipeline.serving.scoring import make_score_settings, score_file
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def test_the_run_completes_and_registers_a_champion(trained) -> None:
 
 def test_the_signature_lists_every_raw_column_with_its_type(trained) -> None:
     info = mlflow.models.get_model_info(CHAMPION)
-    assert {column.name: str(column.type) for column in info.signature.inputs.inputs} == RAW_COLUMNS
+    assert {column.name: column.type.name for column in info.signature.inputs.inputs} == RAW_COLUMNS
     example = mlflow.models.Model.load(CHAMPION).load_input_example()
     assert example.isna().to_numpy().any(), "the input example shows that gaps are accepted"
 
@@ -80,7 +81,7 @@ def test_mlflow_models_serve_takes_the_same_raw_rows(trained) -> None:
     folder, _ = trained
     columns = list(RAW_COLUMNS)
     rows = [[30.0, None, "city-01", None], [None, 50.0, "atlantis", "basic"], [70.0, 20.0, None, "enterprise"]]
-    with served_model(CHAMPION, env=dict(os.environ), cwd=folder, log=folder / "serve.log") as url:
+    with served_model(CHAMPION, env=stack.base_env(), cwd=folder, log=folder / "serve.log") as url:
         served = np.array([p["probability"] for p in invoke(url, columns, rows)])
     frame = pd.DataFrame(rows, columns=columns).astype({"age": float, "spend": float})
     local = mlflow.pyfunc.load_model(CHAMPION).predict(frame)["probability"].to_numpy()
@@ -108,8 +109,8 @@ def test_score_passes_other_columns_through_and_reports_gaps_unseen_and_labelled
 
 
 def test_quality_is_within_a_few_points_of_logistic_regression_on_the_same_split(trained) -> None:
-    folder, state = trained
-    split_folder = next(Path(folder).rglob(splits.MANIFEST)).parent
+    _, state = trained
+    split_folder = next((Path(default_work_dir()) / "splits").glob(f"*/{splits.MANIFEST}")).parent
     data = baselines.load(split_folder)
     (logistic,) = [
         baselines.evaluate(name, model, data)

@@ -21,7 +21,17 @@ from wd_pipeline.ops import stack
 def served_model(model_uri: str, *, env: dict[str, str], cwd: Path, log: Path, timeout: float = 120) -> Iterator[str]:
     """Serve ``model_uri`` with the local environment; yields the server's base URL."""
     port = stack.free_port()
-    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)]
+    command = [
+        str(stack.venv_bin() / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+    ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as sink:
         server = subprocess.Popen(

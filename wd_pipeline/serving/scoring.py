@@ -194,15 +194,15 @@ def score_file(
     from wd_pipeline.tracking import registry, runs
 
     source = sources.locate(settings.data)
-    raw = sources.read_bytes(source)
-    sha256 = sources.fingerprint(raw)
+    raw = sources.read_source(source)
+    sha256 = raw.fingerprint().sha256
     client = client or runs.get_client()
     # First: it turns an unreachable server or missing credentials into one clear message.
     experiment_id = runs.ensure_experiment(client, settings.experiment)
     version, model_uri = resolve_champion(client, settings.model_name)
     config = registry.model_config(model_uri)
     na_values = config.get("na_values") or None
-    table = sources.parse_table(raw, source, na_values)
+    table = sources.parse_source(raw, na_values).table
     del raw
     run_name = f"score {settings.model_name}@champion v{version}"
     run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
