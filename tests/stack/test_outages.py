@@ -183,11 +183,6 @@ def check_survived_mlflow_outage(local_stack: LocalStack, final: Any, down: floa
     print(f"MLflow down {down:.1f} s; retried tasks: {retried}")
 
 
-def test_mlflow_server_down_for_20_s_during_training(local_stack: LocalStack) -> None:
-    """The tasks that hit the outage retry with backoff; nothing is missing or logged twice."""
-    check_survived_mlflow_outage(local_stack, *run_through_mlflow_outage(local_stack))
-
-
 def test_prefect_server_restart_during_training(local_stack: LocalStack) -> None:
     """The run completes: the engine's client retries its calls and replays its state events.
 

@@ -114,7 +114,7 @@ def test_creating_the_lock_is_atomic_through_the_tracking_server(postgres_stack:
 def test_two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(
     postgres_stack: LocalStack, tmp_path: Path
 ) -> None:
-    race.test_two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(postgres_stack.mlflow_url, tmp_path)
+    race.two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(postgres_stack.mlflow_url, tmp_path)
 
 
 # ---------------------------------------------------------------- what the UIs show, in the tables

@@ -76,7 +76,8 @@ def start_run(kind: str, mlflow_url: str, folder: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(mlflow_url: str, tmp_path: Path) -> None:
+def two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(mlflow_url: str, tmp_path: Path) -> None:
+    """Run by ``test_postgres.py`` against the PostgreSQL-backed stack, the production store (one run of it fits the suite's budget)."""
     runs = {kind: start_run(kind, mlflow_url, tmp_path) for kind in LAMBDAS}
     outputs = {kind: process.communicate(timeout=900) for kind, process in runs.items()}
     for kind, process in runs.items():
