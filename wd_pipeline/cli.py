@@ -68,11 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Defaults < config file < flags. A new data source drops the bundled positive class."""
+    """Defaults < config file < flags."""
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     settings.update(parse_flags(args, run_flags()))
-    if "data" in settings and "positive_class" not in settings:
-        settings["positive_class"] = None
     return make_config(**settings)
 
 

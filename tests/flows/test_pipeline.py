@@ -81,6 +81,7 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
     assert experiment.name == DEFAULT_EXPERIMENT
     assert parent.info.status == "FINISHED"
     assert parent.data.params["grid"] == "0,0.01,0.1" and parent.data.params["epochs"] == "30"
+    assert parent.data.params["positive_class"] == "malignant"  # the bundled data's own default
     assert parent.data.tags["prefect.flow_run_id"] == str(states[1].state_details.flow_run_id)
     assert parent.data.tags["registry.alias"] == "champion"
     assert parent.data.metrics["chosen_lambda"] in GRID
