@@ -20,6 +20,7 @@ from wd_pipeline.data import splits
 from wd_pipeline.ml import bootstrap, preprocessing, report, training
 from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
+from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import runs
 
 
@@ -102,6 +103,12 @@ def log_evaluation(
                 runs.log_figure(client, parent_run_id, artifact, path)
 
 
+@task(cache_policy=NO_CACHE, name="read-provenance", **TRACKING_TASK)
+def code_of_run(parent_run_id: str) -> Provenance:
+    """The code that made the run, as its tags recorded it, for the model card."""
+    return Provenance.from_tags(runs.get_client().get_run(parent_run_id).data.tags)
+
+
 @flow(name="evaluate")
 def evaluate(
     config: PipelineConfig, split_folder: str, fold_results: list[training.UnitSummary], parent_run_id: str
@@ -154,6 +161,7 @@ def evaluate(
                 "rule": selection.rule,
                 "test_intervals": intervals,
                 "inputs": inputs,
+                "code": code_of_run(parent_run_id),
             },
         )
     log_evaluation(

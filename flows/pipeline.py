@@ -33,7 +33,6 @@ from wd_pipeline.config import (
     DEFAULT_GRID,
     DEFAULT_LABEL,
     DEFAULT_MODEL_NAME,
-    DEFAULT_POSITIVE_CLASS,
     BatchSize,
     BootstrapSamples,
     Categorical,
@@ -111,7 +110,7 @@ def finish_tracking(parent_run_id: str, metrics: dict[str, float]) -> None:
 def weight_decay_pipeline(
     data: DataSource = DEFAULT_DATA,
     label: Label = DEFAULT_LABEL,
-    positive_class: PositiveClass = DEFAULT_POSITIVE_CLASS,
+    positive_class: PositiveClass = None,
     features: Features = None,
     categorical: Categorical = None,
     exclude: Exclude = None,
@@ -147,7 +146,7 @@ def weight_decay_pipeline(
     work_dir: WorkDirOrDefault = None,
 ) -> PipelineSummary:
     """Train the network over a λ grid, pick λ on validation, register the winner."""
-    settings = {key: value for key, value in locals().items() if value is not None or key == "positive_class"}
+    settings = {key: value for key, value in locals().items() if value is not None}
     config = make_config(**settings)
     return run_pipeline(config)
 

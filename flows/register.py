@@ -12,6 +12,7 @@ from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
 from wd_pipeline.ml.preprocessing import Preprocessing
+from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import registry, runs
 
 
@@ -45,6 +46,7 @@ def _register_and_gate(
 ) -> registry.RegistryDecision:
     test = splits.load_split(split_folder, "test")
     client = runs.get_client()
+    code = Provenance.from_tags(client.get_run(parent_run_id).data.tags)  # the code that trained this model
     decision = registry.register(
         client,
         name=config.model_name,
@@ -53,7 +55,7 @@ def _register_and_gate(
         test_features=test.features,
         test_label=test.label,
         policy=registry.GatePolicy.from_config(config),
-        tags={"data.sha256": splits.read_manifest(split_folder)["sha256"]},
+        tags={"data.sha256": splits.read_manifest(split_folder)["sha256"], **code.tags()},
         description=model_card,
     )
     runs.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})

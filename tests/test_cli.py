@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,68 @@ def test_stack_up_flags_build_the_stack_settings() -> None:
 def test_bad_stack_flags_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
     assert main(argv) == EXIT_BAD_SETTINGS
     assert capsys.readouterr().err == message
+
+
+def test_ui_serves_the_store_of_the_working_folder(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    started: list[list[str]] = []
+    monkeypatch.setattr("os.execvp", lambda program, argv: started.append(argv))
+    assert main(["ui", "--port", "5055"]) == 0
+    assert started[0][1:] == [
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5055",
+    ]
+    assert Path(started[0][0]).name == "mlflow"
+    assert capsys.readouterr().out.startswith("MLflow UI   http://127.0.0.1:5055  on sqlite:///")
+
+
+def test_ui_follows_mlflow_tracking_uri(capsys, monkeypatch, tmp_path) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr("os.execvp", lambda program, argv: started.append(argv))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/runs.db")
+    assert main(["ui"]) == 0
+    assert started[0][2:4] == ["--backend-store-uri", f"sqlite:///{tmp_path}/runs.db"] and started[0][-1] == "5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert main(["ui"]) == 0 and len(started) == 1  # a server has its own UI: nothing is started
+    assert "http://mlflow.example:5000" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_ui_refuses_a_port_out_of_range(capsys) -> None:
+    assert main(["ui", "--port", "70000"]) == EXIT_BAD_SETTINGS
+    assert capsys.readouterr().err == "error: --port 70000 is not a port: give one from 1 to 65535, e.g. --port 5000\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "forwarded"),
+    [
+        (["ui", "--help"], "ui --help"),
+        (["score", "--data", "x.csv"], "score --data x.csv"),
+        (["stack", "up"], "stack up"),
+        (["stack", "status"], "stack status"),
+        (["deploy"], "deploy"),
+        ([], "run"),
+    ],
+)
+def test_the_wd_script_has_one_verb_per_command(argv: list[str], forwarded: str, tmp_path) -> None:
+    """The real script, beside a stand-in environment (a synced one, so nothing is installed)."""
+    root = tmp_path / "checkout"
+    (root / ".venv" / "bin").mkdir(parents=True)
+    script = root / "wd"
+    script.write_bytes((Path(__file__).parents[1] / "wd").read_bytes())
+    (root / "uv.lock").write_text("")
+    (root / "pyproject.toml").write_text("")
+    stand_in = root / ".venv" / "bin" / "wd-pipeline"
+    stand_in.write_text('#!/usr/bin/env bash\necho "$*"\n')
+    stand_in.chmod(0o755)
+    stamp = root / ".venv" / ".wd-synced"
+    stamp.write_text("")
+    later = (root / "uv.lock").stat().st_mtime + 60
+    os.utime(stamp, (later, later))  # synced after the lock file changed: the script installs nothing
+    done = subprocess.run(["bash", str(script), *argv], capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == forwarded

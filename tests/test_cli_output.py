@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.helpers.summaries import pipeline_summary
-from wd_pipeline.cli import format_score_summary, format_summary
+from wd_pipeline.cli import format_score_summary, format_summary, ui_command
+from wd_pipeline.config import PROJECT_ROOT
 from wd_pipeline.serving.scoring import ScoreResult
 
 
@@ -56,3 +59,19 @@ def test_score_names_missing_and_unseen_shares_and_the_labelled_metrics() -> Non
     lines = format_score_summary(result).splitlines()
     assert lines[2] == "inputs        age 8.0% missing; city 3.3% unseen"
     assert lines[3] == "labelled rows roc_auc 0.9100, log_loss 0.3500"
+
+
+def test_a_local_store_ends_with_a_ui_command_that_works_from_any_folder(tmp_path) -> None:
+    summary = replace(
+        pipeline_summary(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"), run_url="mlflow ui --backend-store-uri …"
+    )
+    lines = format_summary(summary).splitlines()
+    assert lines[4] == "MLflow run    experiment 7, run r123"
+    assert lines[5] == f"MLflow UI     cd {tmp_path} && {PROJECT_ROOT / 'wd'} ui"
+    assert lines[6] == "model         models:/wd-classifier/4"
+
+
+def test_a_store_of_another_name_is_named_to_the_ui_command(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path}/runs.db"
+    command = ui_command(uri)
+    assert command == f"MLFLOW_TRACKING_URI={uri} {PROJECT_ROOT / 'wd'} ui"

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from wd_pipeline.config import (
+    DEFAULT_DATA,
+    PROJECT_ROOT,
     SETTING_CHANGES,
     Changes,
     PipelineConfig,
@@ -61,6 +63,31 @@ def test_bad_settings_name_the_field(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match="invalid settings") as caught:
         make_config(**settings)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"positive_class": ""},
+        {"data": str(PROJECT_ROOT / DEFAULT_DATA)},
+        {"data": DEFAULT_DATA, "label": "diagnosis"},
+    ],
+)
+def test_the_bundled_data_counts_malignant_as_positive(settings: dict) -> None:
+    assert make_config(**settings).positive_class == "malignant"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"data": "other.csv"}, {"data": "other.csv", "label": "y"}, {"label": "radius_mean"}, {"data": "s3://b/x.csv"}],
+)
+def test_another_table_or_label_has_no_positive_class_unless_given(settings: dict, tmp_path) -> None:
+    assert make_config(**settings).positive_class is None
+    assert make_config(**settings, positive_class="yes").positive_class == "yes"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    assert make_config(**load_config_file(path)).positive_class is None
 
 
 def test_parse_grid_reads_comma_separated_numbers() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wd_pipeline.config import (
+    PROJECT_ROOT,
     PipelineConfig,
     ScoreSettings,
     check_work_dir,
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
 LOG_FILE = "wd-pipeline.log"
+UI_HOST = "127.0.0.1"
+UI_PORT = 5000
 
 
 def run_flags() -> list[Flag]:
@@ -64,20 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(score, ScoreSettings, score_flags())
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     stack_commands.add_commands(commands)
+    ui = commands.add_parser(
+        "ui",
+        help="open the MLflow UI on the store MLFLOW_TRACKING_URI names (else ./mlflow.db) and print its URL",
+    )
+    ui.add_argument("--host", default=UI_HOST, help=f"address the UI listens on (default: {UI_HOST})")
+    ui.add_argument("--port", type=int, default=UI_PORT, help=f"port the UI listens on (default: {UI_PORT})")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Defaults < config file < flags. A new data source drops the bundled positive class."""
+    """Defaults < config file < flags."""
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     settings.update(parse_flags(args, run_flags()))
-    if "data" in settings and "positive_class" not in settings:
-        settings["positive_class"] = None
     return make_config(**settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "ui":
+        if not 1 <= args.port <= 65_535:
+            print(
+                f"error: --port {args.port} is not a port: give one from 1 to 65535, e.g. --port 5000", file=sys.stderr
+            )
+            return EXIT_BAD_SETTINGS
+        return open_ui(args.host, args.port)
     if args.command not in ("run", "score"):
         try:
             stack_settings = stack_commands.settings_from_args(args)
@@ -148,6 +163,41 @@ def _score(settings: ScoreSettings) -> ScoreResult:
     return score(**settings.model_dump())
 
 
+def ui_argv(tracking_uri: str, host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command for a local store: the ``mlflow`` of this environment."""
+    beside = Path(sys.executable).with_name("mlflow")
+    mlflow = str(beside) if beside.exists() else "mlflow"
+    return [mlflow, "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
+
+
+def open_ui(host: str, port: int) -> int:
+    """Serve the MLflow UI on the store a run here would use, in place of this process.
+
+    A tracking server already serves its own UI: then only its address is printed.
+    """
+    from wd_pipeline.tracking.runs import is_local_store, tracking_uri
+
+    uri = tracking_uri()
+    if not is_local_store(uri):
+        print(f"MLflow UI   {uri}  (the tracking server MLFLOW_TRACKING_URI names serves it)")
+        return 0
+    print(f"MLflow UI   http://{host}:{port}  on {uri}  (Ctrl-C stops it)", flush=True)
+    command = ui_argv(uri, host, port)
+    os.execvp(command[0], command)
+    return 0  # not reached: exec replaces the process
+
+
+def ui_command(tracking_uri: str) -> str:
+    """A command that opens the MLflow UI on ``tracking_uri``'s store, pasted in any folder."""
+    script = PROJECT_ROOT / "wd"
+    launcher = f"{shlex.quote(str(script))} ui" if script.is_file() else "wd-pipeline ui"
+    if tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        if store.name == "mlflow.db":  # the name ``ui`` looks for in the working directory
+            return f"cd {shlex.quote(str(store.parent))} && {launcher}"
+    return f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} {launcher}"
+
+
 def format_score_summary(result: ScoreResult) -> str:
     gaps = [
         f"{name} " + ", ".join(f"{share:.1%} {kind}" for kind, share in shares.items() if share)
@@ -172,17 +222,19 @@ def format_summary(summary: PipelineSummary) -> str:
 
     selection, decision = summary.evaluation.selection, summary.registry
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary.evaluation.test_metrics.items())
-    return "\n".join(
-        [
-            "",
-            f"chosen        {selection.mode} λ={format_lambda(selection.lam)}  "
-            f"(rule {selection.rule} on validation {selection.metric})",
-            f"test metrics  {metrics}",
-            f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",
-            f"MLflow run    {summary.run_url}",
-            f"model         {decision.model_uri}",
-        ]
-    )
+    served = summary.run_url.startswith("http")
+    run = summary.run_url if served else f"experiment {summary.experiment_id}, run {summary.parent_run_id}"
+    lines = [
+        "",
+        f"chosen        {selection.mode} λ={format_lambda(selection.lam)}  "
+        f"(rule {selection.rule} on validation {selection.metric})",
+        f"test metrics  {metrics}",
+        f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",
+        f"MLflow run    {run}",
+    ]
+    if not served:
+        lines.append(f"MLflow UI     {ui_command(summary.tracking_uri)}")
+    return "\n".join([*lines, f"model         {decision.model_uri}"])
 
 
 class _HideTracebacks(logging.Filter):

@@ -26,6 +26,7 @@ from wd_pipeline.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "data/breast_cancer.csv"
 DEFAULT_LABEL = "diagnosis"
+# The bundled data's positive class: a default of that file only, never of another table.
 DEFAULT_POSITIVE_CLASS = "malignant"
 DEFAULT_EXPERIMENT = "weight-decay-pipeline"
 DEFAULT_MODEL_NAME = "wd-classifier"
@@ -93,7 +94,10 @@ DataSource = Annotated[
 Label = Annotated[ColumnName, described("binary target column"), Changes.SPLITS]
 PositiveClass = Annotated[
     str | None,
-    described("label value counted as positive when the label holds two strings"),
+    described(
+        "label value counted as positive when the label holds two strings; "
+        f"empty = {DEFAULT_POSITIVE_CLASS!r} for the bundled data, none for any other table"
+    ),
     Changes.SPLITS,
 ]
 Features = Annotated[
@@ -258,6 +262,23 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 
+def is_bundled_data(data: Any, label: Any) -> bool:
+    """Whether ``data`` and ``label`` name the bundled file and its label column.
+
+    A relative path is looked up as :func:`wd_pipeline.data.sources.locate` does: in the
+    working directory first, then under the project root.
+    """
+    if not isinstance(data, str) or label != DEFAULT_LABEL or "://" in data:
+        return False
+    try:
+        path = Path(data).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = PROJECT_ROOT / path
+        return path.resolve() == (PROJECT_ROOT / DEFAULT_DATA).resolve()
+    except (OSError, RuntimeError, ValueError):  # not a path this machine can resolve: not the bundled file
+        return False
+
+
 def default_work_dir() -> str:
     return os.environ.get(WORK_DIR_ENV, DEFAULT_WORK_DIR)
 
@@ -269,7 +290,7 @@ class PipelineConfig(BaseModel):
 
     data: DataSource = DEFAULT_DATA
     label: Label = DEFAULT_LABEL
-    positive_class: PositiveClass = DEFAULT_POSITIVE_CLASS
+    positive_class: PositiveClass = None
     features: Features = None
     categorical: Categorical = None
     exclude: Exclude = None
@@ -313,6 +334,18 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _unique_modes(cls, modes: list[str]) -> list[str]:
         return list(dict.fromkeys(modes))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bundled_positive_class(cls, values: Any) -> Any:
+        # Here, not as the field's default, so that every way in (flags, config file, flow
+        # form, API) gets it, and only with the bundled data: another table's 0/1 label
+        # would refuse it.
+        if not isinstance(values, dict) or values.get("positive_class"):
+            return values
+        if is_bundled_data(values.get("data", DEFAULT_DATA), values.get("label", DEFAULT_LABEL)):
+            return {**values, "positive_class": DEFAULT_POSITIVE_CLASS}
+        return values
 
     @field_validator("positive_class")
     @classmethod

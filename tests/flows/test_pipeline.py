@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from flows.pipeline import weight_decay_pipeline
 from tests.helpers.stores import isolated_store
+from wd_pipeline import provenance
 from wd_pipeline.config import DEFAULT_EXPERIMENT
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,9 @@ def test_registry_champion_then_challenger(three_runs) -> None:
     )  # the model card
     tags = version.tags
     assert tags["gate.alias"] == "challenger" and "does not beat champion v2" in tags["gate.reason"]
+    code = provenance.collect().tags()  # the code that made the version: its tags and its card's "Code"
+    assert {key: tags.get(key) for key in code} == code
+    assert f"- **Git commit**: `{code['code.git_commit']}`" in version.description
 
 
 def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
@@ -81,8 +85,11 @@ def test_parent_run_holds_config_plots_dataset_and_decision(three_runs) -> None:
     assert experiment.name == DEFAULT_EXPERIMENT
     assert parent.info.status == "FINISHED"
     assert parent.data.params["grid"] == "0,0.01,0.1" and parent.data.params["epochs"] == "30"
+    assert parent.data.params["positive_class"] == "malignant"  # the bundled data's own default
     assert parent.data.tags["prefect.flow_run_id"] == str(states[1].state_details.flow_run_id)
     assert parent.data.tags["registry.alias"] == "champion"
+    code = provenance.collect().tags()
+    assert {key: parent.data.tags.get(key) for key in code} == code
     assert parent.data.metrics["chosen_lambda"] in GRID
     for name in ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier"):
         assert 0 <= parent.data.metrics[f"test_{name}"] <= 1 or name == "log_loss"

@@ -12,9 +12,11 @@ import pytest
 from wd_pipeline.ml import report
 from wd_pipeline.ml.bootstrap import bootstrap_cis
 from wd_pipeline.ml.metrics import METRICS
+from wd_pipeline.provenance import Provenance
 
 LAMBDAS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
 SHA = "ab" * 32
+PACKAGES = {"tensorflow": "2.21.0", "keras": "3.15.1"}
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +185,34 @@ def test_model_card_holds_fingerprint_choice_table_and_intervals(grid: pd.DataFr
     assert len(chosen_rows) == 1 and chosen_rows[0].startswith("| decoupled | 1e-03 |")
     assert "| epochs | `100` |" in card and "| positive_class | `null` |" in card
     assert re.search(r"\| 0\.\d{4} ± 0\.\d{4} \|", card)  # readable rounding, mean ± SE
+
+
+def test_model_card_names_the_code_that_made_the_model(grid: pd.DataFrame) -> None:
+    settings = {
+        "model_name": "m",
+        "data_source": "s",
+        "data_sha256": SHA,
+        "config": {},
+        "chosen_mode": "l2",
+        "chosen_lambda": 0.0,
+        "metric": "log_loss",
+        "rule": "best",
+        "table": grid,
+        "test_intervals": {},
+    }
+    code = Provenance(commit="c0ffee" * 6 + "abcd", dirty="true", lock_sha256="e" * 64, packages=PACKAGES)
+    card = report.model_card(**settings, code=code)
+    section = card[card.index("## Code") :].splitlines()
+    assert section == [
+        "## Code",
+        "",
+        f"- **Git commit**: `{code.commit}` (with uncommitted changes to tracked files)",
+        f"- **uv.lock sha256**: `{'e' * 64}`",
+        "- **Packages**: tensorflow 2.21.0, keras 3.15.1",
+    ]
+    unknown = report.model_card(**settings, code=Provenance())
+    assert "- **Git commit**: `unknown` (uncommitted changes unknown)" in unknown
+    assert "## Code" not in report.model_card(**settings)
 
 
 def test_model_card_refuses_an_unknown_rule(grid: pd.DataFrame) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from wd_pipeline.ml.bootstrap import Interval
+    from wd_pipeline.provenance import Provenance
 
 DEFAULT_MODE = "l2"
 MODE_COLORS = {"l2": "C0", "decoupled": "C1"}
@@ -310,8 +311,9 @@ def model_card(
     version: str | None = None,
     threshold: float = 0.5,
     inputs: Sequence[Mapping[str, Any]] = (),
+    code: Provenance | None = None,
 ) -> str:
-    """A markdown card a reviewer reads before trusting the model: data, inputs, settings, choice, evidence."""
+    """A markdown card a reviewer reads before trusting the model: data, inputs, settings, choice, evidence, code."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(RULES)}")
     level = next(iter(test_intervals.values())).level if test_intervals else 0.95
@@ -349,8 +351,30 @@ def model_card(
         "| setting | value |",
         "|---|---|",
         *(f"| {key} | `{_setting(value)}` |" for key, value in config.items()),
+        *_code_section(code),
     ]
     return "\n".join(lines) + "\n"
+
+
+DIRTY_MEANING = {
+    "true": "with uncommitted changes to tracked files",
+    "false": "no uncommitted changes to tracked files",
+}
+
+
+def _code_section(code: Provenance | None) -> list[str]:
+    """The commit, the state of the tree, the lock file and the package versions that trained the model."""
+    if code is None:
+        return []
+    packages = ", ".join(f"{name} {version}" for name, version in code.packages.items()) or "unknown"
+    return [
+        "",
+        "## Code",
+        "",
+        f"- **Git commit**: `{code.commit}` ({DIRTY_MEANING.get(code.dirty, 'uncommitted changes unknown')})",
+        f"- **uv.lock sha256**: `{code.lock_sha256}`",
+        f"- **Packages**: {packages}",
+    ]
 
 
 def _inputs_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:

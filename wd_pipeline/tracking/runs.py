@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from wd_pipeline import processes
+from wd_pipeline import processes, provenance
 from wd_pipeline.config import PipelineConfig, format_lambda
 from wd_pipeline.errors import TrackingError, first_line
 
@@ -198,10 +198,10 @@ def _create_experiment(client: MlflowClient, name: str, location: str | None) ->
 def start_parent_run(
     client: MlflowClient, experiment_id: str, config: PipelineConfig, tags: Mapping[str, str] | None = None
 ) -> str:
-    """Create the parent run of one pipeline run, with the whole config as params."""
+    """Create the parent run of one pipeline run, with the whole config as params and the code's provenance as tags."""
     from mlflow.entities import Param
 
-    tags = {**dict(tags or {}), OWNER_TAG: processes.identity()}
+    tags = {**provenance.collect().tags(), **dict(tags or {}), OWNER_TAG: processes.identity()}
     run = client.create_run(experiment_id, run_name=tags.get("run_name"), tags=tags)
     params = [Param(key, value) for key, value in config.params().items()]
     client.log_batch(run.info.run_id, params=params)
