@@ -185,7 +185,7 @@ def evaluate(
         refit_epochs=epochs,
         model_path=refitted.model_path,
         test_intervals=intervals,
-        model_card=artifacts["model_card.md"],
+        model_card=artifacts[report.CARD_ARTIFACT],
         grid=table.to_dict("records"),
     )
 

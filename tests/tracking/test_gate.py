@@ -12,7 +12,7 @@ from wd_pipeline.config import make_config
 from wd_pipeline.data.schema import ColumnSpec, Role
 from wd_pipeline.errors import TrackingError
 from wd_pipeline.tracking import registry, runs
-from wd_pipeline.tracking.registry import GatePolicy, schema_change
+from wd_pipeline.tracking.registry import GatePolicy, schema_change, version_description
 
 
 def gate_policy(**settings) -> GatePolicy:
@@ -210,3 +210,14 @@ def test_a_version_logged_without_column_roles_is_read_from_its_signature(module
         )
     assert registry.model_config(info.model_uri) == {}
     assert registry.input_schema(info.model_uri) == columns
+
+
+def test_a_long_model_card_is_cut_at_a_section_to_fit_the_registry() -> None:
+    """PostgreSQL refuses a version description over 5,000 characters (SQLite lets it through)."""
+    card = "# Model card\n\n## Data\n\n" + "x" * 100 + "\n\n## Inputs\n\n" + "| a | b |\n" * 600 + "\n## Code\n\nabc\n"
+    cut = version_description(card)
+    assert len(cut) <= 5000
+    assert cut.startswith("# Model card\n\n## Data\n\n" + "x" * 100)
+    assert "## Inputs" not in cut and "model_card.md" in cut
+    assert version_description("# short\n") == "# short\n"
+    assert version_description(None) is None

@@ -23,6 +23,8 @@ import pandas as pd
 
 from wd_pipeline.config import HIGHER_IS_BETTER, format_lambda
 
+CARD_ARTIFACT = "model_card.md"
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -421,7 +423,7 @@ def report_artifacts(
         "plots/learning_curves.png": learning_curves_figure(curves),
         **{f"plots/{name}": figure for name, figure in diagnostic_figures(y_test, p_test, threshold).items()},
     }
-    artifacts["model_card.md"] = model_card(
+    artifacts[CARD_ARTIFACT] = model_card(
         table=table, metric=metric, chosen_mode=chosen_mode, chosen_lambda=chosen_lambda, threshold=threshold, **card
     )
     return artifacts

@@ -33,6 +33,7 @@ from wd_pipeline.errors import ConfigError, TrackingError, first_line
 from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
 from wd_pipeline.ml.metrics import classification_metrics
 from wd_pipeline.ml.preprocessing import PREPROCESSING_FILE
+from wd_pipeline.ml.report import CARD_ARTIFACT
 from wd_pipeline.tracking.promotion_lock import LockSettings, promotion_lock
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PYFUNC_CODE = Path(__file__).parents[1] / "serving" / "pyfunc_model.py"
 SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy", "pyarrow")
+MAX_DESCRIPTION = 5000  # MLflow's model_versions.description is VARCHAR(5000)
 SIGNATURE_TYPES = {Role.NUMERIC: "double", Role.CATEGORICAL: "string"}
 # models:/NAME/VERSION, models:/NAME@ALIAS or a logged model models:/m-ID on the configured
 # server; not models://PROFILE@… (another registry), runs:/, file paths or URLs.
@@ -320,6 +322,21 @@ class _Comparison:
     blocked: str = ""  # why the two versions cannot be compared
 
 
+def version_description(card: str | None, limit: int = MAX_DESCRIPTION) -> str | None:
+    """The model card as a version's description, cut at a section boundary to fit the registry's column.
+
+    MLflow's SQL stores keep a version's description in a 5,000-character column: SQLite lets
+    a longer one through, PostgreSQL refuses it and the registration fails. The full card
+    always stays in the run's artifacts (``model_card.md``); the cut says so.
+    """
+    if card is None or len(card) <= limit:
+        return card
+    note = f"\n_(cut to fit the registry: the full card is `{CARD_ARTIFACT}` in the run's artifacts)_\n"
+    room = limit - len(note)
+    cut = card.rfind("\n## ", 0, room)
+    return card[: cut if cut > 0 else room].rstrip() + "\n" + note
+
+
 def register(
     client: MlflowClient,
     *,
@@ -349,7 +366,7 @@ def register(
     seen = current_champion(client, name)
     comparison = _compare(new, policy, name=name, champion_version=seen, features=test_features, label=test_label)
 
-    version_number = _create_version(client, name, model_uri, run_id, tags, description)
+    version_number = _create_version(client, name, model_uri, run_id, tags, version_description(description))
     try:
         with promotion_lock(client, name, lock) as held:
             champion_version = current_champion(client, name)
