@@ -202,13 +202,15 @@ def test_model_card_names_the_code_that_made_the_model(grid: pd.DataFrame) -> No
     }
     code = Provenance(commit="c0ffee" * 6 + "abcd", dirty="true", lock_sha256="e" * 64, packages=PACKAGES)
     card = report.model_card(**settings, code=code)
-    section = card[card.index("## Code") :].splitlines()
+    section = card[card.index("## Code") : card.index("## Choice")].splitlines()
+    assert card.index("## Data") < card.index("## Code") < card.index("## Choice")
     assert section == [
         "## Code",
         "",
         f"- **Git commit**: `{code.commit}` (with uncommitted changes to tracked files)",
         f"- **uv.lock sha256**: `{'e' * 64}`",
         "- **Packages**: tensorflow 2.21.0, keras 3.15.1",
+        "",
     ]
     unknown = report.model_card(**settings, code=Provenance())
     assert "- **Git commit**: `unknown` (uncommitted changes unknown)" in unknown

@@ -315,7 +315,7 @@ def model_card(
     inputs: Sequence[Mapping[str, Any]] = (),
     code: Provenance | None = None,
 ) -> str:
-    """A markdown card a reviewer reads before trusting the model: data, inputs, settings, choice, evidence, code."""
+    """A markdown card a reviewer reads before trusting the model: data, code, inputs, choice, evidence, settings."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(RULES)}")
     level = next(iter(test_intervals.values())).level if test_intervals else 0.95
@@ -330,6 +330,7 @@ def model_card(
         f"- **Source**: `{data_source}`",
         f"- **sha256**: `{data_sha256}`",
         "",
+        *_code_section(code),
         *_inputs_section(inputs),
         "## Choice of weight decay",
         "",
@@ -353,7 +354,6 @@ def model_card(
         "| setting | value |",
         "|---|---|",
         *(f"| {key} | `{_setting(value)}` |" for key, value in config.items()),
-        *_code_section(code),
     ]
     return "\n".join(lines) + "\n"
 
@@ -369,13 +369,15 @@ def _code_section(code: Provenance | None) -> list[str]:
     if code is None:
         return []
     packages = ", ".join(f"{name} {version}" for name, version in code.packages.items()) or "unknown"
+    # Near the top: a version's description is the card cut to fit the registry, and what made
+    # the model must survive the cut.
     return [
-        "",
         "## Code",
         "",
         f"- **Git commit**: `{code.commit}` ({DIRTY_MEANING.get(code.dirty, 'uncommitted changes unknown')})",
         f"- **uv.lock sha256**: `{code.lock_sha256}`",
         f"- **Packages**: {packages}",
+        "",
     ]
 
 
