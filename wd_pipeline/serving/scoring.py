@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from wd_pipeline.config import ScoreSettings, make_settings
 from wd_pipeline.data import sources
 from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
-from wd_pipeline.data.validation import conform
+from wd_pipeline.data.validation import conform, role_of
 from wd_pipeline.errors import DataError, TrackingError
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def model_columns(
         raise DataError("data holds a header but no rows: nothing to score")
     for spec in columns:
         kind = table.schema.field(spec.name).type
-        if spec.role is Role.NUMERIC and not _numeric(kind):
+        if spec.role is Role.NUMERIC and role_of(kind) is not Role.NUMERIC:
             example = _first_text(table.column(spec.name))
             raise DataError(
                 f"column {spec.name!r} holds {kind} (e.g. {example!r}) but {model} reads it as numeric: "
@@ -112,12 +112,6 @@ def model_columns(
         else:
             frame[spec.name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object, index=frame.index)
     return frame
-
-
-def _numeric(kind: pa.DataType) -> bool:
-    # An all-empty CSV column arrives as the null type: all of it is missing, which the model imputes.
-    checks = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null)
-    return any(check(kind) for check in checks)
 
 
 def _infinite(column: pa.ChunkedArray) -> int:
