@@ -14,11 +14,13 @@ from prefect.runtime import flow_run
 from wd_pipeline.config import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
+    DriftAlert,
+    DriftWarn,
     Experiment,
     ScoreData,
     ScoredModel,
     ScoreOutput,
-    Threshold,
+    ScoreThreshold,
 )
 from wd_pipeline.serving import scoring
 from wd_pipeline.tracking import runs
@@ -37,7 +39,9 @@ def score(
     output: ScoreOutput,
     model_name: ScoredModel = DEFAULT_MODEL_NAME,
     experiment: Experiment = DEFAULT_EXPERIMENT,
-    threshold: Threshold = 0.5,
+    threshold: ScoreThreshold = None,
+    drift_warn: DriftWarn = 0.1,
+    drift_alert: DriftAlert = 0.25,
 ) -> scoring.ScoreResult:
     """Score ``data`` with ``model_name@champion``; returns where the predictions went and the run id."""
     settings = scoring.make_score_settings(**locals())

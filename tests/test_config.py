@@ -50,7 +50,7 @@ def test_grid_is_sorted_and_deduplicated() -> None:
         ({"selection_metric": "val_loss"}, "selection_metric: Input should be 'log_loss', 'roc_auc'"),
         ({"val_fraction": 0.45, "test_fraction": 0.45}, "val_fraction + test_fraction must stay below 0.8"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
-        ({"modes": ["l1"]}, "modes.0: Input should be 'l2' or 'decoupled'"),
+        ({"modes": ["l1"]}, "modes.0: Input should be 'l2', 'decoupled' or 'dropout'"),
         ({"modes": []}, "modes: List should have at least 1 item"),
         ({"folds": 0}, "folds: Input should be greater than or equal to 1"),
         ({"rule": "median"}, "rule: Input should be 'one-se' or 'best'"),
@@ -139,6 +139,8 @@ def test_every_setting_says_what_it_changes() -> None:
         "features",
         "categorical",
         "exclude",
+        "slice_by",
+        "group_column",
         "na_values",
         "max_categories",
         "val_fraction",
@@ -151,6 +153,7 @@ def test_every_setting_says_what_it_changes() -> None:
         "learning_rate",
         "hidden_units",
         "one_hot_max",
+        "class_weight",
         "seed",
         "folds",
         "patience",
@@ -213,6 +216,8 @@ def test_resume_keys_are_those_of_existing_work_folders() -> None:
         ("exclude", ["b"]),
         ("na_values", ["?"]),
         ("max_categories", 50),
+        ("slice_by", ["a"]),
+        ("group_column", "g"),
     ],
 )
 def test_a_split_setting_changes_the_split_key(name: str, value) -> None:
@@ -220,7 +225,8 @@ def test_a_split_setting_changes_the_split_key(name: str, value) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("patience", 5), ("hidden_units", [4, 4]), ("folds", 3), ("one_hot_max", 8)]
+    ("name", "value"),
+    [("patience", 5), ("hidden_units", [4, 4]), ("folds", 3), ("one_hot_max", 8), ("class_weight", "balanced")],
 )
 def test_a_training_setting_changes_the_unit_key_only(name: str, value) -> None:
     changed, custom = make_config(**{**CUSTOM, name: value}), make_config(**CUSTOM)
@@ -228,7 +234,18 @@ def test_a_training_setting_changes_the_unit_key_only(name: str, value) -> None:
     assert unit_key("s", changed, "l2", 0.1, 0, 3) != unit_key("s", custom, "l2", 0.1, 0, 3)
 
 
-@pytest.mark.parametrize(("name", "value"), [("data", "other.csv"), ("grid", [0.5]), ("threshold", 0.4)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("data", "other.csv"),
+        ("grid", [0.5]),
+        ("dropout_grid", [0.4]),
+        ("threshold", 0.4),
+        ("threshold", "auto"),
+        ("drift_alert", 0.5),
+        ("importance_repeats", 0),
+    ],
+)
 def test_other_settings_keep_the_keys(name: str, value) -> None:
     changed = make_config(**{**CUSTOM, name: value})
     assert split_key(changed, "b" * 64) == split_key(make_config(**CUSTOM), "b" * 64)
@@ -250,7 +267,7 @@ def test_every_setting_has_a_description() -> None:
 
 
 def test_make_settings_builds_any_settings_model() -> None:
-    assert make_settings(ScoreSettings, data="a.csv", output="b.parquet").threshold == 0.5
+    assert make_settings(ScoreSettings, data="a.csv", output="b.parquet").threshold is None
     with pytest.raises(ConfigError, match="invalid settings: output: Field required"):
         make_settings(ScoreSettings, data="a.csv")
 

@@ -30,6 +30,8 @@ DEFAULT_LABEL = "diagnosis"
 DEFAULT_POSITIVE_CLASS = "malignant"
 DEFAULT_EXPERIMENT = "weight-decay-pipeline"
 DEFAULT_MODEL_NAME = "wd-classifier"
+# The decision threshold of a model that stores none.
+DEFAULT_THRESHOLD = 0.5
 WORK_DIR_ENV = "WD_PIPELINE_WORK_DIR"
 DEFAULT_WORK_DIR = ".wd-pipeline"
 # {0} ∪ half-decades from 1e-5 to 1: wide enough that both under- and over-regularised
@@ -81,8 +83,12 @@ Lambda = Annotated[float, Field(ge=0.0, le=1e3, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0.0, lt=0.5, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")]
 ColumnName = Annotated[str, Field(min_length=1, max_length=500)]
-Metric = Literal["log_loss", "roc_auc", "accuracy", "f1", "brier"]
-Mode = Literal["l2", "decoupled"]
+Metric = Literal["log_loss", "roc_auc", "average_precision", "accuracy", "f1", "brier"]
+Mode = Literal["l2", "decoupled", "dropout"]
+DropoutRate = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+# The dropout rates a grid holds by default: none, light, usual and heavy.
+DEFAULT_DROPOUT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
 # The pipeline's settings, in the order of the flow's form.
@@ -115,6 +121,22 @@ Exclude = Annotated[
     described("columns left out of the model, e.g. IDs and timestamps"),
     Changes.SPLITS,
 ]
+SliceBy = Annotated[
+    list[ColumnName] | None,
+    described(
+        "columns whose values (categories; training-quantile bins of numbers) split the test metrics into slices; "
+        "kept in the stored splits and never used as features"
+    ),
+    Changes.SPLITS,
+]
+GroupColumn = Annotated[
+    ColumnName | None,
+    described(
+        "column naming the group of each row (a patient, a customer): a group never spans two splits or folds, "
+        "and the column is never a feature"
+    ),
+    Changes.SPLITS,
+]
 NaValues = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
     described("cell values that mean missing, besides empty cells and pyarrow's defaults (NA, null, NaN, N/A …)"),
@@ -129,6 +151,11 @@ Grid = Annotated[
     list[Lambda],
     described("λ values to train", min_length=1, max_length=256),
     Changes.NOTHING,  # each unit's key holds its own λ
+]
+DropoutGrid = Annotated[
+    list[DropoutRate],
+    described("dropout rates the dropout mode trains, each in [0, 1)", min_length=1, max_length=64),
+    Changes.NOTHING,  # each unit's key holds its own rate
 ]
 Epochs = Annotated[int, described("training epochs per grid point", ge=1, le=100_000), Changes.TRAINING]
 BatchSize = Annotated[int, described("mini-batch size", ge=1, le=1_000_000), Changes.TRAINING]
@@ -146,6 +173,11 @@ OneHotMax = Annotated[
         ge=2,
         le=10_000,
     ),
+    Changes.TRAINING,
+]
+ClassWeight = Annotated[
+    Literal["none", "balanced"],
+    described("weight of each class in the loss: none, or balanced by inverse class frequency"),
     Changes.TRAINING,
 ]
 Seed = Annotated[
@@ -172,7 +204,12 @@ Rule = Annotated[
 ]
 Modes = Annotated[
     list[Mode],
-    described("weight-decay modes: l2 penalty, decoupled (AdamW) decay, or both", min_length=1, max_length=2),
+    described(
+        "regularisation modes compared: l2 penalty and decoupled (AdamW) decay over --grid, dropout over "
+        "--dropout-grid",
+        min_length=1,
+        max_length=3,
+    ),
     Changes.NOTHING,  # each unit's key holds its own mode
 ]
 Patience = Annotated[
@@ -227,15 +264,55 @@ MaxTestLogLoss = Annotated[
     described("ceiling: a model above this test log loss is never champion; none when empty"),
     Changes.NOTHING,
 ]
+MinSliceRows = Annotated[
+    int,
+    described("slices with fewer test rows are marked as too small, and the slice gate ignores them", ge=1, le=10**9),
+    Changes.NOTHING,
+]
+MinSliceRocAuc = Annotated[
+    Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None,
+    described("floor: a model with a slice (of at least --min-slice-rows) below this test ROC AUC is never champion"),
+    Changes.NOTHING,
+]
+DriftWarn = Annotated[
+    float,
+    described(
+        "population stability index from which a column counts as drifted", gt=0.0, le=100.0, allow_inf_nan=False
+    ),
+    Changes.NOTHING,
+]
+DriftAlert = Annotated[
+    float,
+    described(
+        "population stability index from which a new version stays challenger (reason drift) for a human to decide",
+        gt=0.0,
+        le=100.0,
+        allow_inf_nan=False,
+    ),
+    Changes.NOTHING,
+]
+ImportanceRepeats = Annotated[
+    int,
+    described("shuffles of each raw column for its permutation importance on the test split; 0 = none", ge=0, le=1000),
+    Changes.NOTHING,
+]
 BootstrapSamples = Annotated[
     int,
     described("bootstrap resamples of the test split for confidence intervals", ge=100, le=100_000),
     Changes.NOTHING,
 ]
 Threshold = Annotated[
-    float,
-    described("probability from which a row is labelled positive", gt=0.0, lt=1.0, allow_inf_nan=False),
+    Probability | Literal["auto"],
+    described(
+        "probability from which a row is labelled positive, or auto: chosen on the out-of-fold validation "
+        "predictions by --threshold-metric"
+    ),
     Changes.NOTHING,  # units record their metrics at 0.5, whatever the run's threshold
+]
+ThresholdMetric = Annotated[
+    Literal["f1", "accuracy", "balanced_accuracy", "youden"],
+    described("what --threshold auto maximises (youden: sensitivity + specificity - 1)"),
+    Changes.NOTHING,
 ]
 WORK_DIR_HELP = f"folder for the splits and trained grid points, keyed by content; when not given, {WORK_DIR_ENV} or else {DEFAULT_WORK_DIR}"
 WorkDir = Annotated[str, described(WORK_DIR_HELP, min_length=1), Changes.NOTHING]
@@ -249,11 +326,16 @@ ScoreData = Annotated[
 ]
 ScoreOutput = Annotated[str, described("Parquet file for the input features plus probability and label", min_length=1)]
 ScoredModel = Annotated[Name, described("registered model whose @champion scores the file")]
+ScoreThreshold = Annotated[
+    Probability | None,
+    described("probability from which a row is labelled positive; empty = the champion's own threshold"),
+]
 
 # Whether a larger value of a metric is better; used by selection and by the gate.
 HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy": True,
     "roc_auc": True,
+    "average_precision": True,
     "f1": True,
     "precision": True,
     "recall": True,
@@ -279,6 +361,13 @@ def is_bundled_data(data: Any, label: Any) -> bool:
         return False
 
 
+def check_drift_thresholds(warn: float, alert: float) -> None:
+    if warn >= alert:
+        raise ValueError(
+            f"drift_warn ({warn:g}) must be below drift_alert ({alert:g}): a warning comes before an alert"
+        )
+
+
 def default_work_dir() -> str:
     return os.environ.get(WORK_DIR_ENV, DEFAULT_WORK_DIR)
 
@@ -294,14 +383,18 @@ class PipelineConfig(BaseModel):
     features: Features = None
     categorical: Categorical = None
     exclude: Exclude = None
+    slice_by: SliceBy = None
+    group_column: GroupColumn = None
     na_values: NaValues = None
     max_categories: MaxCategories = 1000
     grid: Grid = list(DEFAULT_GRID)
+    dropout_grid: DropoutGrid = list(DEFAULT_DROPOUT_GRID)
     epochs: Epochs = 100
     batch_size: BatchSize = 32
     learning_rate: LearningRate = 1e-3
     hidden_units: HiddenUnits = [10, 10]
     one_hot_max: OneHotMax = 64
+    class_weight: ClassWeight = "none"
     seed: Seed = 42
     val_fraction: ValFraction = 0.2
     test_fraction: TestFraction = 0.2
@@ -321,14 +414,34 @@ class PipelineConfig(BaseModel):
     gate_margin: GateMargin = 0.0
     min_test_roc_auc: MinTestRocAuc = 0.6
     max_test_log_loss: MaxTestLogLoss = None
+    min_slice_rows: MinSliceRows = 30
+    min_slice_roc_auc: MinSliceRocAuc = None
+    drift_warn: DriftWarn = 0.1
+    drift_alert: DriftAlert = 0.25
+    importance_repeats: ImportanceRepeats = 5
     bootstrap_samples: BootstrapSamples = 1000
-    threshold: Threshold = 0.5
+    threshold: Threshold = DEFAULT_THRESHOLD
+    threshold_metric: ThresholdMetric = "f1"
     work_dir: WorkDir = Field(default_factory=default_work_dir)
 
-    @field_validator("grid")
+    @field_validator("grid", "dropout_grid")
     @classmethod
     def _sorted_unique(cls, grid: list[float]) -> list[float]:
         return sorted(set(grid))
+
+    @field_validator("threshold", mode="wrap")
+    @classmethod
+    def _threshold_in_one_message(cls, value: Any, handler: Any) -> Any:
+        # The union's own report names both branches ("constrained-float", "literal['auto']").
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"{value!r} is neither a probability strictly between 0 and 1 nor auto") from None
+
+    @field_validator("slice_by")
+    @classmethod
+    def _unique_slices(cls, columns: list[str] | None) -> list[str] | None:
+        return list(dict.fromkeys(columns)) if columns else None
 
     @field_validator("modes")
     @classmethod
@@ -365,6 +478,19 @@ class PipelineConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _label_is_only_the_label(self) -> PipelineConfig:
+        if self.group_column == self.label:
+            raise ValueError(f"group_column {self.label!r} is the label: name the column that holds each row's group")
+        if self.label in (self.slice_by or []):
+            raise ValueError(f"slice_by names the label {self.label!r}: slice by a column other than the label")
+        return self
+
+    @model_validator(mode="after")
+    def _drift_thresholds_in_order(self) -> PipelineConfig:
+        check_drift_thresholds(self.drift_warn, self.drift_alert)
+        return self
+
+    @model_validator(mode="after")
     def _one_dask_cluster(self) -> PipelineConfig:
         # Both would leave it unclear where the training runs; refuse rather than guess.
         if self.dask_address and self.dask_workers:
@@ -384,8 +510,17 @@ class PipelineConfig(BaseModel):
         return flat
 
     def settings_that_change(self, part: Changes) -> dict[str, Any]:
-        """This run's values of the settings marked ``part``: what its resume key must hold."""
-        return self.model_dump(include={name for name, changes in SETTING_CHANGES.items() if part in changes})
+        """This run's values of the settings marked ``part``: what its resume key must hold.
+
+        A setting at its value in :data:`KEYED_ONLY_WHEN_SET` is left out, so work folders
+        written before it existed keep their keys.
+        """
+        values = self.model_dump(include={name for name, changes in SETTING_CHANGES.items() if part in changes})
+        return {
+            name: value
+            for name, value in values.items()
+            if name not in KEYED_ONLY_WHEN_SET or value != KEYED_ONLY_WHEN_SET[name]
+        }
 
     def training_key(self) -> dict[str, Any]:
         """Settings that change a trained grid point (not where results are recorded)."""
@@ -407,6 +542,9 @@ def changes_of(model: type[BaseModel]) -> dict[str, Changes]:
 
 
 SETTING_CHANGES = changes_of(PipelineConfig)
+# Settings added after work folders existed, with the value that computes what those folders
+# hold: at that value they stay out of the resume keys.
+KEYED_ONLY_WHEN_SET: dict[str, Any] = {"slice_by": None, "group_column": None, "class_weight": "none"}
 
 
 class ScoreSettings(BaseModel):
@@ -418,7 +556,14 @@ class ScoreSettings(BaseModel):
     output: ScoreOutput
     model_name: ScoredModel = DEFAULT_MODEL_NAME
     experiment: Experiment = DEFAULT_EXPERIMENT
-    threshold: Threshold = 0.5
+    threshold: ScoreThreshold = None
+    drift_warn: DriftWarn = 0.1
+    drift_alert: DriftAlert = 0.25
+
+    @model_validator(mode="after")
+    def _drift_thresholds_in_order(self) -> ScoreSettings:
+        check_drift_thresholds(self.drift_warn, self.drift_alert)
+        return self
 
 
 def _format_number(value: float) -> str:

@@ -344,10 +344,17 @@ FLOW_PARAMS = {
     "zero epochs": ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     "huge epochs": ({"epochs": 10**9}, "epochs: Input should be less than or equal to 100000"),
     "batch size 0": ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
-    "unknown mode": ({"modes": ["l3"]}, "modes.0: Input should be 'l2' or 'decoupled'"),
+    "unknown mode": ({"modes": ["l3"]}, "modes.0: Input should be 'l2', 'decoupled' or 'dropout'"),
     "too many folds": ({"folds": 50}, "folds: Input should be less than or equal to 20"),
     "max categories 1": ({"max_categories": 1}, "max_categories: Input should be greater than or equal to 2"),
     "empty na value": ({"na_values": [""]}, "na_values.0: String should have at least 1 character"),
+    "dropout rate 1": ({"dropout_grid": [0.0, 1.0]}, "dropout_grid.1: Input should be less than 1"),
+    "not a threshold metric": (
+        {"threshold": "auto", "threshold_metric": "roc_auc"},
+        "threshold_metric: Input should be 'f1', 'accuracy', 'balanced_accuracy' or 'youden'",
+    ),
+    "unknown class weight": ({"class_weight": "auto"}, "class_weight: Input should be 'none' or 'balanced'"),
+    "min slice rows 0": ({"min_slice_rows": 0}, "min_slice_rows: Input should be greater than or equal to 1"),
 }
 
 
@@ -372,7 +379,7 @@ CLI_FLAGS = {
         "invalid settings: epochs: Input should be less than or equal to 100000",
     ),
     "batch size 0": (["--batch-size", "0"], "invalid settings: batch_size: Input should be greater than or equal to 1"),
-    "unknown mode": (["--modes", "l3"], "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
+    "unknown mode": (["--modes", "l3"], "invalid settings: modes.0: Input should be 'l2', 'decoupled' or 'dropout'"),
     "folds 0": (["--folds", "0"], "invalid settings: folds: Input should be greater than or equal to 1"),
     "text max categories": (
         ["--max-categories", "lots"],
@@ -382,6 +389,23 @@ CLI_FLAGS = {
         ["--max-categories", "1"],
         "invalid settings: max_categories: Input should be greater than or equal to 2",
     ),
+    "dropout rate 1": (["--dropout-grid", "0,1"], "invalid settings: dropout_grid.1: Input should be less than 1"),
+    "threshold neither number nor auto": (
+        ["--threshold", "high"],
+        "invalid settings: threshold: 'high' is neither a probability strictly between 0 and 1 nor auto",
+    ),
+    "not a threshold metric": (
+        ["--threshold", "auto", "--threshold-metric", "roc_auc"],
+        "invalid settings: threshold_metric: Input should be 'f1', 'accuracy', 'balanced_accuracy' or 'youden'",
+    ),
+    "drift warn above alert": (
+        ["--drift-warn", "0.3"],
+        "invalid settings: config: drift_warn (0.3) must be below drift_alert (0.25): a warning comes before an alert",
+    ),
+    "group column is the label": (
+        ["--group-column", "diagnosis"],
+        "invalid settings: config: group_column 'diagnosis' is the label: name the column that holds each row's group",
+    ),
 }
 
 CONFIG_FILES = {
@@ -390,7 +414,7 @@ CONFIG_FILES = {
     "NaN λ": ("grid = [nan]\n", "invalid settings: grid.0: Input should be a finite number"),
     "zero epochs": ("[pipeline]\nepochs = 0\n", "invalid settings: epochs: Input should be greater than or equal to 1"),
     "batch size 0": ("batch_size = 0\n", "invalid settings: batch_size: Input should be greater than or equal to 1"),
-    "unknown mode": ("modes = ['l3']\n", "invalid settings: modes.0: Input should be 'l2' or 'decoupled'"),
+    "unknown mode": ("modes = ['l3']\n", "invalid settings: modes.0: Input should be 'l2', 'decoupled' or 'dropout'"),
     "misspelled key": ("epoch = 5\n", "invalid settings: epoch: Extra inputs are not permitted"),
     "categorical not a list": ("categorical = 5\n", "invalid settings: categorical: Input should be a valid list"),
     "not TOML": ("epochs = = 5\n", "is not valid: Invalid value (at line 1, column 10)"),

@@ -93,7 +93,7 @@ def _replace(signature: inspect.Signature, name: str, **change: Any) -> inspect.
     [
         ("min_rows_per_class", {"annotation": int}, "min_rows_per_class: metadata []"),  # the drift this test found
         ("epochs", {"default": 50}, "epochs: default 50 != the model's 100"),
-        ("threshold", {"annotation": Annotated[float, "no description"]}, "threshold: metadata"),
+        ("learning_rate", {"annotation": Annotated[float, "no description"]}, "learning_rate: metadata"),
         ("work_dir", {"annotation": str, "default": ".wd-pipeline"}, "work_dir: needs the model's type | None"),
     ],
 )

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # ScoreSettings lives with the other settings models, where the CLI reads it without pandas.
-from wd_pipeline.config import ScoreSettings, make_settings
+from wd_pipeline.config import DEFAULT_THRESHOLD, ScoreSettings, make_settings
 from wd_pipeline.data import sources
 from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.data.validation import conform, role_of
@@ -196,6 +196,7 @@ def score_file(
     version, model_uri = resolve_champion(client, settings.model_name)
     config = registry.model_config(model_uri)
     na_values = config.get("na_values") or None
+    threshold = settings.threshold or float(config.get("threshold", DEFAULT_THRESHOLD))
     table = sources.parse_source(raw, na_values).table
     del raw
     run_name = f"score {settings.model_name}@champion v{version}"
@@ -204,12 +205,10 @@ def score_file(
         model = f"{settings.model_name} v{version}"
         frame = model_columns(table, registry.input_schema(model_uri), model, na_values)
         probability = registry.model_probability(model_uri, frame)
-        scored = predictions(frame, probability, settings.threshold)
+        scored = predictions(frame, probability, threshold)
         path = write_parquet(scored, settings.output)
         inputs = input_report(frame, registry.model_preprocessing(model_uri))
-        evaluation = labelled_metrics(
-            table, probability, config.get("label"), config.get("positive_class"), settings.threshold
-        )
+        evaluation = labelled_metrics(table, probability, config.get("label"), config.get("positive_class"), threshold)
         result = ScoreResult(
             model_uri=model_uri,
             version=version,
@@ -221,7 +220,14 @@ def score_file(
             inputs=inputs,
             metrics=evaluation,
         )
-        _log_scoring(client, result, settings, source=source.uri, mean_probability=float(scored["probability"].mean()))
+        _log_scoring(
+            client,
+            result,
+            settings,
+            source=source.uri,
+            threshold=threshold,
+            mean_probability=float(scored["probability"].mean()),
+        )
     except BaseException:
         runs.finish(client, run_id, "FAILED")
         raise
@@ -230,7 +236,13 @@ def score_file(
 
 
 def _log_scoring(
-    client: MlflowClient, result: ScoreResult, settings: ScoreSettings, *, source: str, mean_probability: float
+    client: MlflowClient,
+    result: ScoreResult,
+    settings: ScoreSettings,
+    *,
+    source: str,
+    threshold: float,
+    mean_probability: float,
 ) -> None:
     from mlflow.entities import Param
 
@@ -244,7 +256,7 @@ def _log_scoring(
         "input_sha256": result.input_sha256,
         "output": result.output,
         "rows": str(result.rows),
-        "threshold": f"{settings.threshold:g}",
+        "threshold": f"{threshold:g}",
     }
     client.log_batch(result.run_id, params=[Param(key, value) for key, value in params.items()])
     shares = {
