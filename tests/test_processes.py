@@ -80,17 +80,19 @@ def test_a_pid_held_by_another_process_is_not_the_recorded_one(sleeper: subproce
 
 
 @pytest.mark.parametrize(
-    ("identity", "expected"),
+    ("template", "expected"),
     [
-        (f"another-host:{os.getpid()}:1", None),  # cannot be checked from here
-        (f"{HOST}:not-a-pid:1", None),
-        (f"{HOST}:{os.getpid()}:not-ticks", None),
-        (f"{HOST}:{os.getpid()}:", True),  # start unknown: the pid alone decides
-        (f"{HOST}:{os.getpid()}", True),
-        (f"{HOST}:0:", False),  # 0 names a process group, never a process
+        ("another-host:{pid}:1", None),  # cannot be checked from here
+        ("{host}:not-a-pid:1", None),
+        ("{host}:{pid}:not-ticks", None),
+        ("{host}:{pid}:", True),  # start unknown: the pid alone decides
+        ("{host}:{pid}", True),
+        ("{host}:0:", False),  # 0 names a process group, never a process
     ],
 )
-def test_identity_strings(identity: str, expected: bool | None) -> None:
+def test_identity_strings(template: str, expected: bool | None) -> None:
+    # Filled in here, not in the ids: test processes (pytest-xdist) must collect the same tests.
+    identity = template.format(host=HOST, pid=os.getpid())
     assert processes.identity_alive(identity) is expected
 
 
