@@ -298,11 +298,12 @@ def column_reference(column: pa.ChunkedArray, role: Role) -> ColumnReference:
 
 
 def decile_edges(column: pa.ChunkedArray) -> tuple[float, ...]:
-    """The distinct deciles of the present values, without those equal to the smallest value (a bin below
-    the minimum would always be empty)."""
+    """The distinct deciles of the present values, without the smallest value (a bin below the minimum would
+    always be empty). Each decile is a value that occurs, not one interpolated between two: on a column of few
+    distinct values (a 0/1 flag, a count) the bins fall between the values themselves."""
     if column.null_count == len(column):
         return ()
-    cuts = pc.quantile(column, q=list(REFERENCE_QUANTILES)).to_numpy()
+    cuts = pc.quantile(column, q=list(REFERENCE_QUANTILES), interpolation="lower").to_numpy()
     low, _ = min_max(column)
     return tuple(float(cut) for cut in np.unique(cuts[np.isfinite(cuts)]) if cut > low)
 
