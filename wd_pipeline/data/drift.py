@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wd_pipeline.data.profile import ColumnReference, SplitProfile, bin_index, present_values
+from wd_pipeline.data.profile import ColumnReference, SplitProfile, bin_counts, present_values
 from wd_pipeline.data.schema import Role
 
 OK, WARN, ALERT = "ok", "warn", "alert"
@@ -284,7 +284,7 @@ def _buckets(
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             return None
         values = present_values(column)
-        counts = np.bincount(bin_index(values, reference.edges), minlength=len(reference.edges) + 1)
+        counts = bin_counts(values, reference.edges)
         missing_now = (rows - len(values)) / rows  # NaN counts as missing, as ingest makes it
         names = _bin_names(reference.edges)
         expected = [share * present_before for share in reference.shares]

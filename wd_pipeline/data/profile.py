@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ TOP_CATEGORIES = 10  # categories kept per column in the profile
 TOP_SHOWN = 3  # of which the readable table shows this many
 REFERENCE_QUANTILES = tuple(step / 10 for step in range(1, 10))  # deciles: the cut points of the reference bins
 REFERENCE_CATEGORIES = 50  # categories a reference keeps; rarer ones are pooled into its ``other`` share
+EDGE_SAMPLE = 65_536  # values the deciles are read from (every k-th of a longer column)
 
 
 @dataclass(frozen=True)
@@ -234,12 +235,7 @@ def profile_columns(
 ) -> tuple[ColumnProfile, ...]:
     """The profile of each schema column of ``table`` (columns in the form :func:`validation.conform` gives;
     categorical ones may also be dictionary-encoded); with ``reference``, each column's drift reference too."""
-    profiles = tuple(_profile(table.column(spec.name), spec.name, spec.role, top) for spec in schema.columns)
-    if not reference:
-        return profiles
-    return tuple(
-        replace(profile, reference=column_reference(table.column(profile.name), profile.role)) for profile in profiles
-    )
+    return tuple(_profile(table.column(spec.name), spec.name, spec.role, top, reference) for spec in schema.columns)
 
 
 def profile_splits(parts: Mapping[str, pa.Table], schema: TableSchema) -> DataProfile:
@@ -248,7 +244,7 @@ def profile_splits(parts: Mapping[str, pa.Table], schema: TableSchema) -> DataPr
     )
 
 
-def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> ColumnProfile:
+def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int, reference: bool) -> ColumnProfile:
     rows, missing = len(column), column.null_count
     if role is Role.NUMERIC:
         low, high = min_max(column)
@@ -261,31 +257,35 @@ def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> Column
             std=_finite(pc.stddev(column, ddof=1).as_py()),
             min=_finite(low),
             max=_finite(high),
+            reference=_numeric_reference(column) if reference else None,
         )
-    counts = pc.value_counts(column)
-    counts = counts.filter(counts.field("values").is_valid())
-    ranked = pa.table({"values": pc.cast(counts.field("values"), pa.string()), "counts": counts.field("counts")})
-    # Ties in count go alphabetically, so the same split always gives the same profile.
-    ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")])[:top])
+    ranked = ranked_categories(column)
+    kept = ranked.slice(0, top)
     shares = tuple(
         CategoryShare(str(value), int(count), count / rows)
-        for value, count in zip(ranked["values"].to_pylist(), ranked["counts"].to_pylist(), strict=True)
+        for value, count in zip(kept["values"].to_pylist(), kept["counts"].to_pylist(), strict=True)
     )
-    return ColumnProfile(name, role, rows, missing, distinct=len(counts), top=shares)
+    return ColumnProfile(
+        name,
+        role,
+        rows,
+        missing,
+        distinct=ranked.num_rows,
+        top=shares,
+        reference=_categorical_reference(ranked, missing / rows if rows else 0.0) if reference else None,
+    )
 
 
-def column_reference(column: pa.ChunkedArray, role: Role) -> ColumnReference:
-    """What drift compares later data of this column with (see :class:`ColumnReference`)."""
-    rows = len(column)
-    missing = column.null_count / rows if rows else 0.0
-    if role is Role.NUMERIC:
-        edges = decile_edges(column)
-        counts = np.bincount(bin_index(present_values(column), edges), minlength=len(edges) + 1)
-        return ColumnReference(missing=missing, shares=_shares(counts), edges=edges)
+def ranked_categories(column: pa.ChunkedArray) -> pa.Table:
+    """Every present category as text with its count, most frequent first; ties alphabetically, so the same
+    split always gives the same profile."""
     counts = pc.value_counts(column)
     counts = counts.filter(counts.field("values").is_valid())
     ranked = pa.table({"values": pc.cast(counts.field("values"), pa.string()), "counts": counts.field("counts")})
-    ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")]))
+    return ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")]))
+
+
+def _categorical_reference(ranked: pa.Table, missing: float) -> ColumnReference:
     present = int(pc.sum(ranked["counts"]).as_py() or 0)
     kept = ranked.slice(0, REFERENCE_CATEGORIES)
     shares = _shares(np.asarray(kept["counts"].to_pylist(), dtype=np.int64), present)
@@ -297,26 +297,46 @@ def column_reference(column: pa.ChunkedArray, role: Role) -> ColumnReference:
     )
 
 
-def decile_edges(column: pa.ChunkedArray) -> tuple[float, ...]:
-    """The distinct deciles of the present values, without the smallest value (a bin below the minimum would
-    always be empty). Each decile is a value that occurs, not one interpolated between two: on a column of few
-    distinct values (a 0/1 flag, a count) the bins fall between the values themselves."""
-    if column.null_count == len(column):
+def _numeric_reference(column: pa.ChunkedArray) -> ColumnReference:
+    values = present_values(column)
+    edges = decile_edges(values)
+    return ColumnReference(
+        missing=(len(column) - len(values)) / len(column) if len(column) else 0.0,
+        shares=_shares(bin_counts(values, edges)),
+        edges=edges,
+    )
+
+
+def decile_edges(values: np.ndarray) -> tuple[float, ...]:
+    """The distinct deciles of ``values`` (present values, in any order), without the smallest value (a bin below
+    the minimum would always be empty).
+
+    Each decile is a value that occurs, not one interpolated between two: on a column of few
+    distinct values (a 0/1 flag, a count) the bins fall between the values themselves. Above
+    :data:`EDGE_SAMPLE` values the deciles are those of every k-th value, evenly spread over the
+    column: a full selection costs a good part of ingest on wide tables, and the bins' shares
+    are counted on every value anyway, so slightly uneven bins change nothing downstream.
+    """
+    if not len(values):
         return ()
-    cuts = pc.quantile(column, q=list(REFERENCE_QUANTILES), interpolation="lower").to_numpy()
-    low, _ = min_max(column)
-    return tuple(float(cut) for cut in np.unique(cuts[np.isfinite(cuts)]) if cut > low)
+    sample = values[:: max(1, len(values) // EDGE_SAMPLE)]
+    cuts = np.unique(np.quantile(sample, REFERENCE_QUANTILES, method="lower"))
+    low = values.min()
+    return tuple(float(cut) for cut in cuts if cut > low)
 
 
 def present_values(column: pa.ChunkedArray) -> np.ndarray:
     """A numeric column's present values as float64 (nulls and NaN dropped)."""
     values = pc.drop_null(column).to_numpy().astype(np.float64, copy=False)
-    return values[~np.isnan(values)]
+    nan = np.isnan(values)
+    return values[~nan] if nan.any() else values
 
 
-def bin_index(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
-    """The bin of each value: 0 below the first edge, i from edge i - 1 (included) to edge i."""
-    return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
+def bin_counts(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """How many values fall in each bin: below the first edge, then from each edge (included) to the next, then
+    from the last edge up. One comparison per edge: far quicker than locating each value."""
+    below = [int(np.count_nonzero(values < edge)) for edge in edges]
+    return np.diff(np.asarray([0, *below, len(values)], dtype=np.int64))
 
 
 def _shares(counts: np.ndarray, total: int | None = None) -> tuple[float, ...]:
