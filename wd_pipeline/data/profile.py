@@ -27,7 +27,7 @@ TOP_CATEGORIES = 10  # categories kept per column in the profile
 TOP_SHOWN = 3  # of which the readable table shows this many
 REFERENCE_QUANTILES = tuple(step / 10 for step in range(1, 10))  # deciles: the cut points of the reference bins
 REFERENCE_CATEGORIES = 50  # categories a reference keeps; rarer ones are pooled into its ``other`` share
-EDGE_SAMPLE = 65_536  # values the deciles are read from (every k-th of a longer column)
+EDGE_SAMPLE = 16_384  # values the deciles are read from (every k-th of a longer column)
 
 
 @dataclass(frozen=True)
