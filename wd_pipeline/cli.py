@@ -209,6 +209,8 @@ def format_score_summary(result: ScoreResult) -> str:
         f"scored        {result.rows} rows with {result.model_uri} (positive rate {result.positive_rate:.4f})",
         f"inputs        {'; '.join(gaps) if gaps else 'no missing values, no unseen categories'}",
     ]
+    if result.drift is not None:
+        lines.append(f"drift         {result.drift.summary()}")
     if result.metrics:
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
         lines.append(f"labelled rows {metrics}")

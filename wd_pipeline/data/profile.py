@@ -3,6 +3,11 @@
 Computed with ``pyarrow.compute`` on the split as written, so it describes exactly what
 training and testing read. It goes into the split manifest and, from the ingest flow, to
 MLflow and Prefect as a table a person can read.
+
+The training split's profile also carries, per column, a :class:`ColumnReference`: how its
+present values spread over quantile bins or categories, and how many are missing. That is
+what later data is compared with (:mod:`wd_pipeline.data.drift`), so it travels with the
+registered model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from wd_pipeline.data.schema import Role, TableSchema
 
 TOP_CATEGORIES = 10  # categories kept per column in the profile
 TOP_SHOWN = 3  # of which the readable table shows this many
+REFERENCE_QUANTILES = tuple(step / 10 for step in range(1, 10))  # deciles: the cut points of the reference bins
+REFERENCE_CATEGORIES = 50  # categories a reference keeps; rarer ones are pooled into its ``other`` share
+EDGE_SAMPLE = 16_384  # values the deciles are read from (every k-th of a longer column)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,44 @@ class CategoryShare:
 
 
 @dataclass(frozen=True)
+class ColumnReference:
+    """How one column of the training split spreads, in the form drift is measured against.
+
+    Numeric: ``edges`` are the distinct deciles of the present values above the smallest
+    one (fewer than nine when values repeat); k edges make k + 1 bins, the first open below
+    and the last open above, each closed on its left edge, and ``shares`` holds the share of
+    present values in each bin. Categorical: ``categories`` are the most frequent
+    categories (at most :data:`REFERENCE_CATEGORIES`) with their share of present values in
+    ``shares``; ``other`` is the share of present values in the rarer categories left out
+    (0 when the list is complete). ``missing`` is the share of all rows that are missing.
+    """
+
+    missing: float
+    shares: tuple[float, ...]
+    edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+    other: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {"missing": self.missing, "shares": list(self.shares)}
+        if self.categories:
+            raw.update({"categories": list(self.categories), "other": self.other})
+        else:
+            raw["edges"] = list(self.edges)
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ColumnReference:
+        return cls(
+            missing=float(raw["missing"]),
+            shares=tuple(float(share) for share in raw["shares"]),
+            edges=tuple(float(edge) for edge in raw.get("edges", ())),
+            categories=tuple(str(value) for value in raw.get("categories", ())),
+            other=float(raw.get("other", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
 class ColumnProfile:
     """One column of one split. Numeric columns fill mean/std/min/max (over present values), categorical
     ones ``distinct`` and ``top``; the other fields stay None / empty."""
@@ -53,6 +99,7 @@ class ColumnProfile:
     max: float | None = None
     distinct: int | None = None
     top: tuple[CategoryShare, ...] = field(default=())
+    reference: ColumnReference | None = None  # the training split's only
 
     @property
     def missing_share(self) -> float:
@@ -70,6 +117,8 @@ class ColumnProfile:
             raw.update({"mean": self.mean, "std": self.std, "min": self.min, "max": self.max})
         else:
             raw.update({"distinct": self.distinct, "top": [share.to_dict() for share in self.top]})
+        if self.reference is not None:
+            raw["reference"] = self.reference.to_dict()
         return raw
 
     @classmethod
@@ -85,16 +134,18 @@ class ColumnProfile:
             max=raw.get("max"),
             distinct=raw.get("distinct"),
             top=tuple(CategoryShare.from_dict(item) for item in raw.get("top", ())),
+            reference=ColumnReference.from_dict(raw["reference"]) if raw.get("reference") else None,
         )
 
 
 @dataclass(frozen=True)
 class SplitProfile:
-    """Every feature column of one split, in schema order."""
+    """Every feature column of one split, in schema order, and the share of positive labels."""
 
     split: str
     rows: int
     columns: tuple[ColumnProfile, ...]
+    positive_rate: float | None = None
 
     def column(self, name: str) -> ColumnProfile:
         for column in self.columns:
@@ -103,14 +154,19 @@ class SplitProfile:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "rows": self.rows, "columns": [column.to_dict() for column in self.columns]}
+        raw: dict[str, Any] = {"split": self.split, "rows": self.rows}
+        if self.positive_rate is not None:
+            raw["positive_rate"] = self.positive_rate
+        return {**raw, "columns": [column.to_dict() for column in self.columns]}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SplitProfile:
+        rate = raw.get("positive_rate")
         return cls(
             split=str(raw["split"]),
             rows=int(raw["rows"]),
             columns=tuple(ColumnProfile.from_dict(item) for item in raw["columns"]),
+            positive_rate=None if rate is None else float(rate),
         )
 
 
@@ -174,10 +230,12 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def profile_columns(table: pa.Table, schema: TableSchema, top: int = TOP_CATEGORIES) -> tuple[ColumnProfile, ...]:
+def profile_columns(
+    table: pa.Table, schema: TableSchema, top: int = TOP_CATEGORIES, *, reference: bool = False
+) -> tuple[ColumnProfile, ...]:
     """The profile of each schema column of ``table`` (columns in the form :func:`validation.conform` gives;
-    categorical ones may also be dictionary-encoded)."""
-    return tuple(_profile(table.column(spec.name), spec.name, spec.role, top) for spec in schema.columns)
+    categorical ones may also be dictionary-encoded); with ``reference``, each column's drift reference too."""
+    return tuple(_profile(table.column(spec.name), spec.name, spec.role, top, reference) for spec in schema.columns)
 
 
 def profile_splits(parts: Mapping[str, pa.Table], schema: TableSchema) -> DataProfile:
@@ -186,7 +244,7 @@ def profile_splits(parts: Mapping[str, pa.Table], schema: TableSchema) -> DataPr
     )
 
 
-def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> ColumnProfile:
+def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int, reference: bool) -> ColumnProfile:
     rows, missing = len(column), column.null_count
     if role is Role.NUMERIC:
         low, high = min_max(column)
@@ -199,17 +257,91 @@ def _profile(column: pa.ChunkedArray, name: str, role: Role, top: int) -> Column
             std=_finite(pc.stddev(column, ddof=1).as_py()),
             min=_finite(low),
             max=_finite(high),
+            reference=_numeric_reference(column) if reference else None,
         )
+    ranked = ranked_categories(column)
+    kept = ranked.slice(0, top)
+    shares = tuple(
+        CategoryShare(str(value), int(count), count / rows)
+        for value, count in zip(kept["values"].to_pylist(), kept["counts"].to_pylist(), strict=True)
+    )
+    return ColumnProfile(
+        name,
+        role,
+        rows,
+        missing,
+        distinct=ranked.num_rows,
+        top=shares,
+        reference=_categorical_reference(ranked, missing / rows if rows else 0.0) if reference else None,
+    )
+
+
+def ranked_categories(column: pa.ChunkedArray) -> pa.Table:
+    """Every present category as text with its count, most frequent first; ties alphabetically, so the same
+    split always gives the same profile."""
     counts = pc.value_counts(column)
     counts = counts.filter(counts.field("values").is_valid())
     ranked = pa.table({"values": pc.cast(counts.field("values"), pa.string()), "counts": counts.field("counts")})
-    # Ties in count go alphabetically, so the same split always gives the same profile.
-    ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")])[:top])
-    shares = tuple(
-        CategoryShare(str(value), int(count), count / rows)
-        for value, count in zip(ranked["values"].to_pylist(), ranked["counts"].to_pylist(), strict=True)
+    return ranked.take(pc.sort_indices(ranked, sort_keys=[("counts", "descending"), ("values", "ascending")]))
+
+
+def _categorical_reference(ranked: pa.Table, missing: float) -> ColumnReference:
+    present = int(pc.sum(ranked["counts"]).as_py() or 0)
+    kept = ranked.slice(0, REFERENCE_CATEGORIES)
+    shares = _shares(np.asarray(kept["counts"].to_pylist(), dtype=np.int64), present)
+    return ColumnReference(
+        missing=missing,
+        shares=shares,
+        categories=tuple(str(value) for value in kept["values"].to_pylist()),
+        other=max(0.0, 1.0 - sum(shares)) if ranked.num_rows > REFERENCE_CATEGORIES else 0.0,
     )
-    return ColumnProfile(name, role, rows, missing, distinct=len(counts), top=shares)
+
+
+def _numeric_reference(column: pa.ChunkedArray) -> ColumnReference:
+    values = present_values(column)
+    edges = decile_edges(values)
+    return ColumnReference(
+        missing=(len(column) - len(values)) / len(column) if len(column) else 0.0,
+        shares=_shares(bin_counts(values, edges)),
+        edges=edges,
+    )
+
+
+def decile_edges(values: np.ndarray) -> tuple[float, ...]:
+    """The distinct deciles of ``values`` (present values, in any order), without the smallest value (a bin below
+    the minimum would always be empty).
+
+    Each decile is a value that occurs, not one interpolated between two: on a column of few
+    distinct values (a 0/1 flag, a count) the bins fall between the values themselves. Above
+    :data:`EDGE_SAMPLE` values the deciles are those of every k-th value, evenly spread over the
+    column: a full selection costs a good part of ingest on wide tables, and the bins' shares
+    are counted on every value anyway, so slightly uneven bins change nothing downstream.
+    """
+    if not len(values):
+        return ()
+    sample = values[:: max(1, len(values) // EDGE_SAMPLE)]
+    cuts = np.unique(np.quantile(sample, REFERENCE_QUANTILES, method="lower"))
+    low = values.min()
+    return tuple(float(cut) for cut in cuts if cut > low)
+
+
+def present_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column's present values as float64 (nulls and NaN dropped)."""
+    values = pc.drop_null(column).to_numpy().astype(np.float64, copy=False)
+    nan = np.isnan(values)
+    return values[~nan] if nan.any() else values
+
+
+def bin_counts(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """How many values fall in each bin: below the first edge, then from each edge (included) to the next, then
+    from the last edge up. One comparison per edge: far quicker than locating each value."""
+    below = [int(np.count_nonzero(values < edge)) for edge in edges]
+    return np.diff(np.asarray([0, *below, len(values)], dtype=np.int64))
+
+
+def _shares(counts: np.ndarray, total: int | None = None) -> tuple[float, ...]:
+    total = int(counts.sum()) if total is None else total
+    return tuple(round(float(count) / total, 8) if total else 0.0 for count in counts)
 
 
 def min_max(column: pa.ChunkedArray) -> tuple[float | None, float | None]:

@@ -40,7 +40,7 @@ from wd_pipeline.errors import DataError
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
 # Part of every split folder's key: raise it when what a split folder holds changes shape.
-SPLIT_FORMAT = 2
+SPLIT_FORMAT = 3  # 3: the training split's profile carries the drift reference and every split its positive rate
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,9 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path) 
             store_schema=False,
             write_statistics=False,
         )
-        return SplitProfile(name, part.num_rows, profile_columns(part, data.schema))
+        columns = profile_columns(part, data.schema, reference=name == "train")
+        positives = data.label[rows[name]]
+        return SplitProfile(name, part.num_rows, columns, float(positives.mean()) if len(positives) else None)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return DataProfile(tuple(pool.map(write, SPLITS)))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from wd_pipeline.data.drift import DriftReport
     from wd_pipeline.ml.bootstrap import Interval
     from wd_pipeline.provenance import Provenance
 
@@ -391,6 +392,32 @@ def _inputs_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         markdown_table(rows),
         "",
     ]
+
+
+DRIFT_ROWS = 10  # columns the card lists; the run's drift/drift.md has them all
+
+
+def with_drift_section(card: str, drift: DriftReport) -> str:
+    """The card with a section on drift against the champion's training data, before the settings (a card cut
+    to fit the registry loses its last sections first, and the settings are also the run's params)."""
+    rows = drift.rows()[:DRIFT_ROWS]
+    more = len(drift.columns) - len(rows)
+    lines = [
+        "## Drift against the champion's training data",
+        "",
+        f"{drift.summary()}. Population stability index of this run's training split against {drift.reference}'s; "
+        f"warn from {drift.warn:g}, alert from {drift.alert:g}.",
+        "",
+        markdown_table(rows) if rows else "_(no column in common)_",
+        "",
+    ]
+    if more > 0:
+        lines += [f"_{more} more column(s) in the run's `drift/drift.md`._", ""]
+    marker = "## Configuration"
+    at = card.find(f"\n{marker}\n")
+    if at < 0:
+        return card.rstrip("\n") + "\n\n" + "\n".join(lines)
+    return card[: at + 1] + "\n".join(lines) + card[at + 1 :]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -21,6 +21,8 @@ import pyarrow.compute as pc
 # ScoreSettings lives with the other settings models, where the CLI reads it without pandas.
 from wd_pipeline.config import DEFAULT_THRESHOLD, ScoreSettings, make_settings
 from wd_pipeline.data import sources
+from wd_pipeline.data.drift import DriftReport
+from wd_pipeline.data.drift import compare as compare_drift
 from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.data.validation import conform, role_of
 from wd_pipeline.errors import DataError, TrackingError
@@ -50,6 +52,7 @@ class ScoreResult:
     input_sha256: str
     inputs: dict[str, dict[str, float]] = field(default_factory=dict)  # per column: missing / unseen shares
     metrics: dict[str, float] = field(default_factory=dict)  # on rows carrying the training label, if any
+    drift: DriftReport | None = None  # against the model's training data; None when it has no reference
 
 
 def resolve_champion(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -209,6 +212,7 @@ def score_file(
         path = write_parquet(scored, settings.output)
         inputs = input_report(frame, registry.model_preprocessing(model_uri))
         evaluation = labelled_metrics(table, probability, config.get("label"), config.get("positive_class"), threshold)
+        moved = drift_against_training(settings, model_uri, model, frame, table, config)
         result = ScoreResult(
             model_uri=model_uri,
             version=version,
@@ -219,6 +223,7 @@ def score_file(
             input_sha256=sha256,
             inputs=inputs,
             metrics=evaluation,
+            drift=moved,
         )
         _log_scoring(
             client,
@@ -278,3 +283,47 @@ def _log_scoring(
     )
     tags = {"data.sha256": result.input_sha256, "data.source": source, "scored_model": result.model_uri}
     runs.set_tags(client, result.run_id, tags)
+    if result.drift is not None:
+        from wd_pipeline.tracking.drift_record import log_drift
+
+        log_drift(client, result.run_id, result.drift)
+
+
+def drift_against_training(
+    settings: ScoreSettings,
+    model_uri: str,
+    model: str,
+    frame: pd.DataFrame,
+    table: pa.Table,
+    config: dict[str, Any],
+) -> DriftReport | None:
+    """The model's input columns (as conformed for scoring) and the label, when the file has it, against the
+    training split's profile logged with the model; None for a model logged without one."""
+    from wd_pipeline.tracking.drift_record import model_reference
+    from wd_pipeline.tracking.registry import input_columns
+
+    reference = model_reference(model_uri)
+    if reference is None:
+        return None
+    return compare_drift(
+        reference,
+        pa.Table.from_pandas(frame[input_columns(model_uri)], preserve_index=False),
+        warn=settings.drift_warn,
+        alert=settings.drift_alert,
+        reference_name=model,
+        label=config.get("label"),
+        current_label=known_labels(table, config.get("label"), config.get("positive_class")),
+    )
+
+
+def known_labels(table: pa.Table, label: str | None, positive_class: str | None) -> np.ndarray | None:
+    """The 0/1 training label of the rows that carry one; None when the file has no such column."""
+    from wd_pipeline.data.validation import encode_label
+
+    if not label or label not in table.column_names:
+        return None
+    column = table.column(label)
+    known = pc.is_valid(column)
+    if not pc.any(known).as_py():
+        return None
+    return encode_label(pc.filter(column, known), label, positive_class)

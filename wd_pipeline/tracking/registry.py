@@ -34,6 +34,7 @@ from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_d
 from wd_pipeline.ml.metrics import classification_metrics
 from wd_pipeline.ml.preprocessing import PREPROCESSING_FILE
 from wd_pipeline.ml.report import CARD_ARTIFACT
+from wd_pipeline.tracking.drift_record import REFERENCE_ARTIFACT, write_reference
 from wd_pipeline.tracking.promotion_lock import LockSettings, promotion_lock
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from mlflow.models import ModelSignature
 
     from wd_pipeline.config import PipelineConfig
+    from wd_pipeline.data.drift import DriftReport
+    from wd_pipeline.data.profile import SplitProfile
     from wd_pipeline.ml.preprocessing import Preprocessing
 
 CHAMPION = "champion"
@@ -106,6 +109,8 @@ class RegistryDecision:
     test_log_loss: float | None = None
     floors: str = ""  # the floors the new version fails, empty when it passes all
     lock_wait: float = 0.0  # seconds spent waiting for the promotion lock (another run was promoting)
+    drift_level: str = ""  # against the champion's training data; empty when there was nothing to compare
+    drift_max_psi: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,24 +130,30 @@ def log_model(
     *,
     positive_class: str | None = None,
     na_values: list[str] | None = None,
+    reference: SplitProfile | None = None,
 ) -> tuple[str, str]:
     """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id).
 
     The signature lists every raw column the network reads: numeric ones as doubles,
     categorical ones as strings. The input example holds a missing value, so the model
-    page shows that gaps are accepted.
+    page shows that gaps are accepted. ``reference``, the training split's profile, is
+    logged beside the model files: what later data is checked for drift against.
     """
+    import tempfile
+
     import mlflow
 
     used = [spec for spec in schema.columns if spec.name in prep.columns]
     example = example_with_gap(example[[spec.name for spec in used]], used)
-    with mlflow.start_run(run_id=parent_run_id):
+    with mlflow.start_run(run_id=parent_run_id), tempfile.TemporaryDirectory() as folder:
+        extra = {REFERENCE_ARTIFACT: str(write_reference(reference, folder))} if reference else {}
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
             artifacts={
                 "keras_model": keras_model_path,
                 "preprocessing": str(Path(keras_model_path).with_name(PREPROCESSING_FILE)),
+                **extra,
             },
             model_config={
                 **prep.input_config(),
@@ -349,6 +360,7 @@ def register(
     tags: dict[str, str] | None = None,
     description: str | None = None,
     lock: LockSettings | None = None,
+    drift: DriftReport | None = None,
 ) -> RegistryDecision:
     """Register ``model_uri`` under ``name`` and move ``champion`` only if it is earned.
 
@@ -358,6 +370,8 @@ def register(
     (:mod:`wd_pipeline.tracking.promotion_lock`, settings ``lock`` or from the environment), against
     the champion as it is *then*: if another run promoted meanwhile, the comparison is
     redone against that one, so a race can never put a worse model on ``@champion``.
+    ``drift`` (the training data against the champion's) at alert level keeps the new version
+    challenger for a person to look at.
     """
     new_probability = model_probability(model_uri, test_features)
     new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
@@ -387,6 +401,7 @@ def register(
                 version_number=version_number,
                 champion_version=champion_version,
                 lock_wait=held.waited,
+                drift=drift,
             )
             for key, value in decision.to_dict().items():
                 client.set_model_version_tag(name, version_number, f"gate.{key}", "" if value is None else str(value))
@@ -453,9 +468,10 @@ def _decide(
     version_number: str,
     champion_version: str | None,
     lock_wait: float,
+    drift: DriftReport | None = None,
 ) -> RegistryDecision:
     new_value = new.metrics[policy.metric]
-    alias, reason = _verdict(champion_version, new_value, comparison, new.failed_floors, policy)
+    alias, reason = _verdict(champion_version, new_value, comparison, new.failed_floors, policy, drift)
     difference = comparison.difference
     return RegistryDecision(
         model_name=name,
@@ -476,6 +492,8 @@ def _decide(
         test_log_loss=new.metrics["log_loss"],
         floors="; ".join(new.failed_floors),
         lock_wait=round(lock_wait, 3),
+        drift_level=drift.level if drift else "",
+        drift_max_psi=drift.max_psi if drift else None,
     )
 
 
@@ -522,12 +540,15 @@ def _verdict(
     comparison: _Comparison,
     failed_floors: list[str],
     policy: GatePolicy,
+    drift: DriftReport | None = None,
 ) -> tuple[str, str]:
-    """(alias, reason): floors first, then comparability, then the bootstrap bound."""
+    """(alias, reason): floors first, then drift, then comparability, then the bootstrap bound."""
     if failed_floors:
         return CHALLENGER, f"below the floor: {'; '.join(failed_floors)}; never champion"
     if champion_version is None:
         return CHAMPION, "no champion yet: becomes champion"
+    if drift is not None and drift.alerts:
+        return CHALLENGER, f"drift: {drift.summary()}; new version is challenger for a person to decide"
     if comparison.blocked or comparison.difference is None:
         return CHALLENGER, f"{comparison.blocked}; new version is challenger"
     difference, metric = comparison.difference, policy.metric
