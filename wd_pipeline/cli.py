@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wd_pipeline import preflight
 from wd_pipeline.config import (
     PROJECT_ROOT,
     PipelineConfig,
@@ -30,7 +31,7 @@ from wd_pipeline.config import (
     make_settings,
     parse_grid,
 )
-from wd_pipeline.errors import ConfigError, PipelineError, first_line
+from wd_pipeline.errors import ConfigError, DataError, PipelineError, first_line
 from wd_pipeline.flags import Flag, add_flags, model_flags, parse_flags
 from wd_pipeline.ops import stack_commands
 
@@ -115,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
+    if args.command == "run":
+        try:
+            check = preflight.check_data(settings)
+        except DataError as exc:  # before Prefect starts: the flow would refuse the same data, only later
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUN_FAILED
+        print(f"data          {check.source}: {check.rows} rows, {check.features} features", flush=True)
     log_path = _configure_logging(Path(work_dir), verbose=args.verbose)
     try:
         summary = _score(settings) if args.command == "score" else _run(settings)

@@ -548,3 +548,30 @@ def test_cli_semicolon_file_exits_1_with_one_line(store: Path) -> None:
     ], done.stderr[-4000:]
     assert "Traceback" not in done.stderr
     assert registry_state() == UNCHANGED
+
+
+# --- data cases the command refuses before the flow starts (the flow's own checks come with the columns' use) -----
+
+CLI_DATA_CASES = {
+    "unknown --slice-by column": (
+        ["--slice-by", "a,sex"],
+        "--slice-by names column 'sex' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
+        "Pass --slice-by with names of the header",
+    ),
+    "unknown --group-column column": (
+        ["--group-column", "B"],
+        "--group-column names column 'B' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
+        "Did you mean 'b'? Pass --group-column with names of the header",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_DATA_CASES))
+def test_bad_data_for_the_cli(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = CLI_DATA_CASES[case]
+    path = csv(store, good(), "columns.csv")
+    assert main(["run", "--data", path, "--label", "y", *argv]) == EXIT_RUN_FAILED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.removeprefix("error: ") == expected
+    assert registry_state() == UNCHANGED
