@@ -14,12 +14,11 @@ import logging
 import os
 import shlex
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wd_pipeline import preflight
+from wd_pipeline import logs, preflight
 from wd_pipeline.config import (
     PROJECT_ROOT,
     PipelineConfig,
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
-LOG_FILE = "wd-pipeline.log"
+LOG_FILE = logs.LOG_FILE
 UI_HOST = "127.0.0.1"
 UI_PORT = 5000
 
@@ -135,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         return _report_failure(args.command, f"unexpected {type(exc).__name__}: {first_line(exc)}", log_path)
-    print(format_score_summary(summary) if args.command == "score" else format_summary(summary))
+    if args.command == "score":
+        print(format_score_summary(summary))
+    else:
+        print("", format_grid(summary), format_summary(summary), sep="\n")
     return 0
 
 
@@ -224,6 +226,33 @@ def format_score_summary(result: ScoreResult) -> str:
     return "\n".join(lines)
 
 
+GRID_COLUMNS = (
+    ("val_accuracy", "val accuracy", "{:.4f}"),
+    ("weight_norm", "‖w‖", "{:.3f}"),
+    ("stopped_epoch", "epochs", "{:.0f}"),
+)
+
+
+def format_grid(summary: PipelineSummary) -> str:
+    """The grid's cross-validated results, one row per (mode, λ), the chosen one marked."""
+    from wd_pipeline.config import format_lambda
+
+    selection, rows = summary.evaluation.selection, summary.evaluation.grid
+    metric = f"val_{selection.metric}"
+    extra = [column for column in GRID_COLUMNS if all(column[0] in row for row in rows)]
+    header = ["mode", "λ", f"val {selection.metric}", *(title for _, title, _ in extra), ""]
+    table = [header]
+    for row in rows:
+        value = f"{row[metric]:.4f}" + (f" ± {row[metric + '_se']:.4f}" if metric + "_se" in row else "")
+        chosen = (row["mode"], row["lambda"]) == (selection.mode, selection.lam)
+        cells = [row["mode"], format_lambda(row["lambda"]), value, *(form.format(row[key]) for key, _, form in extra)]
+        table.append([*cells, "← chosen" if chosen else ""])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table
+    )
+
+
 def format_summary(summary: PipelineSummary) -> str:
     """What a person needs at the end: λ, test metrics, registry decision, where to look."""
     from wd_pipeline.config import format_lambda
@@ -245,41 +274,18 @@ def format_summary(summary: PipelineSummary) -> str:
     return "\n".join([*lines, f"model         {decision.model_uri}"])
 
 
-class _HideTracebacks(logging.Filter):
-    """Console only: keep the message, drop exception traces and library warnings."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None and record.name != "py.warnings"
-
-
 def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
-    """Prefect's console output stays; traces and warnings go to a log file unless verbose."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Prefect's ephemeral API gives up after 20 s; a busy 2-core machine needs longer.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    """The story to the terminal, everything to the log file (see :mod:`wd_pipeline.logs`)."""
+    logs.quiet_environment(verbose=verbose)
     from wd_pipeline.tracking.runs import bound_http_requests
 
     bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
-    work_dir.mkdir(parents=True, exist_ok=True)
-    log_path = (work_dir / LOG_FILE).resolve()
-    handler = logging.FileHandler(log_path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
+    log_path = logs.configure(work_dir, verbose=verbose)
     if not verbose:
-        for console in root.handlers:
-            console.addFilter(_HideTracebacks())
-        logging.captureWarnings(True)
-        warnings.simplefilter("default")
-        import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
-
-        for noisy in ("mlflow", "tensorflow", "absl", "urllib3"):  # urllib3: one line per HTTP retry
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-    root.addHandler(handler)
-    logging.getLogger("wd_pipeline").setLevel(logging.DEBUG)
+        logs.import_tensorflow(log_path)  # its C++ banners go to the log file, not the terminal
     return log_path
 
 
