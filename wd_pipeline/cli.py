@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wd_pipeline import logs, preflight
+from wd_pipeline import logs, preflight, progress
 from wd_pipeline.config import (
     PROJECT_ROOT,
     PipelineConfig,
@@ -286,6 +286,7 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
     log_path = logs.configure(work_dir, verbose=verbose)
     if not verbose:
         logs.import_tensorflow(log_path)  # its C++ banners go to the log file, not the terminal
+        progress.show_on_terminal(logs.TERMINAL, sys.stderr)
     return log_path
 
 
