@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "ui",
         help="open the MLflow UI on the store MLFLOW_TRACKING_URI names (else ./mlflow.db) and print its URL",
     )
+    promote = commands.add_parser(
+        "promote", help="put VERSION of model NAME on @champion, overriding the gate, under the promotion lock"
+    )
+    promote.add_argument("name", metavar="NAME", help="registered model name, e.g. wd-classifier")
+    promote.add_argument("version", metavar="VERSION", help="version number to promote, e.g. 3")
+    promote.add_argument("--reason", required=True, help="why the gate is overridden (recorded on the version)")
+    rollback = commands.add_parser(
+        "rollback", help="put the champion before the current one back on @champion, under the promotion lock"
+    )
+    rollback.add_argument("name", metavar="NAME", help="registered model name, e.g. wd-classifier")
+    rollback.add_argument("--reason", default="", help="why (recorded on the version)")
     ui.add_argument("--host", default=UI_HOST, help=f"address the UI listens on (default: {UI_HOST})")
     ui.add_argument("--port", type=int, default=UI_PORT, help=f"port the UI listens on (default: {UI_PORT})")
     return parser
@@ -93,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_BAD_SETTINGS
         return open_ui(args.host, args.port)
+    if args.command in ("promote", "rollback"):
+        return move_champion(args)
     if args.command not in ("run", "score"):
         try:
             stack_settings = stack_commands.settings_from_args(args)
@@ -138,6 +151,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_score_summary(summary))
     else:
         print("", format_grid(summary), format_summary(summary), sep="\n")
+    return 0
+
+
+def move_champion(args: argparse.Namespace) -> int:
+    """``promote`` / ``rollback``: one line saying what moved, or why nothing did."""
+    if args.command == "promote" and not args.version.isdigit():
+        print(f"error: VERSION {args.version!r} is not a version number: give one like 3", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    from wd_pipeline.tracking.runs import bound_http_requests
+
+    bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
+    from wd_pipeline.tracking import promotion, runs
+
+    try:
+        client = runs.get_client()
+        if args.command == "promote":
+            move = promotion.promote(client, args.name, args.version, reason=args.reason)
+        else:
+            move = promotion.rollback(client, args.name, reason=args.reason)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    before = f"v{move.previous}" if move.previous else "none"
+    print(f"@champion     {move.model_name} v{move.version} (was {before}): {move.how} by {move.by}, {move.reason}")
     return 0
 
 
