@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(score, ScoreSettings, score_flags())
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     stack_commands.add_commands(commands)
+    deploy = commands.choices["deploy"]
+    deploy.add_argument("--config", metavar="FILE", help="TOML or YAML file of run settings for the nightly deployment")
+    add_flags(deploy, PipelineConfig, run_flags())
     ui = commands.add_parser(
         "ui",
         help="open the MLflow UI on the store MLFLOW_TRACKING_URI names (else ./mlflow.db) and print its URL",
@@ -106,17 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return open_ui(args.host, args.port)
     if args.command in ("promote", "rollback"):
         return move_champion(args)
+    if args.command == "deploy":
+        return deploy_command(args)
     if args.command not in ("run", "score"):
-        try:
-            stack_settings = stack_commands.settings_from_args(args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_SETTINGS
-        try:
-            return stack_commands.run_command(args, stack_settings)
-        except PipelineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_RUN_FAILED
+        return stack_command(args)
     try:
         if args.command == "score":
             settings: Any = make_settings(ScoreSettings, **parse_flags(args, score_flags()))
@@ -152,6 +149,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("", format_grid(summary), format_summary(summary), sep="\n")
     return 0
+
+
+def stack_command(args: argparse.Namespace) -> int:
+    try:
+        stack_settings = stack_commands.settings_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    try:
+        return stack_commands.run_command(args, stack_settings)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+def nightly_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings given to ``deploy`` (file, then flags), checked as a run's, as flow parameters."""
+    given: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    given.update(parse_flags(args, run_flags()))
+    if not given:
+        return {}
+    config = make_config(**given).model_dump(mode="json")
+    return {name: config[name] for name in given}
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    """``deploy``: the yaml's deployments, the nightly one with the run settings given here."""
+    from wd_pipeline.ops.deploy import PREFECT_FILE, with_nightly_parameters
+
+    try:
+        parameters = nightly_parameters(args)
+        if not parameters:
+            return stack_command(args)
+        with tempfile.TemporaryDirectory() as folder:
+            args.prefect_file = with_nightly_parameters(parameters, Path(folder), args.prefect_file or PREFECT_FILE)
+            print("nightly parameters  " + ", ".join(f"{key}={value!r}" for key, value in parameters.items()))
+            return stack_command(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
 
 
 def move_champion(args: argparse.Namespace) -> int:
