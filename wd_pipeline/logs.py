@@ -93,8 +93,13 @@ class TerminalWriter:
     """Writes whole lines to a stream; the progress display swaps in its own while it is live."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
+        self._stream = stream
         self.sink: Callable[[str], None] | None = None
+
+    @property
+    def stream(self) -> TextIO:
+        """The given stream, else ``sys.stderr`` as it is now (a test may have replaced it)."""
+        return self._stream or sys.stderr
 
     def line(self, text: str) -> None:
         if self.sink is not None:

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,15 @@ def test_the_terminal_tells_each_step_each_unit_and_the_grid(
         assert step in done.stderr, step
     assert re.search(r"^mode +λ +val log_loss", done.stdout, re.M)
     assert "chosen        l2" in done.stdout
+
+
+def test_the_prefect_ui_gets_a_progress_artifact_that_ends_at_the_whole_grid(prefect_api, workspace: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.pipeline import weight_decay_pipeline
+
+    state = weight_decay_pipeline(grid=[0.0, 1e-2], epochs=2, folds=1, model_name="wd-progress", return_state=True)
+    assert state.is_completed(), state
+    artifact = Artifact.get("train-grid-progress")
+    assert float(artifact.data) == 100.0
+    assert artifact.description.startswith("Training: 2/2 units, 4/4 epochs, ")
