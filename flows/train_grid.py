@@ -13,18 +13,20 @@ from collections import defaultdict
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
 from flows.retry import TRACKING_TASK, finish_quietly
-from wd_pipeline import timing
+from wd_pipeline import progress, timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import first_line
 from wd_pipeline.ml import selection, training
 from wd_pipeline.tracking import runs
 
 Point = tuple[str, float]
+ARTIFACT_SECONDS = 5.0  # the Prefect UI's progress artifact is updated at most this often
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -59,7 +61,8 @@ def train_and_record_chunk(
 
     Returns the units' small summaries, not their per-epoch histories (see ``UnitSummary``).
     """
-    results = training.train_chunk(split_folder, config, mode, lams, fold)
+    on_epoch = progress.epoch_callback(mode, fold, lams)
+    results = training.train_chunk(split_folder, config, mode, lams, fold, on_epoch=on_epoch)
     with timing.measure("tracking_units"):
         client = runs.get_client()
         for result in results:
@@ -109,7 +112,9 @@ def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) ->
     points: list[Point] = [(mode, lam) for mode in config.modes for lam in config.grid]
     point_runs = {point: open_point_run(parent_run_id, *point) for point in points}
     try:
-        done = _train_all(config, split_folder, point_runs, logger)
+        with progress.track(0, config.epochs) as tracker:
+            tracker.listeners.append(progress.Throttled(_progress_artifact(), ARTIFACT_SECONDS))
+            done = _train_all(config, split_folder, point_runs, logger, tracker)
     except BaseException:
         _fail_open_runs(list(point_runs.values()))
         raise
@@ -130,11 +135,28 @@ def _fail_open_runs(run_ids: list[str]) -> None:
             finish_quietly(client, run_id, "FAILED")
 
 
+def _progress_artifact() -> progress.Listener:
+    """A progress artifact of this flow run, and the listener that moves it."""
+    artifact_id = create_progress_artifact(
+        0.0, key="train-grid-progress", description="Epochs of the grid trained so far"
+    )
+
+    def update(snapshot: progress.Snapshot) -> None:
+        update_progress_artifact(artifact_id, 100 * snapshot.fraction, description=f"Training: {snapshot.line()}")
+
+    return update
+
+
 def _train_all(
-    config: PipelineConfig, split_folder: str, point_runs: dict[Point, str], logger: Any
+    config: PipelineConfig,
+    split_folder: str,
+    point_runs: dict[Point, str],
+    logger: Any,
+    tracker: progress.GridProgress,
 ) -> dict[Point, list[training.UnitSummary]]:
     first_mode_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
     futures: list[PrefectFuture] = []
+    chunk_of: dict[PrefectFuture, progress.ChunkKey] = {}
     for mode in config.modes:
         mode_runs = {lam: point_runs[(mode, lam)] for lam in config.grid}
         for fold in range(config.folds):
@@ -145,12 +167,19 @@ def _train_all(
                     split_folder, config, mode=mode, lams=lams, fold=fold, point_runs=mode_runs, wait_for=wait
                 )
                 futures.append(future)
+                chunk_of[future] = progress.chunk_key(mode, fold, lams)
+                tracker.add_units(len(lams))
                 if mode == config.modes[0]:
                     first_mode_chunks[fold].append(future)
     done: dict[Point, list[training.UnitSummary]] = defaultdict(list)
     finished_points = 0
     for future in as_completed(futures):
-        for unit in future.result():
+        units = future.result()
+        losses = [unit.row[f"val_{LOSS}"] for unit in units if f"val_{LOSS}" in unit.row]
+        snapshot = tracker.chunk_done(chunk_of[future], min(losses) if losses else None)
+        for unit in units:
+            _log_unit(config, unit, snapshot, logger)
+        for unit in units:
             point = (unit.mode, unit.lam)
             done[point].append(unit)
             if len(done[point]) == config.folds:
@@ -165,6 +194,24 @@ def _train_all(
                     logger=logger,
                 )
     return done
+
+
+LOSS = "log_loss"
+
+
+def _log_unit(config: PipelineConfig, unit: training.UnitSummary, snapshot: progress.Snapshot, logger: Any) -> None:
+    """One line per finished unit of work, with where the whole grid stands."""
+    fold = "" if unit.fold < 0 or config.folds == 1 else f" fold {unit.fold + 1}/{config.folds}"
+    loss = unit.row.get(f"val_{LOSS}")
+    logger.info(
+        "%s%s %s: val %s %s · %s",
+        runs.point_run_name(unit.mode, unit.lam),
+        fold,
+        "found trained" if unit.resumed else "trained",
+        LOSS,
+        "–" if loss is None else f"{loss:.4f}",
+        snapshot.line(),
+    )
 
 
 def _close_point(

@@ -274,6 +274,8 @@ def test_ui_refuses_a_port_out_of_range(capsys) -> None:
         (["stack", "up"], "stack up"),
         (["stack", "status"], "stack status"),
         (["deploy"], "deploy"),
+        (["promote", "m", "3", "--reason", "x"], "promote m 3 --reason x"),
+        (["rollback", "m"], "rollback m"),
         ([], "run"),
     ],
 )

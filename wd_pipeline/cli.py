@@ -14,11 +14,12 @@ import logging
 import os
 import shlex
 import sys
-import warnings
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wd_pipeline import logs, preflight, progress
 from wd_pipeline.config import (
     PROJECT_ROOT,
     PipelineConfig,
@@ -30,7 +31,7 @@ from wd_pipeline.config import (
     make_settings,
     parse_grid,
 )
-from wd_pipeline.errors import ConfigError, PipelineError, first_line
+from wd_pipeline.errors import ConfigError, DataError, PipelineError, first_line
 from wd_pipeline.flags import Flag, add_flags, model_flags, parse_flags
 from wd_pipeline.ops import stack_commands
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_SETTINGS = 2
-LOG_FILE = "wd-pipeline.log"
+LOG_FILE = logs.LOG_FILE
 UI_HOST = "127.0.0.1"
 UI_PORT = 5000
 
@@ -68,10 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(score, ScoreSettings, score_flags())
     score.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks and library warnings")
     stack_commands.add_commands(commands)
+    deploy = commands.choices["deploy"]
+    deploy.add_argument("--config", metavar="FILE", help="TOML or YAML file of run settings for the nightly deployment")
+    add_flags(deploy, PipelineConfig, run_flags())
     ui = commands.add_parser(
         "ui",
         help="open the MLflow UI on the store MLFLOW_TRACKING_URI names (else ./mlflow.db) and print its URL",
     )
+    promote = commands.add_parser(
+        "promote", help="put VERSION of model NAME on @champion, overriding the gate, under the promotion lock"
+    )
+    promote.add_argument("name", metavar="NAME", help="registered model name, e.g. wd-classifier")
+    promote.add_argument("version", metavar="VERSION", help="version number to promote, e.g. 3")
+    promote.add_argument("--reason", required=True, help="why the gate is overridden (recorded on the version)")
+    rollback = commands.add_parser(
+        "rollback", help="put the champion before the current one back on @champion, under the promotion lock"
+    )
+    rollback.add_argument("name", metavar="NAME", help="registered model name, e.g. wd-classifier")
+    rollback.add_argument("--reason", default="", help="why (recorded on the version)")
     ui.add_argument("--host", default=UI_HOST, help=f"address the UI listens on (default: {UI_HOST})")
     ui.add_argument("--port", type=int, default=UI_PORT, help=f"port the UI listens on (default: {UI_PORT})")
     return parser
@@ -93,17 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_BAD_SETTINGS
         return open_ui(args.host, args.port)
+    if args.command in ("promote", "rollback"):
+        return move_champion(args)
+    if args.command == "deploy":
+        return deploy_command(args)
     if args.command not in ("run", "score"):
-        try:
-            stack_settings = stack_commands.settings_from_args(args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_SETTINGS
-        try:
-            return stack_commands.run_command(args, stack_settings)
-        except PipelineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_RUN_FAILED
+        return stack_command(args)
     try:
         if args.command == "score":
             settings: Any = make_settings(ScoreSettings, **parse_flags(args, score_flags()))
@@ -115,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
+    if args.command == "run":
+        try:
+            check = preflight.check_data(settings)
+        except DataError as exc:  # before Prefect starts: the flow would refuse the same data, only later
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUN_FAILED
+        print(f"data          {check.source}: {check.rows} rows, {check.features} features", flush=True)
     log_path = _configure_logging(Path(work_dir), verbose=args.verbose)
     try:
         summary = _score(settings) if args.command == "score" else _run(settings)
@@ -127,7 +144,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         return _report_failure(args.command, f"unexpected {type(exc).__name__}: {first_line(exc)}", log_path)
-    print(format_score_summary(summary) if args.command == "score" else format_summary(summary))
+    if args.command == "score":
+        print(format_score_summary(summary))
+    else:
+        print("", format_grid(summary), format_summary(summary), sep="\n")
+    return 0
+
+
+def stack_command(args: argparse.Namespace) -> int:
+    try:
+        stack_settings = stack_commands.settings_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    try:
+        return stack_commands.run_command(args, stack_settings)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+def nightly_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings given to ``deploy`` (file, then flags), checked as a run's, as flow parameters."""
+    given: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    given.update(parse_flags(args, run_flags()))
+    if not given:
+        return {}
+    config = make_config(**given).model_dump(mode="json")
+    return {name: config[name] for name in given}
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    """``deploy``: the yaml's deployments, the nightly one with the run settings given here."""
+    from wd_pipeline.ops.deploy import PREFECT_FILE, with_nightly_parameters
+
+    try:
+        parameters = nightly_parameters(args)
+        if not parameters:
+            return stack_command(args)
+        with tempfile.TemporaryDirectory() as folder:
+            args.prefect_file = with_nightly_parameters(parameters, Path(folder), args.prefect_file or PREFECT_FILE)
+            print("nightly parameters  " + ", ".join(f"{key}={value!r}" for key, value in parameters.items()))
+            return stack_command(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+
+
+def move_champion(args: argparse.Namespace) -> int:
+    """``promote`` / ``rollback``: one line saying what moved, or why nothing did."""
+    if args.command == "promote" and not args.version.isdigit():
+        print(f"error: VERSION {args.version!r} is not a version number: give one like 3", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    from wd_pipeline.tracking.runs import bound_http_requests
+
+    bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
+    from wd_pipeline.tracking import promotion, runs
+
+    try:
+        client = runs.get_client()
+        if args.command == "promote":
+            move = promotion.promote(client, args.name, args.version, reason=args.reason)
+        else:
+            move = promotion.rollback(client, args.name, reason=args.reason)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    before = f"v{move.previous}" if move.previous else "none"
+    print(f"@champion     {move.model_name} v{move.version} (was {before}): {move.how} by {move.by}, {move.reason}")
     return 0
 
 
@@ -218,6 +305,33 @@ def format_score_summary(result: ScoreResult) -> str:
     return "\n".join(lines)
 
 
+GRID_COLUMNS = (
+    ("val_accuracy", "val accuracy", "{:.4f}"),
+    ("weight_norm", "‖w‖", "{:.3f}"),
+    ("stopped_epoch", "epochs", "{:.0f}"),
+)
+
+
+def format_grid(summary: PipelineSummary) -> str:
+    """The grid's cross-validated results, one row per (mode, λ), the chosen one marked."""
+    from wd_pipeline.config import format_lambda
+
+    selection, rows = summary.evaluation.selection, summary.evaluation.grid
+    metric = f"val_{selection.metric}"
+    extra = [column for column in GRID_COLUMNS if all(column[0] in row for row in rows)]
+    header = ["mode", "λ", f"val {selection.metric}", *(title for _, title, _ in extra), ""]
+    table = [header]
+    for row in rows:
+        value = f"{row[metric]:.4f}" + (f" ± {row[metric + '_se']:.4f}" if metric + "_se" in row else "")
+        chosen = (row["mode"], row["lambda"]) == (selection.mode, selection.lam)
+        cells = [row["mode"], format_lambda(row["lambda"]), value, *(form.format(row[key]) for key, _, form in extra)]
+        table.append([*cells, "← chosen" if chosen else ""])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table
+    )
+
+
 def format_summary(summary: PipelineSummary) -> str:
     """What a person needs at the end: λ, test metrics, registry decision, where to look."""
     from wd_pipeline.config import format_lambda
@@ -239,41 +353,19 @@ def format_summary(summary: PipelineSummary) -> str:
     return "\n".join([*lines, f"model         {decision.model_uri}"])
 
 
-class _HideTracebacks(logging.Filter):
-    """Console only: keep the message, drop exception traces and library warnings."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None and record.name != "py.warnings"
-
-
 def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
-    """Prefect's console output stays; traces and warnings go to a log file unless verbose."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Prefect's ephemeral API gives up after 20 s; a busy 2-core machine needs longer.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    """The story to the terminal, everything to the log file (see :mod:`wd_pipeline.logs`)."""
+    logs.quiet_environment(verbose=verbose)
     from wd_pipeline.tracking.runs import bound_http_requests
 
     bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
-    work_dir.mkdir(parents=True, exist_ok=True)
-    log_path = (work_dir / LOG_FILE).resolve()
-    handler = logging.FileHandler(log_path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
+    log_path = logs.configure(work_dir, verbose=verbose)
     if not verbose:
-        for console in root.handlers:
-            console.addFilter(_HideTracebacks())
-        logging.captureWarnings(True)
-        warnings.simplefilter("default")
-        import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
-
-        for noisy in ("mlflow", "tensorflow", "absl", "urllib3"):  # urllib3: one line per HTTP retry
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-    root.addHandler(handler)
-    logging.getLogger("wd_pipeline").setLevel(logging.DEBUG)
+        logs.import_tensorflow(log_path)  # its C++ banners go to the log file, not the terminal
+        progress.show_on_terminal(logs.TERMINAL, sys.stderr)
     return log_path
 
 

@@ -548,3 +548,95 @@ def test_cli_semicolon_file_exits_1_with_one_line(store: Path) -> None:
     ], done.stderr[-4000:]
     assert "Traceback" not in done.stderr
     assert registry_state() == UNCHANGED
+
+
+# --- data cases the command refuses before the flow starts (the flow's own checks come with the columns' use) -----
+
+CLI_DATA_CASES = {
+    "unknown --slice-by column": (
+        ["--slice-by", "a,sex"],
+        "--slice-by names column 'sex' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
+        "Pass --slice-by with names of the header",
+    ),
+    "unknown --group-column column": (
+        ["--group-column", "B"],
+        "--group-column names column 'B' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
+        "Did you mean 'b'? Pass --group-column with names of the header",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_DATA_CASES))
+def test_bad_data_for_the_cli(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = CLI_DATA_CASES[case]
+    path = csv(store, good(), "columns.csv")
+    assert main(["run", "--data", path, "--label", "y", *argv]) == EXIT_RUN_FAILED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.removeprefix("error: ") == expected
+    assert registry_state() == UNCHANGED
+
+
+# --- moving @champion by hand: refused with one line, exit 2, the champion where it was --------------------------
+
+CHAMPION_MOVES = {
+    "promote a version that does not exist": (
+        ["promote", MODEL, "9", "--reason", "reviewed"],
+        f"model '{MODEL}' has no version 9; its versions are 1: pass one of them, e.g. ./wd promote {MODEL} 1 --reason ...",
+    ),
+    "promote the champion": (
+        ["promote", MODEL, "1", "--reason", "reviewed"],
+        f"version 1 of '{MODEL}' is already @champion: nothing to promote",
+    ),
+    "promote with an empty reason": (
+        ["promote", MODEL, "1", "--reason", ""],
+        "--reason is empty: say why the gate is overridden, e.g. --reason 'new columns reviewed'",
+    ),
+    "promote a version that is not a number": (
+        ["promote", MODEL, "v1", "--reason", "reviewed"],
+        "VERSION 'v1' is not a version number: give one like 3",
+    ),
+    "promote a model that is not registered": (
+        ["promote", "wd-nope", "1", "--reason", "reviewed"],
+        "no registered model named 'wd-nope' in the registry: check the name (a run's summary prints it)",
+    ),
+    "roll back past the first champion": (
+        ["rollback", MODEL],
+        f"@champion v1 of '{MODEL}' records no champion before it: choose one with ./wd promote {MODEL} VERSION --reason ...",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CHAMPION_MOVES))
+def test_bad_champion_move(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = CHAMPION_MOVES[case]
+    assert main(argv) == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.removeprefix("error: ") == expected
+    assert registry_state() == UNCHANGED
+
+
+# --- run settings given to deploy for the nightly deployment: checked as a run's, nothing deployed ---------------
+
+DEPLOY_FLAGS = {
+    "deploy with zero epochs": (
+        ["--epochs", "0"],
+        "invalid settings: epochs: Input should be greater than or equal to 1",
+    ),
+    "deploy with a misspelled config key": (
+        ["--config", "{folder}/nightly.toml"],
+        "invalid settings: epoch: Extra inputs are not permitted",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DEPLOY_FLAGS))
+def test_bad_deploy_setting(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = DEPLOY_FLAGS[case]
+    (store / "nightly.toml").write_text("epoch = 5\n")
+    argv = [arg.format(folder=store) for arg in argv]
+    assert main(["deploy", *argv, "--state-dir", str(store / "no-stack")]) == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.removeprefix("error: ") == expected

@@ -22,7 +22,7 @@ reference models, so saving, serving and the registry never see the packing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,11 +66,13 @@ def train_packed(
     batch_size: int,
     epochs: int,
     patience: int,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> list[MemberFit]:
     """Train one member per λ on the same batches of encoded rows; returns them in the order of ``lams``.
 
     ``train`` and ``validation`` are (encoded rows, labels of shape (rows, 1)); the members
-    come back as full networks (input layers from ``prep`` included).
+    come back as full networks (input layers from ``prep`` included). ``on_epoch`` is called
+    after every epoch with its 0-based number and each metric's per-member values.
     """
     import keras
     import tensorflow as tf
@@ -98,6 +100,8 @@ def train_packed(
         metrics = {key: value.numpy() for key, value in run_epoch(order[epoch]).items()}
         for key in keys:
             history[key].append(metrics[key])
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
         if validation is not None and tracker.update(epoch, metrics["val_bce"]):
             break
     _log.debug(

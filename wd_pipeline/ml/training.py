@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,8 +199,11 @@ def train_chunk(
     *,
     epochs: int | None = None,
     work_dir: str | Path | None = None,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> list[FitResult]:
-    """Train the λ values of one (mode, fold) together; units already trained are loaded instead."""
+    """Train the λ values of one (mode, fold) together; units already trained are loaded instead.
+
+    ``on_epoch`` is packed training's per-epoch callback (progress reporting)."""
     epochs = epochs or config.epochs
     units = []
     for lam in lams:
@@ -236,6 +240,7 @@ def train_chunk(
                 batch_size=config.batch_size,
                 epochs=epochs,
                 patience=config.patience,
+                on_epoch=on_epoch,
             )
         share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
         for unit, member in zip(missing, members, strict=True):

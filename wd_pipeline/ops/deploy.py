@@ -2,7 +2,10 @@
 
 The yaml is the single description of the deployments; this only runs Prefect's own
 ``prefect deploy`` on it from the project root (entrypoints are relative to it) against the
-server named by ``PREFECT_API_URL`` or, failing that, the local stack's record.
+server named by ``PREFECT_API_URL`` or, failing that, the local stack's record. Settings
+given to ``wd-pipeline deploy`` (flags or ``--config``, the same as a run's) become the
+nightly deployment's parameters in a copy of the yaml, so pointing it at one's own table
+needs no edit of the file.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from wd_pipeline.config import PROJECT_ROOT
-from wd_pipeline.errors import StackError, StackNotRunningError
+from wd_pipeline.errors import ConfigError, StackError, StackNotRunningError
 from wd_pipeline.ops.stack import base_env, load_exports, venv_bin
 
 PREFECT_FILE = PROJECT_ROOT / "infra" / "prefect.yaml"
+NIGHTLY = "nightly"
 
 
 def prefect_api_url(state_dir: Path) -> str:
@@ -54,3 +59,17 @@ def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] 
             + ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
         )
     return output
+
+
+def with_nightly_parameters(parameters: dict[str, Any], folder: Path, prefect_file: Path = PREFECT_FILE) -> Path:
+    """A copy of ``prefect_file`` in ``folder`` whose nightly deployment runs with ``parameters``."""
+    import yaml
+
+    spec = yaml.safe_load(prefect_file.read_text())
+    nightly = [item for item in spec.get("deployments") or [] if item.get("name") == NIGHTLY]
+    if not nightly:
+        raise ConfigError(f"{prefect_file} has no deployment named {NIGHTLY!r} to give these settings to")
+    nightly[0]["parameters"] = {**(nightly[0].get("parameters") or {}), **parameters}
+    copy = folder / prefect_file.name
+    copy.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return copy
