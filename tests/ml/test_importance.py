@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.networks import fit_full_batch, frame_schema
-from wd_pipeline.ml import importance, network, preprocessing
+from wd_pipeline.ml import importance, network, preprocessing, report
 from wd_pipeline.ml.importance import permutation_importance
 
 
@@ -88,3 +88,16 @@ def test_zero_repeats_and_a_single_class_are_refused() -> None:
         permutation_importance(exact, test, y, columns=["signal"], repeats=0)
     with pytest.raises(ValueError, match="both classes"):
         permutation_importance(exact, test, np.zeros(50), columns=["signal"], repeats=1)
+
+
+def test_the_model_card_lists_the_columns_most_important_first() -> None:
+    test, y = signal_table(300, seed=2)
+    result = permutation_importance(exact, test, y, columns=["noise", "colour", "signal"], repeats=3, seed=1)
+    section = "\n".join(report.importance_section(result))
+    assert section.startswith("## Which columns matter (permutation importance on the test split, 3 shuffles")
+    rows = [line.split(" | ")[1] for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == ["signal", "colour", "noise"]
+    assert report.importance_section(None) == []
+    axes = report.importance_figure(result).axes[0]
+    heights = {label.get_text(): label.get_position()[1] for label in axes.get_yticklabels()}
+    assert sorted(heights, key=heights.get, reverse=True) == ["signal", "colour", "noise"]  # most important on top

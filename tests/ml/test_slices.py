@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from wd_pipeline.config import make_config
+from wd_pipeline.ml import report as model_report
 from wd_pipeline.ml import slices
 from wd_pipeline.ml.metrics import classification_metrics
+from wd_pipeline.tracking.registry import GatePolicy, floor_violations
 
 
 def carried(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -120,3 +123,43 @@ def test_slices_are_seeded() -> None:
     again = slices.slice_metrics(definitions, test, y, p, min_rows=30, threshold=0.5, n_resamples=100, seed=3)
     other = slices.slice_metrics(definitions, test, y, p, min_rows=30, threshold=0.5, n_resamples=100, seed=4)
     assert first == again and first != other
+
+
+def backwards_small_slice() -> slices.SliceReport:
+    """``big`` ranked well, ``weak`` ranked near chance, ``tiny`` ranked backwards but small."""
+    rng = np.random.default_rng(1)
+    groups = np.array(["big"] * 100 + ["weak"] * 60 + ["tiny"] * 10, dtype=object)
+    y = np.array([0, 1] * 85)
+    p = np.r_[np.where(y[:100] == 1, 0.8, 0.2), rng.random(60), np.where(y[160:] == 1, 0.2, 0.8)]
+    frame = pd.DataFrame({"group": groups})
+    return slices.slice_metrics(
+        slices.define_slices(frame, ["group"]), frame, y, p, min_rows=30, threshold=0.5, n_resamples=100
+    )
+
+
+def test_the_slice_floor_names_each_failing_slice_of_at_least_the_minimum_size() -> None:
+    report = backwards_small_slice()
+    weak = next(s for s in report.slices if s.value == "weak")
+    policy = GatePolicy.from_config(make_config(min_slice_roc_auc=0.7))
+    failed = floor_violations({"roc_auc": 0.9, "log_loss": 0.3}, policy, report.slices)
+    assert failed == [f"slice group=weak roc_auc {weak.roc_auc.estimate:.4f} < minimum 0.7 (60 rows)"]
+    assert (
+        floor_violations({"roc_auc": 0.9, "log_loss": 0.3}, GatePolicy.from_config(make_config()), report.slices) == []
+    )
+    larger = GatePolicy.from_config(make_config(min_slice_roc_auc=0.7, min_slice_rows=80))
+    assert floor_violations({"roc_auc": 0.9, "log_loss": 0.3}, larger, report.slices) == []
+
+
+def test_the_model_card_shows_every_slice_and_names_the_worst() -> None:
+    report = backwards_small_slice()
+    section = "\n".join(model_report.slices_section(report))
+    assert section.startswith("## Slices (test split, 95% bootstrap intervals, 100 resamples, threshold 0.5)")
+    assert "**Worst slice**: `group=weak`" in section
+    table = [line for line in section.splitlines() if line.startswith("| group |")]
+    assert [line.split(" | ")[1] for line in table] == ["big", "tiny", "weak"]  # categories alphabetically
+    assert table[1].endswith("| small (< 30 rows) |") and table[2].endswith("| worst |")
+    assert model_report.slices_section(None) == []
+    axes = model_report.slices_figure(report, floor=0.7).axes[0]
+    labels = {label.get_text(): label.get_position()[1] for label in axes.get_yticklabels()}
+    assert list(labels) == ["group=big (100)", "group=tiny (10)  small", "group=weak (60)"]
+    assert labels["group=big (100)"] > labels["group=weak (60)"]  # drawn top to bottom in table order

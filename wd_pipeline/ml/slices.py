@@ -145,6 +145,15 @@ class SliceReport:
         ranked = [s for s in self.slices if not s.small and s.roc_auc is not None]
         return min(ranked, key=lambda s: s.roc_auc.estimate) if ranked else None  # min keeps the first of a tie
 
+    def worst_text(self) -> str:
+        """The worst slice in one line, for a run summary."""
+        worst = self.worst
+        if worst is None:
+            return f"none (no slice of at least {self.min_rows} rows holds both classes)"
+        auc = worst.roc_auc
+        bounds = f" [{auc.low:.4f}, {auc.high:.4f}]" if np.isfinite(auc.low) else ""
+        return f"{worst.name}: roc_auc {auc.estimate:.4f}{bounds} on {worst.rows} rows"
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per slice, the worst one marked."""
         worst = self.worst
