@@ -12,6 +12,7 @@ from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
 from wd_pipeline.ml.preprocessing import Preprocessing
+from wd_pipeline.ml.slices import SliceMetrics
 from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import registry, runs
 
@@ -35,14 +36,24 @@ def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, con
 
 @task(cache_policy=NO_CACHE, name="register-and-gate")
 def register_and_gate(
-    config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
+    config: PipelineConfig,
+    split_folder: str,
+    model_uri: str,
+    parent_run_id: str,
+    model_card: str | None,
+    slices: list[SliceMetrics] | None = None,
 ) -> registry.RegistryDecision:
     with timing.measure("register_gate"):
-        return _register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
+        return _register_and_gate(config, split_folder, model_uri, parent_run_id, model_card, slices)
 
 
 def _register_and_gate(
-    config: PipelineConfig, split_folder: str, model_uri: str, parent_run_id: str, model_card: str | None
+    config: PipelineConfig,
+    split_folder: str,
+    model_uri: str,
+    parent_run_id: str,
+    model_card: str | None,
+    slices: list[SliceMetrics] | None = None,
 ) -> registry.RegistryDecision:
     test = splits.load_split(split_folder, "test")
     client = runs.get_client()
@@ -57,6 +68,7 @@ def _register_and_gate(
         policy=registry.GatePolicy.from_config(config),
         tags={"data.sha256": splits.read_manifest(split_folder)["sha256"], **code.tags()},
         description=model_card,
+        slices=slices or (),
     )
     runs.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
     numbers = {
@@ -73,10 +85,15 @@ def _register_and_gate(
 
 @flow(name="register")
 def register_chosen_model(
-    config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
+    config: PipelineConfig,
+    split_folder: str,
+    model_path: str,
+    parent_run_id: str,
+    model_card: str | None = None,
+    slices: list[SliceMetrics] | None = None,
 ) -> registry.RegistryDecision:
-    """Returns the registry decision: version, alias and the numbers behind it."""
+    """Returns the registry decision: version, alias and the numbers behind it (``slices``: for the slice floor)."""
     model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config)
-    decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
+    decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card, slices)
     get_run_logger().info("%s v%s → @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
     return decision
