@@ -149,7 +149,7 @@ def evaluate(
     sliced = slice_test_split(config, split_folder, y_test, p_test, config.threshold) if config.slice_by else None
     ranked = column_importance(config, split_folder, refitted.model_path) if config.importance_repeats else None
     with timing.measure("evaluate_report"):
-        artifacts = report.sliced_reportartifacts(
+        artifacts = report.report_artifacts(
             table=table,
             curves=learning_curves(results),
             y_test=y_test,
