@@ -302,8 +302,11 @@ def slices_figure(report: SliceReport, floor: float | None = None) -> Figure:
         ax.legend(loc="lower left", fontsize="x-small")
     ax.set_yticks(positions, labels, fontsize="small")
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel(f"test ROC AUC ({report.level:.0%} bootstrap interval)")
-    ax.set_title(f"ROC AUC per slice (rows in brackets; small: < {report.min_rows} rows, hollow)")
+    ax.set_xlabel(
+        f"test ROC AUC, {report.level:.0%} bootstrap interval\n"
+        f"(rows in brackets; red: worst; hollow grey: small, < {report.min_rows} rows)"
+    )
+    ax.set_title("ROC AUC per slice")
     ax.grid(True, axis="x", alpha=0.3)
     return figure
 
