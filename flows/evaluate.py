@@ -19,8 +19,10 @@ from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig, format_lambda
 from wd_pipeline.data import splits
 from wd_pipeline.ml import bootstrap, importance, preprocessing, report, slices, training
+from wd_pipeline.ml.importance import Importance
 from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
+from wd_pipeline.ml.slices import SliceReport
 from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import runs
 
@@ -35,8 +37,8 @@ class Evaluation:
     test_intervals: dict[str, bootstrap.Interval]
     model_card: str
     grid: list[dict[str, Any]]  # one row per (mode, λ): cross-validated means, std and SE
-    slices: slices.SliceReport | None = None  # test metrics per slice, when --slice-by names columns
-    importance: importance.Importance | None = None  # permutation importance, unless --importance-repeats 0
+    slices: SliceReport | None = None  # test metrics per slice, when --slice-by names columns
+    importance: Importance | None = None  # permutation importance, unless --importance-repeats 0
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -256,7 +258,7 @@ IMPORTANCE_TABLE = "importance/importance.json"
 @task(name="slice-metrics", cache_policy=NO_CACHE)
 def slice_test_split(
     config: PipelineConfig, split_folder: str, y_test: np.ndarray, p_test: np.ndarray, threshold: float
-) -> slices.SliceReport:
+) -> SliceReport:
     """Test metrics per slice of the --slice-by columns, bins learnt on the training split."""
     with timing.measure("evaluate_slices"):
         columns = list(config.slice_by or [])
@@ -274,7 +276,7 @@ def slice_test_split(
 
 
 @task(name="permutation-importance", cache_policy=NO_CACHE)
-def column_importance(config: PipelineConfig, split_folder: str, model_path: str) -> importance.Importance:
+def column_importance(config: PipelineConfig, split_folder: str, model_path: str) -> Importance:
     """Each raw column shuffled on the test split and scored through the model's raw-frame input path."""
     from wd_pipeline.ml.network import predict_frame
 
@@ -292,7 +294,7 @@ def column_importance(config: PipelineConfig, split_folder: str, model_path: str
 
 
 @task(name="log-slices", cache_policy=NO_CACHE, **TRACKING_TASK)
-def log_slices(parent_run_id: str, sliced_report: slices.SliceReport, floor: float | None) -> None:
+def log_slices(parent_run_id: str, sliced_report: SliceReport, floor: float | None) -> None:
     """The slice table (MLflow table and Prefect table), its figure, and the worst slice as a tag and metric."""
     client = runs.get_client()
     log_table_once(client, parent_run_id, sliced_report.rows(), SLICES_TABLE)
@@ -310,7 +312,7 @@ def log_slices(parent_run_id: str, sliced_report: slices.SliceReport, floor: flo
 
 
 @task(name="log-importance", cache_policy=NO_CACHE, **TRACKING_TASK)
-def log_importance(parent_run_id: str, ranked: importance.Importance) -> None:
+def log_importance(parent_run_id: str, ranked: Importance) -> None:
     """The importance table (MLflow table and Prefect table) and its figure."""
     client = runs.get_client()
     log_table_once(client, parent_run_id, ranked.rows(), IMPORTANCE_TABLE)
