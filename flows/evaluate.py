@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -17,9 +18,11 @@ from flows.retry import TRACKING_TASK
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig, format_lambda
 from wd_pipeline.data import splits
-from wd_pipeline.ml import bootstrap, preprocessing, report, training
+from wd_pipeline.ml import bootstrap, importance, preprocessing, report, slices, training
+from wd_pipeline.ml.importance import Importance
 from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
+from wd_pipeline.ml.slices import SliceReport
 from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import runs
 
@@ -34,6 +37,8 @@ class Evaluation:
     test_intervals: dict[str, bootstrap.Interval]
     model_card: str
     grid: list[dict[str, Any]]  # one row per (mode, λ): cross-validated means, std and SE
+    slices: SliceReport | None = None  # test metrics per slice, when --slice-by names columns
+    importance: Importance | None = None  # permutation importance, unless --importance-repeats 0
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -143,6 +148,8 @@ def evaluate(
         )
     manifest = splits.read_manifest(split_folder)
     inputs = log_input_schema(parent_run_id, split_folder, refitted.model_path)
+    sliced = slice_test_split(config, split_folder, y_test, p_test, config.threshold) if config.slice_by else None
+    ranked = column_importance(config, split_folder, refitted.model_path) if config.importance_repeats else None
     with timing.measure("evaluate_report"):
         artifacts = report.report_artifacts(
             table=table,
@@ -162,6 +169,8 @@ def evaluate(
                 "test_intervals": intervals,
                 "inputs": inputs,
                 "code": code_of_run(parent_run_id),
+                "slices": sliced,
+                "importance": ranked,
             },
         )
     log_evaluation(
@@ -179,6 +188,10 @@ def evaluate(
         description=f"Cross-validated metrics per (mode, λ); chosen {selection.mode} λ={format_lambda(selection.lam)} "
         f"by rule {selection.rule} on validation {selection.metric}",
     )
+    if sliced is not None:
+        log_slices(parent_run_id, sliced, config.min_slice_roc_auc)
+    if ranked is not None:
+        log_importance(parent_run_id, ranked)
     logger.info("Test: %s", ", ".join(f"{k} {v.format()}" for k, v in intervals.items()))
     return Evaluation(
         selection=selection,
@@ -187,6 +200,8 @@ def evaluate(
         test_intervals=intervals,
         model_card=artifacts[report.CARD_ARTIFACT],
         grid=table.to_dict("records"),
+        slices=sliced,
+        importance=ranked,
     )
 
 
@@ -234,3 +249,90 @@ def grid_rows(table: pd.DataFrame, selection: Selection) -> list[dict[str, Any]]
             }
         )
     return rows
+
+
+SLICES_TABLE = "slices/slices.json"
+IMPORTANCE_TABLE = "importance/importance.json"
+
+
+@task(name="slice-metrics", cache_policy=NO_CACHE)
+def slice_test_split(
+    config: PipelineConfig, split_folder: str, y_test: np.ndarray, p_test: np.ndarray, threshold: float
+) -> SliceReport:
+    """Test metrics per slice of the --slice-by columns, bins learnt on the training split."""
+    with timing.measure("evaluate_slices"):
+        columns = list(config.slice_by or [])
+        definitions = slices.define_slices(splits.load_split(split_folder, "train").carried, columns)
+        return slices.slice_metrics(
+            definitions,
+            splits.load_split(split_folder, "test").carried,
+            y_test,
+            p_test,
+            min_rows=config.min_slice_rows,
+            threshold=threshold,
+            n_resamples=config.bootstrap_samples,
+            seed=config.seed,
+        )
+
+
+@task(name="permutation-importance", cache_policy=NO_CACHE)
+def column_importance(config: PipelineConfig, split_folder: str, model_path: str) -> Importance:
+    """Each raw column shuffled on the test split and scored through the model's raw-frame input path."""
+    from wd_pipeline.ml.network import predict_frame
+
+    with timing.measure("evaluate_importance"):
+        test = splits.load_split(split_folder, "test")
+        network, prep = training.load_model(model_path)
+        return importance.permutation_importance(
+            lambda frame: predict_frame(network, prep, frame),
+            test.features,
+            test.label,
+            columns=prep.columns,
+            repeats=config.importance_repeats,
+            seed=config.seed,
+        )
+
+
+@task(name="log-slices", cache_policy=NO_CACHE, **TRACKING_TASK)
+def log_slices(parent_run_id: str, sliced_report: SliceReport, floor: float | None) -> None:
+    """The slice table (MLflow table and Prefect table), its figure, and the worst slice as a tag and metric."""
+    client = runs.get_client()
+    log_table_once(client, parent_run_id, sliced_report.rows(), SLICES_TABLE)
+    runs.log_figure(client, parent_run_id, report.slices_figure(sliced_report, floor), "plots/slices.png")
+    worst = sliced_report.worst
+    runs.set_tags(client, parent_run_id, {"slices.worst": worst.name if worst else ""})
+    if worst is not None:
+        runs.log_metrics(client, parent_run_id, {"worst_slice_roc_auc": worst.roc_auc.estimate})
+    create_table_artifact(
+        [rounded(row) for row in sliced_report.rows()],
+        key="slice-metrics",
+        description=f"Test metrics per slice ({sliced_report.level:.0%} bootstrap intervals; small: fewer than "
+        f"{sliced_report.min_rows} rows); worst slice {sliced_report.worst_text()}",
+    )
+
+
+@task(name="log-importance", cache_policy=NO_CACHE, **TRACKING_TASK)
+def log_importance(parent_run_id: str, ranked: Importance) -> None:
+    """The importance table (MLflow table and Prefect table) and its figure."""
+    client = runs.get_client()
+    log_table_once(client, parent_run_id, ranked.rows(), IMPORTANCE_TABLE)
+    runs.log_figure(client, parent_run_id, report.importance_figure(ranked), "plots/importance.png")
+    create_table_artifact(
+        [rounded(row) for row in ranked.rows()],
+        key="permutation-importance",
+        description=f"Drop in test ROC AUC and rise in log loss when each raw column is shuffled "
+        f"({ranked.repeats} shuffles, {ranked.level:.0%} intervals), most important first",
+    )
+
+
+def log_table_once(client: Any, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """``MlflowClient.log_table``, skipped when a retried task already logged it: log_table appends to a table."""
+    folder = str(Path(artifact_file).parent)
+    if any(item.path == artifact_file for item in client.list_artifacts(run_id, folder)):
+        return
+    client.log_table(run_id, pd.DataFrame(rows), artifact_file)
+
+
+def rounded(row: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+    """A table row a person reads: floats to ``digits`` places."""
+    return {key: round(value, digits) if isinstance(value, float) else value for key, value in row.items()}

@@ -15,6 +15,7 @@ from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import drift, splits
 from wd_pipeline.ml import report
 from wd_pipeline.ml.preprocessing import Preprocessing
+from wd_pipeline.ml.slices import SliceMetrics
 from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import drift_record, registry, runs
 
@@ -76,9 +77,12 @@ def register_and_gate(
     parent_run_id: str,
     model_card: str | None,
     drift_report: drift.DriftReport | None = None,
+    slices: list[SliceMetrics] | None = None,
 ) -> registry.RegistryDecision:
     with timing.measure("register_gate"):
-        return _register_and_gate(config, split_folder, model_uri, parent_run_id, model_card, drift_report)
+        return _register_and_gate(
+            config, split_folder, model_uri, parent_run_id, model_card, drift_report=drift_report, slices=slices
+        )
 
 
 def _register_and_gate(
@@ -87,7 +91,9 @@ def _register_and_gate(
     model_uri: str,
     parent_run_id: str,
     model_card: str | None,
+    *,
     drift_report: drift.DriftReport | None = None,
+    slices: list[SliceMetrics] | None = None,
 ) -> registry.RegistryDecision:
     test = splits.load_split(split_folder, "test")
     client = runs.get_client()
@@ -103,6 +109,7 @@ def _register_and_gate(
         tags={"data.sha256": splits.read_manifest(split_folder)["sha256"], **code.tags()},
         description=model_card,
         drift=drift_report,
+        slices=slices or (),
     )
     runs.set_tags(client, parent_run_id, {f"registry.{k}": v for k, v in decision.to_dict().items()})
     numbers = {
@@ -119,14 +126,21 @@ def _register_and_gate(
 
 @flow(name="register")
 def register_chosen_model(
-    config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
+    config: PipelineConfig,
+    split_folder: str,
+    model_path: str,
+    parent_run_id: str,
+    model_card: str | None = None,
+    slices: list[SliceMetrics] | None = None,
 ) -> registry.RegistryDecision:
-    """Returns the registry decision: version, alias and the numbers behind it."""
+    """Returns the registry decision: version, alias and the numbers behind it (``slices``: for the slice floor)."""
     found = drift_against_champion(config, split_folder, parent_run_id)
     if found is not None:
         model_card = record_drift(parent_run_id, found, model_card)
     model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config)
-    decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card, found)
+    decision = register_and_gate(
+        config, split_folder, model_uri, parent_run_id, model_card, drift_report=found, slices=slices
+    )
     get_run_logger().info("%s v%s → @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
     return decision
 

@@ -22,6 +22,13 @@ class PipelineSummary:
     registry: RegistryDecision
 
 
+def worst_slice_lines(evaluation: Evaluation) -> list[str]:
+    """The worst test slice, when the run was sliced (``--slice-by``)."""
+    if evaluation.slices is None:
+        return []
+    return [f"- **Worst slice**: {evaluation.slices.worst_text()}"]
+
+
 def summary_markdown(summary: PipelineSummary) -> str:
     selection, decision = summary.evaluation.selection, summary.registry
     metrics = " | ".join(f"{name} {value:.4f}" for name, value in summary.evaluation.test_metrics.items())
@@ -33,6 +40,7 @@ def summary_markdown(summary: PipelineSummary) -> str:
         + ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items())
         + ")",
         f"- **Test metrics**: {metrics}",
+        *worst_slice_lines(summary.evaluation),
         f"- **Registry**: `{decision.model_name}` v{decision.version} → `@{decision.alias}` — {decision.reason}",
         f"- **MLflow parent run**: {summary.run_url}",
         f"- **Model**: `{decision.model_uri}`",

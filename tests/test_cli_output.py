@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from flows.summary import PipelineSummary, summary_markdown
 from tests.helpers.summaries import pipeline_summary
 from wd_pipeline.cli import format_score_summary, format_summary, ui_command
 from wd_pipeline.config import PROJECT_ROOT
+from wd_pipeline.ml.bootstrap import Interval
+from wd_pipeline.ml.slices import SliceMetrics, SliceReport
 from wd_pipeline.serving.scoring import ScoreResult
 
 
@@ -75,3 +78,27 @@ def test_a_store_of_another_name_is_named_to_the_ui_command(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path}/runs.db"
     command = ui_command(uri)
     assert command == f"MLFLOW_TRACKING_URI={uri} {PROJECT_ROOT / 'wd'} ui"
+
+
+def sliced_summary(worst_auc: float) -> PipelineSummary:
+    """The run above, sliced by sex: a big female slice, a big male one, a small missing one."""
+    interval = Interval(0.8, 0.75, 0.85, 0.95, 1000)
+    slices = tuple(
+        SliceMetrics("sex", value, rows, rows // 3, replace(interval, estimate=auc), interval, interval, rows < 30)
+        for value, rows, auc in (("female", 120, worst_auc), ("male", 200, 0.9), ("<missing>", 12, 0.5))
+    )
+    report = SliceReport(slices, ("sex",), min_rows=30, threshold=0.5, level=0.95, resamples=1000)
+    summary = pipeline_summary(tracking_uri="sqlite:///x.db")
+    return replace(summary, evaluation=replace(summary.evaluation, slices=report))
+
+
+def test_a_sliced_run_names_its_worst_slice_after_the_test_metrics() -> None:
+    lines = format_summary(sliced_summary(worst_auc=0.71)).splitlines()
+    assert lines[2] == "test metrics  accuracy 0.9700, log_loss 0.0812"
+    assert lines[3] == "worst slice   sex=female: roc_auc 0.7100 [0.7500, 0.8500] on 120 rows"
+    assert "- **Worst slice**: sex=female: roc_auc 0.7100" in summary_markdown(sliced_summary(worst_auc=0.71))
+
+
+def test_an_unsliced_run_prints_no_slice_line() -> None:
+    assert "worst slice" not in format_summary(pipeline_summary(tracking_uri="sqlite:///x.db"))
+    assert "Worst slice" not in summary_markdown(pipeline_summary(tracking_uri="sqlite:///x.db"))

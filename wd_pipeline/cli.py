@@ -345,6 +345,7 @@ def format_summary(summary: PipelineSummary) -> str:
         f"chosen        {selection.mode} λ={format_lambda(selection.lam)}  "
         f"(rule {selection.rule} on validation {selection.metric})",
         f"test metrics  {metrics}",
+        *([f"worst slice   {summary.evaluation.slices.worst_text()}"] if summary.evaluation.slices else []),
         f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",
         f"MLflow run    {run}",
     ]

@@ -37,13 +37,22 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class TableSchema:
-    """The label and the model's feature columns, in the order the splits hold them."""
+    """The label, the model's feature columns in the order the splits hold them, and the carried columns.
+
+    Carried columns (``--slice-by``, ``--group-column``) travel in the splits beside the
+    features so evaluation can slice and group rows by them, but the model never takes them.
+    """
 
     label: str
     columns: tuple[ColumnSpec, ...]
+    carried: tuple[ColumnSpec, ...] = ()
 
     def names(self) -> list[str]:
+        """The feature columns only: what the model takes."""
         return [column.name for column in self.columns]
+
+    def carried_names(self) -> list[str]:
+        return [column.name for column in self.carried]
 
     def numeric(self) -> list[str]:
         return [column.name for column in self.columns if column.role is Role.NUMERIC]
@@ -58,11 +67,19 @@ class TableSchema:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "columns": [column.to_dict() for column in self.columns]}
+        """Carried columns appear only when there are some, so a schema without them reads as it always did."""
+        raw: dict[str, Any] = {"label": self.label, "columns": [column.to_dict() for column in self.columns]}
+        if self.carried:
+            raw["carried"] = [column.to_dict() for column in self.carried]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TableSchema:
-        return cls(label=str(raw["label"]), columns=tuple(ColumnSpec.from_dict(item) for item in raw["columns"]))
+        return cls(
+            label=str(raw["label"]),
+            columns=tuple(ColumnSpec.from_dict(item) for item in raw["columns"]),
+            carried=tuple(ColumnSpec.from_dict(item) for item in raw.get("carried", ())),
+        )
 
 
 @dataclass(frozen=True)

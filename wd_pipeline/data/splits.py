@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
 from wd_pipeline.data.profile import DataProfile, SplitProfile, profile_columns
-from wd_pipeline.data.schema import Role, TableSchema
+from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.data.sources import (
     Fingerprint,
     SourceBytes,
@@ -45,14 +45,17 @@ SPLIT_FORMAT = 3  # 3: the training split's profile carries the drift reference 
 
 @dataclass(frozen=True)
 class LabeledData:
-    """Raw features and a 0/1 label, aligned row for row.
+    """Raw features, a 0/1 label and the carried columns, aligned row for row.
 
     Numeric features are float columns (NaN where missing); categorical ones are object
-    columns holding ``str`` or None (None where missing).
+    columns holding ``str`` or None (None where missing). ``carried`` holds the slice and
+    group columns in the same form: never model inputs, but kept beside the rows they
+    describe (a frame without columns when the run carries none).
     """
 
     features: pd.DataFrame
     label: np.ndarray
+    carried: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -108,13 +111,22 @@ def stratified_draw(label: np.ndarray, share: float, seed: int) -> tuple[np.ndar
 def take(data: LabeledData, rows: np.ndarray) -> LabeledData:
     """The given rows, in ascending order."""
     rows = np.sort(rows)
-    return LabeledData(data.features.iloc[rows].reset_index(drop=True), data.label[rows])
+    carried = _carried_frame(data).iloc[rows].reset_index(drop=True)
+    return LabeledData(data.features.iloc[rows].reset_index(drop=True), data.label[rows], carried)
 
 
 def concat(parts: list[LabeledData]) -> LabeledData:
     """Rows of several parts, one after the other (train + validation for CV and refit)."""
     features = pd.concat([part.features for part in parts], ignore_index=True)
-    return LabeledData(features, np.concatenate([part.label for part in parts]))
+    carried = pd.concat([_carried_frame(part) for part in parts], ignore_index=True)
+    return LabeledData(features, np.concatenate([part.label for part in parts]), carried)
+
+
+def _carried_frame(data: LabeledData) -> pd.DataFrame:
+    """The carried columns indexed like the rows, also when there are none (a frame built without rows)."""
+    if len(data.carried.columns) or len(data.carried) == len(data):
+        return data.carried
+    return pd.DataFrame(index=pd.RangeIndex(len(data)))
 
 
 def check_folds(folder: str | Path, folds: int) -> None:
@@ -152,12 +164,16 @@ def write_splits(data: CheckedTable, rows: dict[str, np.ndarray], folder: Path) 
     """
     folder.mkdir(parents=True, exist_ok=True)
     label = data.schema.label
-    encoded = [label, *data.schema.categorical()]
+    carried = [spec.name for spec in data.schema.carried if spec.role is Role.CATEGORICAL]
+    encoded = [label, *data.schema.categorical(), *carried]
 
     def write(name: str) -> SplitProfile:
         part = data.features.take(rows[name])
+        stored = part
+        for column in data.schema.carried_names():
+            stored = stored.append_column(column, data.carried.column(column).take(rows[name]))
         pq.write_table(
-            part.append_column(label, pa.array(data.label[rows[name]], type=pa.int8())),
+            stored.append_column(label, pa.array(data.label[rows[name]], type=pa.int8())),
             folder / f"{name}.parquet",
             use_dictionary=encoded,
             store_schema=False,
@@ -273,7 +289,7 @@ def load_split(folder: str | Path, name: str) -> LabeledData:
     except OSError:  # let the uncached read raise its usual error
         return _read_split(split)
     cached = _cached_split(split, stamp)
-    return LabeledData(cached.features.copy(deep=False), cached.label.copy())
+    return LabeledData(cached.features.copy(deep=False), cached.label.copy(), cached.carried.copy(deep=False))
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -290,9 +306,16 @@ def _read_split(split: Path) -> LabeledData:
     schema = read_schema(split.parent)
     table = pq.read_table(split)
     label = table.column(schema.label).to_numpy().astype(np.int8)
-    frame = table.select(schema.names()).to_pandas()
-    for spec in schema.columns:
+    frame = _frame(table, schema.columns)
+    carried = _frame(table, schema.carried) if schema.carried else pd.DataFrame(index=pd.RangeIndex(len(label)))
+    return LabeledData(frame, label, carried)
+
+
+def _frame(table: pa.Table, columns: tuple[ColumnSpec, ...]) -> pd.DataFrame:
+    """These columns of a split: numbers as floats (NaN where missing), categories as ``str`` or None."""
+    frame = table.select([spec.name for spec in columns]).to_pandas()
+    for spec in columns:
         if spec.role is Role.CATEGORICAL:
             # pandas' own string dtypes hold NaN or pd.NA; the model side takes str or None.
             frame[spec.name] = pd.Series(table.column(spec.name).to_numpy(zero_copy_only=False), dtype=object)
-    return LabeledData(frame, label)
+    return frame

@@ -15,7 +15,7 @@ import difflib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,8 @@ class CheckedTable:
 
     ``features`` holds the schema's columns in order: numeric ones as float (null where
     missing), categorical ones as dictionary-encoded text (null where missing), so that
-    splitting moves small integer codes rather than strings.
+    splitting moves small integer codes rather than strings. ``carried`` holds the schema's
+    carried columns in the same form (a table without columns when there are none).
     """
 
     features: pa.Table
@@ -56,6 +57,7 @@ class CheckedTable:
     schema: TableSchema
     dropped_label_rows: int = 0
     dropped_columns: tuple[DroppedColumn, ...] = ()
+    carried: pa.Table = field(default_factory=lambda: pa.table({}))
 
     def class_counts(self, rows: np.ndarray | None = None) -> dict[str, int]:
         return class_counts(self.label if rows is None else self.label[rows])
@@ -63,13 +65,14 @@ class CheckedTable:
 
 @dataclass(frozen=True)
 class LabelledRows:
-    """What the label check decided: the feature columns and their roles, the 0/1 label of the rows that
-    have one, and those rows' numbers in the source (None when every row has a label)."""
+    """What the label check decided: the feature columns, the carried columns, the roles of both, the 0/1
+    label of the rows that have one, and those rows' numbers in the source (None when every row has a label)."""
 
     features: tuple[str, ...]
     roles: dict[str, Role]
     label: np.ndarray
     kept: np.ndarray | None
+    carried: tuple[str, ...] = ()
 
 
 def class_counts(label: np.ndarray) -> dict[str, int]:
@@ -106,11 +109,18 @@ def check_label(table: pa.Table, config: PipelineConfig) -> LabelledRows:
             "Pass --label with the name of the binary target column"
         )
     _check_named_columns(names, config)
-    features = _feature_columns(names, config)
-    roles = infer_roles(table.schema, features, config.categorical or ())
+    carried = carried_columns(config)
+    features = _feature_columns(names, config, carried)
+    roles = infer_roles(table.schema, [*features, *carried], config.categorical or ())
     label, kept = _label(table.column(config.label), config)
     _check_class_sizes(class_counts(label), config)
-    return LabelledRows(tuple(features), roles, label, kept)
+    return LabelledRows(tuple(features), roles, label, kept, carried=carried)
+
+
+def carried_columns(config: PipelineConfig) -> tuple[str, ...]:
+    """The columns the splits carry beside the features: every ``--slice-by`` column, then ``--group-column``."""
+    named = [*(config.slice_by or ()), *([config.group_column] if config.group_column else [])]
+    return tuple(dict.fromkeys(named))
 
 
 def check_features(
@@ -126,13 +136,15 @@ def check_features(
     declared = declared or table.schema
     kept = labelled.kept
     rows = table.num_rows
-    table = table.select(list(labelled.features))
+    table = table.select([*labelled.features, *labelled.carried])
     if kept is not None:
         table = table.take(kept)
-    schema = TableSchema(
-        config.label,
-        tuple(ColumnSpec(name, labelled.roles[name], str(declared.field(name).type)) for name in labelled.features),
-    )
+
+    def specs(names: Sequence[str]) -> tuple[ColumnSpec, ...]:
+        return tuple(ColumnSpec(name, labelled.roles[name], str(declared.field(name).type)) for name in names)
+
+    carried = specs(labelled.carried)
+    schema = TableSchema(config.label, specs(labelled.features))
     columns = _conform(table, schema, config.na_values, encode=True)
     facts = {spec.name: _facts(columns.column(spec.name), spec.role) for spec in schema.columns}
     _check_finite(facts)
@@ -151,8 +163,9 @@ def check_features(
     kept_columns = tuple(spec for spec in schema.columns if spec.name not in constant)
     if not kept_columns:
         raise DataError("data has no feature columns besides the label that vary: every one is constant")
-    schema = TableSchema(config.label, kept_columns)
-    dropped = tuple(DroppedColumn(name, "excluded (--exclude)") for name in config.exclude or ()) + tuple(
+    schema = TableSchema(config.label, kept_columns, carried)
+    excluded = [name for name in config.exclude or () if name not in labelled.carried]
+    dropped = tuple(DroppedColumn(name, "excluded (--exclude)") for name in excluded) + tuple(
         DroppedColumn(name, "constant") for name in constant
     )
     return CheckedTable(
@@ -161,6 +174,7 @@ def check_features(
         schema,
         dropped_label_rows=0 if kept is None else rows - len(kept),
         dropped_columns=dropped,
+        carried=_conform(table, TableSchema(config.label, carried), config.na_values, encode=True),
     )
 
 
@@ -183,13 +197,21 @@ def _check_named_columns(names: list[str], config: PipelineConfig) -> None:
             )
         if config.label in (listed or ()):
             raise DataError(f"{flag} names the label column {config.label!r}: remove it from {flag}")
+    for flag, listed in (("--slice-by", config.slice_by), ("--group-column", [config.group_column])):
+        unknown = [name for name in listed or () if name is not None and name not in names]
+        if unknown:
+            raise DataError(
+                f"{flag} names column {unknown[0]!r} that is not in the data; columns are {_preview(names)}."
+                f"{_did_you_mean(unknown[0], names)} Pass {flag} with a column of the header"
+            )
     for flag, listed in (("--categorical", config.categorical), ("--features", config.features)):
         both = [name for name in listed or () if name in (config.exclude or ())]
         if both:
             raise DataError(f"columns {both} are in both {flag} and --exclude: keep each in one of them")
 
 
-def _feature_columns(names: list[str], config: PipelineConfig) -> list[str]:
+def _feature_columns(names: list[str], config: PipelineConfig, carried: Sequence[str] = ()) -> list[str]:
+    """The columns the model takes: ``--features`` (or every column but the label), less the excluded and carried ones."""
     if config.features is None:
         features = [name for name in names if name != config.label]
     else:
@@ -199,7 +221,7 @@ def _feature_columns(names: list[str], config: PipelineConfig) -> list[str]:
         if config.label in config.features:
             raise DataError(f"label column {config.label!r} is also listed as a feature: remove it from features")
         features = list(config.features)
-    excluded = set(config.exclude or ())
+    excluded = {*(config.exclude or ()), *carried}
     features = [name for name in features if name not in excluded]
     if not features:
         raise DataError("data has no feature columns besides the label")

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     from wd_pipeline.data.drift import DriftReport
     from wd_pipeline.ml.bootstrap import Interval
+    from wd_pipeline.ml.importance import Importance
+    from wd_pipeline.ml.slices import SliceReport
     from wd_pipeline.provenance import Provenance
 
 DEFAULT_MODE = "l2"
@@ -270,6 +272,70 @@ def diagnostic_figures(y_true: np.ndarray, probability: np.ndarray, threshold: f
     }
 
 
+def slices_figure(report: SliceReport, floor: float | None = None) -> Figure:
+    """ROC AUC of every slice with its interval; small slices hollow and grey, one-class slices named n/a."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 1.2 + 0.32 * max(len(report.slices), 1)), layout="constrained")
+    ax = figure.subplots()
+    worst = report.worst
+    positions = np.arange(len(report.slices))[::-1]
+    labels = []
+    for y, s in zip(positions, report.slices, strict=True):
+        labels.append(f"{s.name} ({s.rows})" + ("  small" if s.small else ""))
+        if s.roc_auc is None:
+            ax.text(0.5, y, "n/a: one class", va="center", ha="center", fontsize="x-small", color="grey")
+            continue
+        color = "grey" if s.small else ("C3" if s is worst else "C0")
+        low, high = s.roc_auc.low, s.roc_auc.high
+        error = [[s.roc_auc.estimate - low], [high - s.roc_auc.estimate]] if math.isfinite(low) else None
+        ax.errorbar(
+            s.roc_auc.estimate,
+            y,
+            xerr=error,
+            fmt="o",
+            color=color,
+            markerfacecolor="white" if s.small else color,
+            capsize=3,
+        )
+    if floor is not None:
+        ax.axvline(floor, color="C3", linestyle="--", linewidth=1, label=f"floor {floor:g}")
+        ax.legend(loc="lower left", fontsize="x-small")
+    ax.set_yticks(positions, labels, fontsize="small")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel(
+        f"test ROC AUC, {report.level:.0%} bootstrap interval\n"
+        f"(rows in brackets; red: worst; hollow grey: small, < {report.min_rows} rows)"
+    )
+    ax.set_title("ROC AUC per slice")
+    ax.grid(True, axis="x", alpha=0.3)
+    return figure
+
+
+def importance_figure(importance: Importance) -> Figure:
+    """Drop in test ROC AUC when each raw column is shuffled, most important on top."""
+    from matplotlib.figure import Figure
+
+    columns = importance.columns
+    figure = Figure(figsize=(6.4, 1.2 + 0.3 * max(len(columns), 1)), layout="constrained")
+    ax = figure.subplots()
+    positions = np.arange(len(columns))[::-1]
+    estimates = np.array([c.roc_auc_drop.estimate for c in columns])
+    lows = np.array([c.roc_auc_drop.low for c in columns])
+    highs = np.array([c.roc_auc_drop.high for c in columns])
+    defined = np.isfinite(lows)
+    error = np.vstack([np.where(defined, estimates - lows, 0.0), np.where(defined, highs - estimates, 0.0)])
+    ax.barh(positions, estimates, xerr=error, color="C0", capsize=3)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(positions, [c.column for c in columns], fontsize="small")
+    ax.set_xlabel(
+        f"drop in test ROC AUC when shuffled ({importance.repeats} shuffles, {importance.level:.0%} interval)"
+    )
+    ax.set_title("Which columns matter (permutation importance)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return figure
+
+
 def cv_table_markdown(
     table: pd.DataFrame,
     metrics: Sequence[str],
@@ -315,6 +381,8 @@ def model_card(
     threshold: float = 0.5,
     inputs: Sequence[Mapping[str, Any]] = (),
     code: Provenance | None = None,
+    slices: SliceReport | None = None,
+    importance: Importance | None = None,
 ) -> str:
     """A markdown card a reviewer reads before trusting the model: data, code, inputs, choice, evidence, settings."""
     if rule not in RULES:
@@ -350,6 +418,8 @@ def model_card(
             for name, interval in test_intervals.items()
         ),
         "",
+        *slices_section(slices),
+        *importance_section(importance),
         "## Configuration",
         "",
         "| setting | value |",
@@ -418,6 +488,79 @@ def with_drift_section(card: str, drift: DriftReport) -> str:
     if at < 0:
         return card.rstrip("\n") + "\n\n" + "\n".join(lines)
     return card[: at + 1] + "\n".join(lines) + card[at + 1 :]
+
+
+def _with_interval(interval: Interval | None, digits: int = 3) -> str:
+    if interval is None:
+        return "n/a"
+    if not math.isfinite(interval.low):
+        return f"{interval.estimate:.{digits}f}"
+    return f"{interval.estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+def slices_section(report: SliceReport | None) -> list[str]:
+    """Test metrics per slice of the columns named by ``--slice-by``, the worst slice first in words."""
+    if report is None:
+        return []
+    worst = report.worst
+    named = (
+        f"**Worst slice**: `{worst.name}`, ROC AUC {_with_interval(worst.roc_auc)} on {worst.rows} rows"
+        if worst
+        else f"**Worst slice**: none: no slice of at least {report.min_rows} rows holds both classes"
+    )
+    rows = [
+        {
+            "column": s.column,
+            "slice": s.value,
+            "rows": s.rows,
+            "positives": s.positives,
+            "ROC AUC": _with_interval(s.roc_auc),
+            "log loss": _with_interval(s.log_loss),
+            "accuracy": _with_interval(s.accuracy),
+            "note": ", ".join(
+                note
+                for note, applies in (("worst", s is worst), (f"small (< {report.min_rows} rows)", s.small))
+                if applies
+            ),
+        }
+        for s in report.slices
+    ]
+    return [
+        f"## Slices (test split, {report.level:.0%} bootstrap intervals, {report.resamples} resamples, "
+        f"threshold {report.threshold:g})",
+        "",
+        f"Numeric columns are cut at quartiles of the training split. {named}. A small slice is shown "
+        "but too noisy to act on, and never named worst; n/a: the slice holds one class only.",
+        "",
+        markdown_table(rows) if rows else "_no test rows_",
+        "",
+    ]
+
+
+def importance_section(importance: Importance | None) -> list[str]:
+    """Permutation importance of each raw column: what the model loses when the column is shuffled."""
+    if importance is None:
+        return []
+    rows = [
+        {
+            "rank": rank,
+            "column": c.column,
+            "ROC AUC drop": _with_interval(c.roc_auc_drop, 4),
+            "log loss rise": _with_interval(c.log_loss_rise, 4),
+        }
+        for rank, c in enumerate(importance.columns, start=1)
+    ]
+    return [
+        f"## Which columns matter (permutation importance on the test split, {importance.repeats} shuffles per "
+        f"column, {importance.level:.0%} intervals)",
+        "",
+        f"Each raw column is shuffled across the test rows and scored through the served model (baseline ROC AUC "
+        f"{importance.baseline_roc_auc:.4f}, log loss {importance.baseline_log_loss:.4f}). Near zero: the model "
+        "does not rely on the column; correlated columns share their importance.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

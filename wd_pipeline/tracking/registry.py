@@ -20,6 +20,7 @@ the verdict and the alias move — by a lock in the registry itself (see ``promo
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from wd_pipeline.data.drift import DriftReport
     from wd_pipeline.data.profile import SplitProfile
     from wd_pipeline.ml.preprocessing import Preprocessing
+    from wd_pipeline.ml.slices import SliceMetrics
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -72,6 +74,8 @@ class GatePolicy:
     bootstrap_samples: int
     threshold: float
     seed: int
+    min_slice_roc_auc: float | None
+    min_slice_rows: int
     level: float = DEFAULT_LEVEL  # of the bootstrap interval; not a setting
 
     @classmethod
@@ -84,6 +88,8 @@ class GatePolicy:
             bootstrap_samples=config.bootstrap_samples,
             threshold=config.threshold,
             seed=config.seed,
+            min_slice_roc_auc=config.min_slice_roc_auc,
+            min_slice_rows=config.min_slice_rows,
         )
 
 
@@ -316,13 +322,25 @@ def _kind(spec: ColumnSpec) -> str:
     return f"{spec.role} {spec.source_type}".strip()
 
 
-def floor_violations(metrics: dict[str, float], policy: GatePolicy) -> list[str]:
-    """The hard floors a model fails on the test split; empty when it passes."""
+def floor_violations(metrics: dict[str, float], policy: GatePolicy, slices: Sequence[SliceMetrics] = ()) -> list[str]:
+    """The hard floors a model fails on the test split; empty when it passes.
+
+    The slice floor judges only slices of at least ``min_slice_rows`` rows with both classes:
+    a smaller slice's ROC AUC is too noisy to refuse a model on.
+    """
     failed = []
     if policy.min_roc_auc is not None and not metrics["roc_auc"] >= policy.min_roc_auc:
         failed.append(f"test roc_auc {metrics['roc_auc']:.4f} < minimum {policy.min_roc_auc:g}")
     if policy.max_log_loss is not None and not metrics["log_loss"] <= policy.max_log_loss:
         failed.append(f"test log_loss {metrics['log_loss']:.4f} > maximum {policy.max_log_loss:g}")
+    if policy.min_slice_roc_auc is not None:
+        failed += [
+            f"slice {s.name} roc_auc {s.roc_auc.estimate:.4f} < minimum {policy.min_slice_roc_auc:g} ({s.rows} rows)"
+            for s in slices
+            if s.rows >= policy.min_slice_rows
+            and s.roc_auc is not None
+            and not s.roc_auc.estimate >= policy.min_slice_roc_auc
+        ]
     return failed
 
 
@@ -361,10 +379,12 @@ def register(
     description: str | None = None,
     lock: LockSettings | None = None,
     drift: DriftReport | None = None,
+    slices: Sequence[SliceMetrics] = (),
 ) -> RegistryDecision:
     """Register ``model_uri`` under ``name`` and move ``champion`` only if it is earned.
 
-    ``description`` (the model card) is attached to the version as it is created. The
+    ``slices`` are the new model's test slices (evaluation scored the same rows) for the slice
+    floor. ``description`` (the model card) is attached to the version as it is created. The
     version is created first, outside any lock, so concurrent runs all keep theirs. The
     verdict and the alias move happen under the model's promotion lock
     (:mod:`wd_pipeline.tracking.promotion_lock`, settings ``lock`` or from the environment), against
@@ -375,7 +395,7 @@ def register(
     """
     new_probability = model_probability(model_uri, test_features)
     new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
-    new = _Candidate(model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy))
+    new = _Candidate(model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy, slices))
     # Compared before the lock too: usually nobody promotes meanwhile, and the lock is then held only briefly.
     seen = current_champion(client, name)
     comparison = _compare(new, policy, name=name, champion_version=seen, features=test_features, label=test_label)
