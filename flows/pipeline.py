@@ -241,7 +241,12 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
             evaluation = evaluate(config, split_folder, units, parent_run_id)
         with timing.measure("phase_register"):
             decision = register_chosen_model(
-                config, split_folder, evaluation.model_path, parent_run_id, evaluation.model_card
+                config,
+                split_folder,
+                evaluation.model_path,
+                parent_run_id,
+                evaluation.model_card,
+                evaluation.threshold.value,
             )
     except BaseException:
         finish_quietly(client, parent_run_id, "FAILED")

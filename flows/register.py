@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.retry import TRACKING_TASK
 from wd_pipeline import timing
-from wd_pipeline.config import PipelineConfig
+from wd_pipeline.config import DEFAULT_THRESHOLD, PipelineConfig
 from wd_pipeline.data import splits
 from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.provenance import Provenance
@@ -17,7 +17,9 @@ from wd_pipeline.tracking import registry, runs
 
 
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
-def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, config: PipelineConfig) -> str:
+def log_chosen_model(
+    parent_run_id: str, split_folder: str, model_path: str, config: PipelineConfig, threshold: float
+) -> str:
     with timing.measure("register_log_model"):
         example = splits.load_split(split_folder, "train").features.head(5)
         prep = Preprocessing.load(Path(model_path).parent)
@@ -29,6 +31,7 @@ def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, con
             example,
             positive_class=config.positive_class,
             na_values=config.na_values,
+            threshold=threshold,
         )
     return model_uri
 
@@ -73,10 +76,18 @@ def _register_and_gate(
 
 @flow(name="register")
 def register_chosen_model(
-    config: PipelineConfig, split_folder: str, model_path: str, parent_run_id: str, model_card: str | None = None
+    config: PipelineConfig,
+    split_folder: str,
+    model_path: str,
+    parent_run_id: str,
+    model_card: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> registry.RegistryDecision:
-    """Returns the registry decision: version, alias and the numbers behind it."""
-    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config)
+    """Returns the registry decision: version, alias and the numbers behind it.
+
+    ``threshold`` is the decision threshold evaluation settled on; the model keeps it.
+    """
+    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config, threshold)
     decision = register_and_gate(config, split_folder, model_uri, parent_run_id, model_card)
     get_run_logger().info("%s v%s → @%s: %s", decision.model_name, decision.version, decision.alias, decision.reason)
     return decision

@@ -70,9 +70,9 @@ def _resampled(
     *,
     n_resamples: int,
     seed: int,
-    threshold: float,
+    thresholds: tuple[float, ...],
 ) -> dict[tuple[int, str], np.ndarray]:
-    """Each metric of each probability vector on every resample, block by block."""
+    """Each metric of each probability vector (labelled at its own threshold) on every resample, block by block."""
     y = np.asarray(y_true).astype(int).ravel()
     clipped = [_clip(probability) for probability in probabilities]
     ranked = {"roc_auc", "average_precision"} & set(metrics)
@@ -83,7 +83,9 @@ def _resampled(
     for rows in resample_blocks(len(y), n_resamples, seed):
         weights = resample_weights(rows, len(y))
         for (i, metric), values in parts.items():
-            values.append(_weighted_metric(y, clipped[i], weights, metric, threshold=threshold, ranking=rankings[i]))
+            values.append(
+                _weighted_metric(y, clipped[i], weights, metric, threshold=thresholds[i], ranking=rankings[i])
+            )
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
@@ -250,7 +252,7 @@ def bootstrap_cis(
     threshold: float = 0.5,
 ) -> dict[str, Interval]:
     """Intervals for several metrics, all over the same resamples."""
-    samples = _resampled(y_true, (probability,), metrics, n_resamples=n_resamples, seed=seed, threshold=threshold)
+    samples = _resampled(y_true, (probability,), metrics, n_resamples=n_resamples, seed=seed, thresholds=(threshold,))
     estimates = classification_metrics(y_true, probability, threshold)
     return {metric: _interval(estimates[metric], samples[(0, metric)], level) for metric in metrics}
 
@@ -265,18 +267,28 @@ def paired_bootstrap_difference(
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
     threshold: float = 0.5,
+    threshold_old: float | None = None,
 ) -> Interval:
     """How much better the new model is than the old, scored on the same resampled rows.
 
     The difference is oriented so that positive always means "new is better", for loss-type
     and score-type metrics alike; pairing the rows cancels the noise both models share,
-    which is what makes a real improvement visible on a small test split.
+    which is what makes a real improvement visible on a small test split. Each model labels
+    at its own threshold (``threshold_old`` defaults to ``threshold``).
     """
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    samples = _resampled(y_true, (p_new, p_old), (metric,), n_resamples=n_resamples, seed=seed, threshold=threshold)
+    old_threshold = threshold if threshold_old is None else threshold_old
+    samples = _resampled(
+        y_true,
+        (p_new, p_old),
+        (metric,),
+        n_resamples=n_resamples,
+        seed=seed,
+        thresholds=(threshold, old_threshold),
+    )
     new, old = samples[(0, metric)], samples[(1, metric)]
     estimate = sign * (
         classification_metrics(y_true, p_new, threshold)[metric]
-        - classification_metrics(y_true, p_old, threshold)[metric]
+        - classification_metrics(y_true, p_old, old_threshold)[metric]
     )
     return _interval(estimate, sign * (new - old), level)
