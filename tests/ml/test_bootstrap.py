@@ -104,3 +104,12 @@ def test_average_precision_interval_of_a_rare_class_skips_resamples_without_posi
     interval = bootstrap.bootstrap_ci(y, p, "average_precision", n_resamples=500)
     assert interval.estimate == pytest.approx((1 + 2 / 3) / 2) and interval.high == 1.0
     assert 0 < interval.resamples < 500 and 0 < interval.low < 1
+
+
+def test_paired_difference_labels_each_model_at_its_own_threshold() -> None:
+    y, p = predictions(114)
+    at_own = bootstrap.paired_bootstrap_difference(y, p, p.copy(), "accuracy", threshold=0.4, threshold_old=0.7)
+    expected = classification_metrics(y, p, 0.4)["accuracy"] - classification_metrics(y, p, 0.7)["accuracy"]
+    assert at_own.estimate == pytest.approx(expected) and expected != 0
+    # A metric of probabilities alone does not move with the thresholds.
+    assert bootstrap.paired_bootstrap_difference(y, p, p.copy(), "log_loss", threshold=0.4, threshold_old=0.7).high == 0
