@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from wd_pipeline.ml.importance import Importance
 from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
 from wd_pipeline.ml.slices import SliceReport
+from wd_pipeline.ml.thresholds import DecisionThreshold, choose_threshold
 from wd_pipeline.provenance import Provenance
 from wd_pipeline.tracking import runs
 
@@ -39,6 +40,7 @@ class Evaluation:
     grid: list[dict[str, Any]]  # one row per (mode, λ): cross-validated means, std and SE
     slices: SliceReport | None = None  # test metrics per slice, when --slice-by names columns
     importance: Importance | None = None  # permutation importance, unless --importance-repeats 0
+    threshold: DecisionThreshold = field(default_factory=DecisionThreshold)  # labels the test split and the model
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -70,6 +72,7 @@ def log_evaluation(
     test_intervals: dict[str, bootstrap.Interval],
     epochs: int,
     artifacts: dict[str, Any],
+    threshold: DecisionThreshold,
 ) -> None:
     """Selection, test metrics with their bootstrap intervals, tables, plots and the model card."""
     with timing.measure("tracking_evaluation"):
@@ -81,6 +84,7 @@ def log_evaluation(
                 "chosen_lambda": selection.lam,
                 "best_lambda": selection.best_lambda,
                 "refit_epochs": epochs,
+                "decision_threshold": threshold.value,
                 **{f"test_{k}": v.estimate for k, v in test_intervals.items()},
                 **{f"test_{k}_ci_low": v.low for k, v in test_intervals.items()},
                 **{f"test_{k}_ci_high": v.high for k, v in test_intervals.items()},
@@ -97,6 +101,7 @@ def log_evaluation(
                 "selection.best_lambda": selection.best_lambda,
                 "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
                 **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()},
+                "threshold.metric": threshold.source,
             },
         )
         runs.log_table_csv(client, parent_run_id, table.to_dict("records"), "grid/results.csv")
@@ -139,16 +144,18 @@ def evaluate(
             "The chosen λ=%s is the largest in the grid: the optimum may lie beyond it; extend --grid upwards",
             format_lambda(selection.lam),
         )
+    threshold = decision_threshold(config, results, selection)
+    logger.info("Decision threshold %s", threshold.describe())
     refitted = refit(split_folder, config, selection, epochs, parent_run_id)
     with timing.measure("evaluate_predict"):
         y_test, p_test = test_predictions(refitted.model_path, split_folder)
     with timing.measure("evaluate_bootstrap"):
         intervals = bootstrap.bootstrap_cis(
-            y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=config.threshold
+            y_test, p_test, n_resamples=config.bootstrap_samples, seed=config.seed, threshold=threshold.value
         )
     manifest = splits.read_manifest(split_folder)
     inputs = log_input_schema(parent_run_id, split_folder, refitted.model_path)
-    sliced = slice_test_split(config, split_folder, y_test, p_test, config.threshold) if config.slice_by else None
+    sliced = slice_test_split(config, split_folder, y_test, p_test, threshold.value) if config.slice_by else None
     ranked = column_importance(config, split_folder, refitted.model_path) if config.importance_repeats else None
     with timing.measure("evaluate_report"):
         artifacts = report.report_artifacts(
@@ -159,8 +166,9 @@ def evaluate(
             metric=selection.metric,
             chosen_mode=selection.mode,
             chosen_lambda=selection.lam,
-            threshold=config.threshold,
+            threshold=threshold.value,
             card={
+                "threshold_reason": threshold.describe(),
                 "model_name": config.model_name,
                 "data_source": manifest["source"],
                 "data_sha256": manifest["sha256"],
@@ -181,6 +189,7 @@ def evaluate(
         test_intervals=intervals,
         epochs=epochs,
         artifacts=artifacts,
+        threshold=threshold,
     )
     create_table_artifact(
         grid_rows(table, selection),
@@ -202,7 +211,25 @@ def evaluate(
         grid=table.to_dict("records"),
         slices=sliced,
         importance=ranked,
+        threshold=threshold,
     )
+
+
+def decision_threshold(
+    config: PipelineConfig, results: list[training.FitResult], selection: Selection
+) -> DecisionThreshold:
+    """The fixed ``--threshold``, or with ``auto`` the one chosen on the chosen point's out-of-fold predictions.
+
+    The validation folds of the chosen (mode, λ) together (with ``--folds 1``, the validation
+    split): rows no fold model trained on, and never the test split.
+    """
+    if config.threshold != "auto":
+        return DecisionThreshold.fixed(config.threshold)
+    chosen = [r for r in results if (r.mode, r.lam) == (selection.mode, selection.lam) and r.fold != training.REFIT]
+    parts = [training.validation_predictions(r.model_path) for r in chosen]
+    label = np.concatenate([part[0] for part in parts])
+    probability = np.concatenate([part[1] for part in parts])
+    return choose_threshold(label, probability, config.threshold_metric)
 
 
 @task(cache_policy=NO_CACHE, name="log-input-schema", **TRACKING_TASK)
@@ -242,6 +269,7 @@ def grid_rows(table: pd.DataFrame, selection: Selection) -> list[dict[str, Any]]
                 f"val_{metric}_se": round(record[f"val_{metric}_se"], 5),
                 "val_accuracy": round(record["val_accuracy"], 4),
                 "val_roc_auc": round(record["val_roc_auc"], 4),
+                "val_average_precision": round(record["val_average_precision"], 4),
                 f"train_{metric}": round(record[f"train_{metric}"], 5),
                 "weight_norm": round(record["weight_norm"], 4),
                 "stopped_epoch": round(record["stopped_epoch"], 1),

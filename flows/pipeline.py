@@ -246,7 +246,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
                 evaluation.model_path,
                 parent_run_id,
                 evaluation.model_card,
-                list(evaluation.slices.slices) if evaluation.slices else None,
+                slices=list(evaluation.slices.slices) if evaluation.slices else None,
+                threshold=evaluation.threshold.value,
             )
     except BaseException:
         finish_quietly(client, parent_run_id, "FAILED")

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.retry import TRACKING_TASK
 from wd_pipeline import timing
-from wd_pipeline.config import PipelineConfig
+from wd_pipeline.config import DEFAULT_THRESHOLD, PipelineConfig
 from wd_pipeline.data import drift, splits
 from wd_pipeline.ml import report
 from wd_pipeline.ml.preprocessing import Preprocessing
@@ -21,7 +21,9 @@ from wd_pipeline.tracking import drift_record, registry, runs
 
 
 @task(cache_policy=NO_CACHE, name="log-model", **TRACKING_TASK)
-def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, config: PipelineConfig) -> str:
+def log_chosen_model(
+    parent_run_id: str, split_folder: str, model_path: str, config: PipelineConfig, threshold: float
+) -> str:
     with timing.measure("register_log_model"):
         example = splits.load_split(split_folder, "train").features.head(5)
         prep = Preprocessing.load(Path(model_path).parent)
@@ -34,6 +36,7 @@ def log_chosen_model(parent_run_id: str, split_folder: str, model_path: str, con
             positive_class=config.positive_class,
             na_values=config.na_values,
             reference=splits.read_profile(split_folder).split("train"),
+            threshold=threshold,
         )
     return model_uri
 
@@ -131,13 +134,19 @@ def register_chosen_model(
     model_path: str,
     parent_run_id: str,
     model_card: str | None = None,
+    *,
     slices: list[SliceMetrics] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> registry.RegistryDecision:
-    """Returns the registry decision: version, alias and the numbers behind it (``slices``: for the slice floor)."""
+    """Returns the registry decision: version, alias and the numbers behind it.
+
+    ``slices`` feed the slice floor; ``threshold`` is the decision threshold evaluation settled
+    on, which the model keeps.
+    """
     found = drift_against_champion(config, split_folder, parent_run_id)
     if found is not None:
         model_card = record_drift(parent_run_id, found, model_card)
-    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config)
+    model_uri = log_chosen_model(parent_run_id, split_folder, model_path, config, threshold)
     decision = register_and_gate(
         config, split_folder, model_uri, parent_run_id, model_card, drift_report=found, slices=slices
     )

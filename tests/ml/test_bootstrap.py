@@ -80,3 +80,36 @@ def test_thousand_resamples_of_a_test_split_take_well_under_a_second() -> None:
 def test_same_seed_same_interval() -> None:
     y, p = predictions(80)
     assert bootstrap.bootstrap_ci(y, p, "f1", seed=5) == bootstrap.bootstrap_ci(y, p, "f1", seed=5)
+
+
+def test_resampled_average_precision_matches_scikit_learn_with_ties_and_rare_positives() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(4)
+    y = np.zeros(30, dtype=int)
+    y[:2] = 1  # rare: some resamples draw no positive row
+    p = np.round(0.3 * y + 0.7 * rng.random(30), 1)  # one decimal: many rows share a probability
+    rows = bootstrap.resample_indices(len(y), 200, seed=5)
+    values = bootstrap.resampled_metric(y, p, rows, "average_precision")
+    has_positive = y[rows].any(axis=1)
+    assert has_positive.sum() > 100 and (~has_positive).any()
+    expected = [average_precision_score(y[r], p[r]) for r in rows[has_positive]]
+    np.testing.assert_allclose(values[has_positive], expected, rtol=1e-9, atol=1e-12)
+    assert np.isnan(values[~has_positive]).all()  # undefined without a positive row, and skipped
+
+
+def test_average_precision_interval_of_a_rare_class_skips_resamples_without_positives() -> None:
+    y = np.array([1, 0, 1] + [0] * 17)  # one negative ranks between the two positives
+    p = np.linspace(0.95, 0.05, 20)
+    interval = bootstrap.bootstrap_ci(y, p, "average_precision", n_resamples=500)
+    assert interval.estimate == pytest.approx((1 + 2 / 3) / 2) and interval.high == 1.0
+    assert 0 < interval.resamples < 500 and 0 < interval.low < 1
+
+
+def test_paired_difference_labels_each_model_at_its_own_threshold() -> None:
+    y, p = predictions(114)
+    at_own = bootstrap.paired_bootstrap_difference(y, p, p.copy(), "accuracy", threshold=0.4, threshold_old=0.7)
+    expected = classification_metrics(y, p, 0.4)["accuracy"] - classification_metrics(y, p, 0.7)["accuracy"]
+    assert at_own.estimate == pytest.approx(expected) and expected != 0
+    # A metric of probabilities alone does not move with the thresholds.
+    assert bootstrap.paired_bootstrap_difference(y, p, p.copy(), "log_loss", threshold=0.4, threshold_old=0.7).high == 0

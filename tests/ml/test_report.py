@@ -129,11 +129,11 @@ def test_learning_curves_show_every_grid_point() -> None:
 
 
 def test_test_split_figures(test_predictions) -> None:
-    from sklearn.metrics import confusion_matrix, roc_auc_score
+    from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
     y, p = test_predictions
     figures = report.diagnostic_figures(y, p, threshold=0.3)
-    assert set(figures) == {"roc_curve.png", "confusion_matrix.png", "calibration.png"}
+    assert set(figures) == {"roc_curve.png", "precision_recall.png", "confusion_matrix.png", "calibration.png"}
     for figure in figures.values():
         renders(figure)
     roc = figures["roc_curve.png"].axes[0]
@@ -144,6 +144,20 @@ def test_test_split_figures(test_predictions) -> None:
     assert counts == confusion_matrix(y, (p >= 0.3).astype(int)).tolist()  # rows: true label, at the threshold
     assert "threshold 0.3" in confusion.get_title()
     assert (confusion.get_xlabel(), confusion.get_ylabel()) == ("predicted label", "true label")
+    pr = figures["precision_recall.png"].axes[0]
+    assert (pr.get_xlabel(), pr.get_ylabel()) == ("recall", "precision")
+    assert pr.get_legend_handles_labels()[1] == [
+        f"model (AP = {average_precision_score(y, p):.3f})",
+        f"positive rate ({np.mean(y):.3f})",
+        "threshold 0.3",
+    ]
+    chance = pr.lines[1].get_ydata()
+    assert np.allclose(chance, np.mean(y))  # the no-skill baseline sits at the positive rate
+    point = pr.lines[2]
+    called = p >= 0.3
+    assert (point.get_xdata()[0], point.get_ydata()[0]) == pytest.approx(
+        (called[y == 1].mean(), y[called].mean())  # recall, precision where the threshold labels
+    )
     calibration = figures["calibration.png"].axes[0]
     assert calibration.get_ylabel() == "fraction of positives" and len(calibration.lines) == 2
     assert calibration.get_legend_handles_labels()[1] == ["perfectly calibrated", "model"]
@@ -185,6 +199,28 @@ def test_model_card_holds_fingerprint_choice_table_and_intervals(grid: pd.DataFr
     assert len(chosen_rows) == 1 and chosen_rows[0].startswith("| decoupled | 1e-03 |")
     assert "| epochs | `100` |" in card and "| positive_class | `null` |" in card
     assert re.search(r"\| 0\.\d{4} ± 0\.\d{4} \|", card)  # readable rounding, mean ± SE
+    assert "- **Threshold**: 0.5\n" in card  # no reason given: the number alone
+
+
+def test_model_card_says_how_the_threshold_was_chosen(grid: pd.DataFrame) -> None:
+    reason = "0.231, chosen by --threshold auto: maximum f1 (0.8000) on 455 out-of-fold validation predictions"
+    card = report.model_card(
+        model_name="m",
+        data_source="s",
+        data_sha256=SHA,
+        config={},
+        chosen_mode="l2",
+        chosen_lambda=0.0,
+        metric="log_loss",
+        rule="best",
+        table=grid,
+        test_intervals={},
+        threshold=0.231,
+        threshold_reason=reason,
+    )
+    section = card[card.index("## Decision threshold") : card.index("## Test metrics")]
+    assert f"- **Threshold**: {reason}" in section
+    assert "threshold 0.231)" in card  # the test metrics are at it
 
 
 def test_model_card_names_the_code_that_made_the_model(grid: pd.DataFrame) -> None:
@@ -265,6 +301,7 @@ def test_report_artifacts_bundle_every_figure_and_the_card(grid: pd.DataFrame, t
             "generalization_gap",
             "learning_curves",
             "roc_curve",
+            "precision_recall",
             "confusion_matrix",
             "calibration",
         )

@@ -69,7 +69,10 @@ def test_the_signature_lists_every_raw_column_with_its_type(logged) -> None:
         ("colour", "string"),
         ("city", "string"),
     ]
-    assert [(spec["name"], spec["type"]) for spec in signature.outputs.to_dict()] == [("probability", "double")]
+    assert [(spec["name"], spec["type"]) for spec in signature.outputs.to_dict()] == [
+        ("probability", "double"),
+        ("label", "long"),
+    ]
 
 
 def test_the_input_example_holds_a_missing_value(logged) -> None:
@@ -92,6 +95,7 @@ def test_the_model_config_and_preprocessing_travel_with_the_model(logged, table:
     config = registry.model_config(model_uri)
     assert (config["numeric_columns"], config["categorical_columns"]) == (["income", "age"], ["colour", "city"])
     assert (config["label"], config["positive_class"], config["missing_token"]) == ("y", None, MISSING)
+    assert config["threshold"] == 0.5 == registry.model_threshold(model_uri)  # none chosen: the default
     assert registry.model_preprocessing(model_uri) == load_model(keras_path)[1]
 
 
@@ -105,3 +109,28 @@ def test_raw_rows_with_unseen_categories_and_gaps_predict_as_the_network_does(lo
     # Columns the model does not read are ignored, and the order of the columns does not matter.
     shuffled = rows[MIXED_FEATURES[::-1]].assign(row_id=np.arange(len(rows)))
     np.testing.assert_allclose(registry.model_probability(model_uri, shuffled), served, rtol=1e-6)
+
+
+def test_the_served_label_is_the_probability_at_the_models_own_threshold(logged, table: MixedTable) -> None:
+    import mlflow
+
+    from tests.helpers.networks import frame_schema
+    from wd_pipeline.ml.preprocessing import Preprocessing
+
+    _, keras_path = logged
+    client = runs.get_client()
+    run_id = client.create_run(runs.ensure_experiment(client, "served")).info.run_id
+    train = table.rows(0, 150).frame
+    model_uri, _ = registry.log_model(
+        run_id,
+        keras_path,
+        Preprocessing.load(Path(keras_path).parent),
+        frame_schema(train, MIXED_FEATURES),
+        train.head(5),
+        threshold=0.3,
+    )
+    assert registry.model_config(model_uri)["threshold"] == 0.3 == registry.model_threshold(model_uri)
+    served = mlflow.pyfunc.load_model(model_uri).predict(raw_rows(table))
+    assert list(served.columns) == ["probability", "label"]
+    np.testing.assert_array_equal(served["label"], (served["probability"] >= 0.3).astype(int))
+    assert served["label"].sum() > (served["probability"] >= 0.5).sum()  # the rows between 0.3 and 0.5 count

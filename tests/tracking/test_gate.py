@@ -221,3 +221,45 @@ def test_a_long_model_card_is_cut_at_a_section_to_fit_the_registry() -> None:
     assert "## Inputs" not in cut and "model_card.md" in cut
     assert version_description("# short\n") == "# short\n"
     assert version_description(None) is None
+
+
+def test_each_model_is_compared_at_its_own_threshold(module_store: Path, keras_files, data) -> None:
+    from tests.helpers.networks import frame_schema
+    from wd_pipeline.ml.metrics import classification_metrics
+    from wd_pipeline.ml.preprocessing import Preprocessing
+
+    name, (train, test) = "gate-thresholds", data
+    client = runs.get_client()
+    policy = gate_policy(min_test_roc_auc=0.0, gate_metric="accuracy")
+
+    def register_at(threshold: float) -> registry.RegistryDecision:
+        run_id = client.create_run(runs.ensure_experiment(client, "gate-test")).info.run_id
+        model_uri, _ = registry.log_model(
+            run_id,
+            keras_files["strong"],
+            Preprocessing.load(Path(keras_files["strong"]).parent),
+            frame_schema(train, SIGNAL),
+            train.head(5),
+            threshold=threshold,
+        )
+        features, label = test.drop(columns="y"), test["y"].to_numpy()
+        return registry.register(
+            client,
+            name=name,
+            model_uri=model_uri,
+            run_id=run_id,
+            test_features=features,
+            test_label=label,
+            policy=policy,
+        )
+
+    champion = register_at(0.5)
+    # The same network labelling from 0.97: as accurate as the champion only if thresholds were ignored.
+    strict = register_at(0.97)
+    probability = registry.model_probability(strict.model_uri, test.drop(columns="y"))
+    label = test["y"].to_numpy()
+    assert (strict.threshold, strict.champion_threshold) == (0.97, 0.5)
+    assert strict.new_value == pytest.approx(classification_metrics(label, probability, 0.97)["accuracy"])
+    assert strict.champion_value == pytest.approx(champion.new_value)
+    assert strict.difference < 0 and strict.alias == "challenger"
+    assert runs.get_client().get_model_version(name, strict.version).tags["gate.threshold"] == "0.97"

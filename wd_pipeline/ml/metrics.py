@@ -10,12 +10,16 @@ import numpy as np
 
 from wd_pipeline.config import HIGHER_IS_BETTER
 
-METRICS = ("accuracy", "roc_auc", "log_loss", "precision", "recall", "f1", "brier")
+METRICS = ("accuracy", "roc_auc", "average_precision", "log_loss", "precision", "recall", "f1", "brier")
 PROBABILITY_CLIP = 1e-7
 
 
 def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """The seven metrics the pipeline reports, for one set of predictions."""
+    """The metrics the pipeline reports (:data:`METRICS`), for one set of predictions.
+
+    ``average_precision`` is scikit-learn's step-wise area under the precision-recall curve;
+    unlike ROC AUC it moves with the positive rate, so a rare positive class shows in it.
+    """
     from sklearn import metrics
 
     y_true = np.asarray(y_true).astype(int).ravel()
@@ -29,6 +33,7 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshol
     return {
         "accuracy": float(metrics.accuracy_score(y_true, predicted)),
         "roc_auc": float(metrics.roc_auc_score(y_true, probability)),
+        "average_precision": float(metrics.average_precision_score(y_true, probability)),
         "log_loss": float(metrics.log_loss(y_true, probability, labels=[0, 1])),
         "precision": float(precision),
         "recall": float(recall),

@@ -46,7 +46,7 @@ RULES = {
     "best": "the best cross-validated {metric}",
     "one-se": "the largest λ whose cross-validated {metric} is within one standard error of the best (one-SE rule)",
 }
-CARD_METRICS = ("roc_auc", "log_loss", "accuracy")
+CARD_METRICS = ("roc_auc", "average_precision", "log_loss", "accuracy")
 
 
 def _lambda_axis(ax: Axes, lambdas: np.ndarray) -> None:
@@ -227,6 +227,41 @@ def roc_figure(y_true: np.ndarray, probability: np.ndarray) -> Figure:
     return figure
 
 
+def precision_recall_figure(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> Figure:
+    """Precision against recall on the test split, with the positive rate as the no-skill baseline.
+
+    With a rare positive class the ROC curve looks good while most rows called positive are
+    wrong; this curve shows it. The point is where the model's decision threshold labels.
+    """
+    from matplotlib.figure import Figure
+    from sklearn.metrics import PrecisionRecallDisplay, precision_score, recall_score
+
+    y = np.asarray(y_true).astype(int)
+    figure = Figure(figsize=(4.8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    display = PrecisionRecallDisplay.from_predictions(
+        y,
+        probability,
+        ax=ax,
+        plot_chance_level=True,
+        chance_level_kw={"label": f"positive rate ({y.mean():.3f})", "color": "grey", "linestyle": "--"},
+    )
+    display.line_.set_label(f"model (AP = {display.average_precision:.3f})")
+    predicted = (np.asarray(probability) >= threshold).astype(int)
+    ax.plot(
+        recall_score(y, predicted, zero_division=0),
+        precision_score(y, predicted, zero_division=0),
+        "o",
+        color="C3",
+        label=f"threshold {threshold:g}",
+    )
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall curve (test split)")
+    ax.legend(loc="lower left")
+    return figure
+
+
 def confusion_matrix_figure(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> Figure:
     """Counts of right and wrong labels at ``threshold`` on the test split."""
     from matplotlib.figure import Figure
@@ -267,6 +302,7 @@ def diagnostic_figures(y_true: np.ndarray, probability: np.ndarray, threshold: f
     """The registered model's test-split figures, keyed by a file name for the run's ``plots/``."""
     return {
         "roc_curve.png": roc_figure(y_true, probability),
+        "precision_recall.png": precision_recall_figure(y_true, probability, threshold),
         "confusion_matrix.png": confusion_matrix_figure(y_true, probability, threshold),
         "calibration.png": calibration_figure(y_true, probability),
     }
@@ -379,6 +415,7 @@ def model_card(
     test_intervals: Mapping[str, Interval],
     version: str | None = None,
     threshold: float = 0.5,
+    threshold_reason: str = "",
     inputs: Sequence[Mapping[str, Any]] = (),
     code: Provenance | None = None,
     slices: SliceReport | None = None,
@@ -409,6 +446,7 @@ def model_card(
         "",
         cv_table_markdown(table, card_metrics, chosen_lambda, chosen_mode),
         "",
+        *_threshold_section(threshold, threshold_reason),
         f"## Test metrics ({level:.0%} bootstrap confidence intervals, {resamples} resamples, threshold {threshold:g})",
         "",
         "| metric | value | CI |",
@@ -433,6 +471,18 @@ DIRTY_MEANING = {
     "true": "with uncommitted changes to tracked files",
     "false": "no uncommitted changes to tracked files",
 }
+
+
+def _threshold_section(threshold: float, reason: str) -> list[str]:
+    """The probability from which the model labels a row positive, and where it came from."""
+    return [
+        "## Decision threshold",
+        "",
+        f"- **Threshold**: {reason or f'{threshold:g}'}",
+        "- Labels, and the test metrics that need one (accuracy, precision, recall, F1), use it; `score` and "
+        "the served model label with it unless `--threshold` is given.",
+        "",
+    ]
 
 
 def _code_section(code: Provenance | None) -> list[str]:

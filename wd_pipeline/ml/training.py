@@ -10,6 +10,9 @@ after a crash picks up every finished unit and trains only the rest.
 
 Fold ``REFIT`` is the chosen point retrained on all training data (train + validation) for
 the number of epochs early stopping found best across folds.
+
+Each unit with validation rows keeps its predictions on them beside its model
+(``validation.npz``): ``--threshold auto`` chooses the decision threshold on them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
 from wd_pipeline.ml import preprocessing
-from wd_pipeline.ml.metrics import classification_metrics
+from wd_pipeline.ml.metrics import METRICS, classification_metrics
 from wd_pipeline.ml.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
+VALIDATION_FILE = "validation.npz"  # the unit's validation labels and probabilities
 REFIT = -1
 # Per-epoch series Keras reports; ``bce`` is the data term alone, ``loss`` adds the penalty.
 HISTORY_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "bce", "val_bce")
@@ -215,7 +219,7 @@ def train_chunk(
     for unit in units:
         finished = load_finished(unit.folder, mode)
         if finished is not None:
-            results[unit.lam] = finished
+            results[unit.lam] = with_validation_predictions(finished, split_folder, config)
     missing = [unit for unit in units if unit.lam not in results]
     if missing:
         from wd_pipeline.ml.packed import train_packed
@@ -333,8 +337,9 @@ def _record(
             "epochs": unit.epochs,
         },
     )
+    validation = (val_label, member.val_probability) if val_label is not None else None
     with timing.measure("unit_save"):
-        _save(network, prep, result, unit.folder)
+        _save(network, prep, result, unit.folder, validation)
     return result
 
 
@@ -349,7 +354,13 @@ def load_model(model_path: str | Path) -> tuple[Any, Preprocessing]:
     return load(str(model_path)), Preprocessing.load(Path(model_path).parent)
 
 
-def _save(network: Any, prep: Preprocessing, result: FitResult, folder: Path) -> None:
+def _save(
+    network: Any,
+    prep: Preprocessing,
+    result: FitResult,
+    folder: Path,
+    validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> None:
     """Write into a private folder, then rename it into place: a unit appears whole or not at all.
 
     Two workers may train the same unit (λ = 0 of two modes); the second rename finds the
@@ -360,6 +371,8 @@ def _save(network: Any, prep: Preprocessing, result: FitResult, folder: Path) ->
     staging.mkdir(parents=True)
     network.save(staging / MODEL_FILE)
     prep.save(staging)
+    if validation is not None and validation[1] is not None:
+        save_validation_predictions(staging / VALIDATION_FILE, *validation)
     (staging / RESULT_FILE).write_text(json.dumps(result.to_dict()))
     try:
         staging.rename(folder)
@@ -367,3 +380,46 @@ def _save(network: Any, prep: Preprocessing, result: FitResult, folder: Path) ->
         if not (folder / RESULT_FILE).exists():
             raise
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_validation_predictions(path: Path, label: np.ndarray, probability: np.ndarray) -> None:
+    """Labels and probabilities of a unit's validation rows, written whole or not at all."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.npz")
+    np.savez(tmp, label=np.asarray(label, dtype=np.int8).ravel(), probability=np.asarray(probability).ravel())
+    tmp.replace(path)
+
+
+def validation_predictions(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of a unit's validation rows, as stored beside its model."""
+    with np.load(Path(model_path).with_name(VALIDATION_FILE)) as stored:
+        return stored["label"], stored["probability"]
+
+
+def with_validation_predictions(result: FitResult, split_folder: str | Path, config: PipelineConfig) -> FitResult:
+    """A resumed unit with its validation predictions, and with any metric added since it was trained.
+
+    A unit trained before either existed is predicted again from its saved model on its
+    fold's rows; its stored metrics are kept, the missing ones added, and the result file
+    rewritten (whole, after the predictions: it still marks completion).
+    """
+    stored = Path(result.model_path).with_name(VALIDATION_FILE)
+    missing = [m for m in METRICS if m not in result.val_metrics or m not in result.train_metrics]
+    if result.fold == REFIT or (stored.exists() and not missing):
+        return result
+    from wd_pipeline.ml.network import predict_frame
+
+    train, validation = fold_data(split_folder, config.folds, result.fold, config.seed)
+    assert validation is not None  # every fold but the refit has validation rows
+    network, prep = load_model(result.model_path)
+    probability = predict_frame(network, prep, validation.features)
+    save_validation_predictions(stored, validation.label, probability)
+    if missing:
+        train_probability = predict_frame(network, prep, train.features)
+        result.train_metrics = {**classification_metrics(train.label, train_probability), **result.train_metrics}
+        result.val_metrics = {**classification_metrics(validation.label, probability), **result.val_metrics}
+        resumed, result.resumed = result.resumed, False
+        tmp = stored.with_name(f".{RESULT_FILE}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(result.to_dict()))
+        tmp.replace(stored.with_name(RESULT_FILE))
+        result.resumed = resumed
+    return result

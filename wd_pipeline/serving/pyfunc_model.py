@@ -1,11 +1,13 @@
-"""The served model: raw columns in, probability of the positive class out.
+"""The served model: raw columns in, probability of the positive class and a 0/1 label out.
 
 Logged as an MLflow "model from code": this file is copied next to the model and run on
 load, so it must not import ``wd_pipeline``; a server needs only MLflow, Keras and pyarrow.
 The network holds its own preprocessing (imputation, vocabularies, normalisation); all this
 wrapper does is hand it the columns it was trained on, numeric columns as one float matrix
 and each categorical column as strings with gaps spelled as the network's missing token.
-Columns the network does not use are ignored here (``score`` passes them through).
+Columns the network does not use are ignored here (``score`` passes them through). The
+label is the probability at the decision threshold the model was registered with (its model
+config's ``threshold``; 0.5 for a model logged before models kept one).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import pyarrow as pa
 from mlflow.pyfunc import PythonModel
 
 PREDICT_ROWS = 65536
+DEFAULT_THRESHOLD = 0.5  # wd_pipeline.config's, repeated: this file must not import wd_pipeline
 
 
 class WeightDecayClassifier(PythonModel):
-    """Arrange raw columns as the network's named inputs and predict probabilities."""
+    """Arrange raw columns as the network's named inputs, predict probabilities and label them."""
 
     def load_context(self, context) -> None:
         import keras
@@ -30,6 +33,7 @@ class WeightDecayClassifier(PythonModel):
         self._numeric = list(config["numeric_columns"])
         self._categorical = list(config["categorical_columns"])
         self._missing = str(config["missing_token"])
+        self._threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
@@ -44,8 +48,8 @@ class WeightDecayClassifier(PythonModel):
             ).ravel()
             for start in range(0, rows, PREDICT_ROWS)
         ]
-        probability = np.concatenate(parts) if parts else np.zeros(0)
-        return pd.DataFrame({"probability": probability.astype(np.float64)})
+        probability = (np.concatenate(parts) if parts else np.zeros(0)).astype(np.float64)
+        return pd.DataFrame({"probability": probability, "label": (probability >= self._threshold).astype(np.int64)})
 
     def _inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         inputs = {}

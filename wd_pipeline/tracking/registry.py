@@ -8,6 +8,8 @@ The gate is built so that luck, a broken model or changed data cannot take ``@ch
   identical model (difference exactly 0) is refused and a lucky one usually is too;
 - hard floors (minimum ROC AUC, optional maximum log loss) keep a poor model out even when
   there is no champion yet;
+- each model labels at its own decision threshold (stored in its model config), so a
+  champion chosen with ``--threshold auto`` is compared as it serves;
 - a model whose input columns differ from the champion's is never promoted automatically:
   the two were trained on different data, so their numbers are not comparable.
 
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from wd_pipeline.config import DEFAULT_THRESHOLD
 from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.errors import ConfigError, TrackingError, first_line
 from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, Interval, paired_bootstrap_difference
@@ -72,7 +75,6 @@ class GatePolicy:
     min_roc_auc: float | None
     max_log_loss: float | None
     bootstrap_samples: int
-    threshold: float
     seed: int
     min_slice_roc_auc: float | None
     min_slice_rows: int
@@ -86,7 +88,6 @@ class GatePolicy:
             min_roc_auc=config.min_test_roc_auc,
             max_log_loss=config.max_test_log_loss,
             bootstrap_samples=config.bootstrap_samples,
-            threshold=config.threshold,
             seed=config.seed,
             min_slice_roc_auc=config.min_slice_roc_auc,
             min_slice_rows=config.min_slice_rows,
@@ -113,6 +114,8 @@ class RegistryDecision:
     ci_level: float = DEFAULT_LEVEL
     test_roc_auc: float | None = None
     test_log_loss: float | None = None
+    threshold: float = DEFAULT_THRESHOLD  # the new version's decision threshold
+    champion_threshold: float | None = None
     floors: str = ""  # the floors the new version fails, empty when it passes all
     lock_wait: float = 0.0  # seconds spent waiting for the promotion lock (another run was promoting)
     drift_level: str = ""  # against the champion's training data; empty when there was nothing to compare
@@ -137,13 +140,16 @@ def log_model(
     positive_class: str | None = None,
     na_values: list[str] | None = None,
     reference: SplitProfile | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[str, str]:
     """Log the pyfunc-wrapped network to the parent run; returns (model URI, model id).
 
     The signature lists every raw column the network reads: numeric ones as doubles,
-    categorical ones as strings. The input example holds a missing value, so the model
-    page shows that gaps are accepted. ``reference``, the training split's profile, is
-    logged beside the model files: what later data is checked for drift against.
+    categorical ones as strings; the model answers with a probability and a label at
+    ``threshold``, which its model config keeps (``score`` reads it from there). The input
+    example holds a missing value, so the model page shows that gaps are accepted.
+    ``reference``, the training split's profile, is logged beside the model files: what
+    later data is checked for drift against.
     """
     import tempfile
 
@@ -167,6 +173,7 @@ def log_model(
                 "label": schema.label,
                 "positive_class": positive_class,
                 "na_values": list(na_values or []),
+                "threshold": float(threshold),
             },
             signature=input_signature(used),
             input_example=example,
@@ -180,7 +187,8 @@ def input_signature(columns: list[ColumnSpec]) -> ModelSignature:
     from mlflow.types.schema import ColSpec, Schema
 
     inputs = Schema([ColSpec(SIGNATURE_TYPES[spec.role], spec.name) for spec in columns])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "probability")]))
+    outputs = Schema([ColSpec("double", "probability"), ColSpec("long", "label")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def example_with_gap(example: pd.DataFrame, columns: list[ColumnSpec]) -> pd.DataFrame:
@@ -229,6 +237,11 @@ def model_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
     doubles = [spec.name for spec in (schema.inputs if schema else []) if spec.type == DataType.double]
     features = features.astype({name: "float64" for name in doubles if name in features.columns})
     return model.predict(features)["probability"].to_numpy()
+
+
+def model_threshold(model_uri: str) -> float:
+    """The decision threshold a logged model labels with; 0.5 for a version logged before models stored one."""
+    return float(model_config(model_uri).get("threshold", DEFAULT_THRESHOLD))
 
 
 def current_champion(client: MlflowClient, name: str) -> str | None:
@@ -349,6 +362,7 @@ class _Comparison:
     champion_value: float | None = None
     difference: Interval | None = None
     blocked: str = ""  # why the two versions cannot be compared
+    champion_threshold: float | None = None
 
 
 def version_description(card: str | None, limit: int = MAX_DESCRIPTION) -> str | None:
@@ -394,8 +408,11 @@ def register(
     challenger for a person to look at.
     """
     new_probability = model_probability(model_uri, test_features)
-    new_metrics = classification_metrics(test_label, new_probability, policy.threshold)
-    new = _Candidate(model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy, slices))
+    new_threshold = model_threshold(model_uri)
+    new_metrics = classification_metrics(test_label, new_probability, new_threshold)
+    new = _Candidate(
+        model_uri, new_probability, new_metrics, floor_violations(new_metrics, policy, slices), new_threshold
+    )
     # Compared before the lock too: usually nobody promotes meanwhile, and the lock is then held only briefly.
     seen = current_champion(client, name)
     comparison = _compare(new, policy, name=name, champion_version=seen, features=test_features, label=test_label)
@@ -441,6 +458,7 @@ class _Candidate:
     probability: np.ndarray
     metrics: dict[str, float]
     failed_floors: list[str]
+    threshold: float = DEFAULT_THRESHOLD
 
 
 def _create_version(
@@ -510,6 +528,8 @@ def _decide(
         ci_level=policy.level,
         test_roc_auc=new.metrics["roc_auc"],
         test_log_loss=new.metrics["log_loss"],
+        threshold=new.threshold,
+        champion_threshold=comparison.champion_threshold,
         floors="; ".join(new.failed_floors),
         lock_wait=round(lock_wait, 3),
         drift_level=drift.level if drift else "",
@@ -538,6 +558,7 @@ def _compare(
         )
     try:
         champion_probability = model_probability(champion_uri, features)
+        champion_threshold = model_threshold(champion_uri)
     except Exception as exc:  # a champion that cannot score these rows cannot be compared
         return _Comparison(blocked=f"champion v{champion_version} cannot score this data ({first_line(exc, 200)})")
     difference = paired_bootstrap_difference(
@@ -548,10 +569,11 @@ def _compare(
         n_resamples=policy.bootstrap_samples,
         seed=policy.seed,
         level=policy.level,
-        threshold=policy.threshold,
+        threshold=new.threshold,
+        threshold_old=champion_threshold,
     )
-    champion_value = classification_metrics(label, champion_probability, policy.threshold)[policy.metric]
-    return _Comparison(champion_value, difference)
+    champion_value = classification_metrics(label, champion_probability, champion_threshold)[policy.metric]
+    return _Comparison(champion_value, difference, champion_threshold=champion_threshold)
 
 
 def _verdict(
