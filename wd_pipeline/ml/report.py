@@ -452,7 +452,7 @@ def modes_section(
             score = f"{row[f'val_{metric}']:.{digits}f} ± {row.get(f'val_{metric}_se', 0.0):.{digits}f}"
             lines.append(
                 f"| {mode} | {point_label(mode, chosen_value)} | {score} | {row['weight_norm']:.3f} | "
-                f"{'✔' if mode == winner else ''} |"
+                f"{'**winner**' if mode == winner else ''} |"
             )
         points = ", ".join(
             f"{format_value(mode, float(value))} → {score:.{digits}f}"
