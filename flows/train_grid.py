@@ -45,7 +45,7 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
 
 @task(
     name="train-chunk",
-    task_run_name="train {mode} fold {fold} λ={lams}",
+    task_run_name="train {mode} fold {fold} values={lams}",
     cache_policy=NO_CACHE,
     **TRACKING_TASK,
 )

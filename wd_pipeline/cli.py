@@ -224,8 +224,7 @@ def format_summary(summary: PipelineSummary) -> str:
     run = summary.run_url if served else f"experiment {summary.experiment_id}, run {summary.parent_run_id}"
     lines = [
         "",
-        f"chosen        {selection.label}  "
-        f"(rule {selection.rule} on validation {selection.metric})",
+        f"chosen        {selection.label}  (rule {selection.rule} on validation {selection.metric})",
         f"test metrics  {metrics}",
         f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",
         f"MLflow run    {run}",

@@ -244,14 +244,17 @@ def test_dropout_member_at_rate_zero_matches_keras_fit_in_a_pack_of_rates(patien
 
 
 def test_dropout_masks_are_per_member_seeded_and_keep_one_minus_p() -> None:
-    dropout = _Dropout([0.0, 0.25, 0.25, 0.6], seed=7)
+    dropout = _Dropout([0.0, 0.25, 0.3, 0.6], seed=7)
     first, second = (np.asarray(m) for m in dropout.masks([10, 10], 512, epoch=0, step=3))
     again = np.asarray(dropout.masks([10, 10], 512, epoch=0, step=3)[0])
     np.testing.assert_array_equal(first, again)  # seeded
     assert not np.array_equal(first, np.asarray(dropout.masks([10, 10], 512, epoch=0, step=4)[0]))  # a new step
     assert not np.array_equal(first, second)  # a new layer
     np.testing.assert_array_equal(first[0], 1.0)  # rate 0: nothing dropped, nothing scaled
-    assert not np.array_equal(first[1], first[2])  # equal rates, own masks
+    assert np.mean((first[1] > 0) == (first[2] > 0)) < 0.9  # members draw their own masks
+    # A member's masks are its own, whoever shares the pack: a chunk of one trains the same point.
+    alone = np.asarray(_Dropout([0.3], seed=7).masks([10, 10], 512, epoch=0, step=3)[0])
+    np.testing.assert_array_equal(alone[0], first[2])
     for g, rate in enumerate(dropout.rates):
         kept = first[g] > 0
         assert kept.mean() == pytest.approx(1 - rate, abs=0.03)
@@ -263,12 +266,14 @@ def _training_mode_losses_packed(table: Table, rate: float, draws: int) -> np.nd
 
     (train, y), _ = table.encoded()
     reference = build_model(table.prep, lam=0.0, learning_rate=1e-2, seed=SEED)
-    stack = _Stack(reference, table.prep, draws)
-    dropout = _Dropout([rate] * draws, seed=SEED)
-    masks = dropout.masks(stack.hidden_widths, len(y), epoch=0, step=0)
-    logits = stack.logits(tf.constant(train.dense), tf.constant(train.indices), masks)
-    labels = tf.broadcast_to(tf.constant(y)[None], tf.shape(logits))
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=[1, 2]).numpy()
+    stack = _Stack(reference, table.prep, 1)
+    dropout = _Dropout([rate], seed=SEED)
+    dense, indices, labels = tf.constant(train.dense), tf.constant(train.indices), tf.constant(y)[None]
+    losses = []
+    for step in range(draws):  # a new mask every step, as in training
+        logits = stack.logits(dense, indices, dropout.masks(stack.hidden_widths, len(y), epoch=0, step=step))
+        losses.append(float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))))
+    return np.array(losses)
 
 
 def _training_mode_losses_keras(table: Table, rate: float, draws: int) -> np.ndarray:

@@ -20,7 +20,8 @@ reference models, so saving, serving and the registry never see the packing.
 
 Dropout (mode ``dropout``) is per member too: each member has its own rate, and each step
 draws an independent mask for every member, row and hidden unit from a stateless generator
-seeded by (seed, hidden layer, epoch, step), so a training is reproducible. Survivors are
+seeded by (seed, hidden layer, rate, epoch, step), so a training is reproducible and does not
+depend on which other members share its pack. Survivors are
 scaled by 1 / (1 − p), as Keras' ``Dropout`` does; the validation pass and the final
 probabilities run without dropout. A member at rate 0 skips nothing and matches the
 network trained without dropout exactly. The masks cannot equal Keras' own (its generator
@@ -168,7 +169,11 @@ def row_weights(labels: np.ndarray, class_weights: Mapping[int, float]) -> np.nd
 
 @dataclass(frozen=True)
 class _Dropout:
-    """Per-member dropout rates and the seed of their masks."""
+    """Per-member dropout rates and the seed of their masks.
+
+    A member's masks are seeded by its own rate, not its place in the pack, so a grid point
+    trains the same whether its chunk holds the whole grid or that point alone.
+    """
 
     rates: list[float]
     seed: int
@@ -179,13 +184,23 @@ class _Dropout:
 
         rates = tf.constant(self.rates, dtype=tf.float32)[:, None, None]
         scale = 1.0 / (1.0 - rates)
+        counter = tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(step, tf.int64)
         masks = []
         for layer, width in enumerate(widths):
-            counter = tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(step, tf.int64)
-            seed = tf.stack([tf.constant(self.seed * 16 + layer, tf.int64), counter])
-            uniform = tf.random.stateless_uniform([len(self.rates), batch, width], seed=seed)
+            uniform = tf.stack(
+                [
+                    tf.random.stateless_uniform(
+                        [batch, width], seed=tf.stack([tf.constant(self._stream(layer, rate), tf.int64), counter])
+                    )
+                    for rate in self.rates
+                ]
+            )
             masks.append(tf.cast(uniform >= rates, tf.float32) * scale)
         return masks
+
+    def _stream(self, layer: int, rate: float) -> int:
+        """The first half of a mask's seed: one stream per (seed, hidden layer, rate)."""
+        return (self.seed * 16 + layer) * 1_000_000 + round(rate * 1_000_000)
 
 
 def epoch_order(rows: int, epochs: int, seed: int) -> np.ndarray:
