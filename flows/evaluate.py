@@ -16,9 +16,9 @@ from prefect.runtime import flow_run
 
 from flows.retry import TRACKING_TASK
 from wd_pipeline import timing
-from wd_pipeline.config import PipelineConfig, format_lambda
+from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
-from wd_pipeline.ml import bootstrap, importance, preprocessing, report, slices, training
+from wd_pipeline.ml import bootstrap, importance, modes, preprocessing, report, slices, training
 from wd_pipeline.ml.importance import Importance
 from wd_pipeline.ml.preprocessing import Preprocessing
 from wd_pipeline.ml.selection import Selection, aggregate, fold_table, refit_epochs, select, test_predictions
@@ -73,6 +73,7 @@ def log_evaluation(
     epochs: int,
     artifacts: dict[str, Any],
     threshold: DecisionThreshold,
+    at_grid_edge: bool,
 ) -> None:
     """Selection, test metrics with their bootstrap intervals, tables, plots and the model card."""
     with timing.measure("tracking_evaluation"):
@@ -81,7 +82,8 @@ def log_evaluation(
             client,
             parent_run_id,
             {
-                "chosen_lambda": selection.lam,
+                "chosen_lambda": modes.weight_decay(selection.mode, selection.lam),
+                "chosen_dropout_rate": modes.dropout_rate(selection.mode, selection.lam),
                 "best_lambda": selection.best_lambda,
                 "refit_epochs": epochs,
                 "decision_threshold": threshold.value,
@@ -97,10 +99,12 @@ def log_evaluation(
                 "selection.rule": selection.rule,
                 "selection.metric": selection.metric,
                 "selection.mode": selection.mode,
-                "selection.lambda": selection.lam,
+                "selection.lambda": modes.weight_decay(selection.mode, selection.lam),
+                "selection.rate": modes.dropout_rate(selection.mode, selection.lam),
+                "selection.point": selection.label,
                 "selection.best_lambda": selection.best_lambda,
-                "selection.at_grid_edge": str(selection.at_grid_edge(table["lambda"].unique())).lower(),
-                **{f"selection.{mode}.lambda": lam for mode, lam in selection.per_mode.items()},
+                "selection.at_grid_edge": str(at_grid_edge).lower(),
+                **selection.tags(),
                 "threshold.metric": threshold.source,
             },
         )
@@ -131,18 +135,22 @@ def evaluate(
     selection = select(table, config.selection_metric, config.rule)
     epochs = refit_epochs(folds, selection, config.epochs) if config.patience else config.epochs
     logger.info(
-        "Rule %s on validation %s chose %s (best mean at λ=%s); per mode: %s; refit for %d epochs",
+        "Rule %s on validation %s chose %s (best mean at %s); per mode: %s; refit for %d epochs",
         selection.rule,
         selection.metric,
-        runs.point_run_name(selection.mode, selection.lam),
-        format_lambda(selection.best_lambda),
-        ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items()),
+        selection.label,
+        runs.point_run_name(selection.best_mode, selection.best_lambda),
+        ", ".join(runs.point_run_name(mode, value) for mode, value in selection.per_mode.items()),
         epochs,
     )
-    if selection.at_grid_edge(config.grid):
+    at_grid_edge = selection.at_grid_edge(modes.grid_of(config, selection.mode))
+    if at_grid_edge:
+        flag = modes.grid_flag(selection.mode)
         logger.warning(
-            "The chosen λ=%s is the largest in the grid: the optimum may lie beyond it; extend --grid upwards",
-            format_lambda(selection.lam),
+            "The chosen %s is the largest in %s: the optimum may lie beyond it; extend %s upwards",
+            selection.label,
+            flag,
+            flag,
         )
     threshold = decision_threshold(config, results, selection)
     logger.info("Decision threshold %s", threshold.describe())
@@ -174,6 +182,7 @@ def evaluate(
                 "data_sha256": manifest["sha256"],
                 "config": config.model_dump(),
                 "rule": selection.rule,
+                "per_mode": selection.per_mode,
                 "test_intervals": intervals,
                 "inputs": inputs,
                 "code": code_of_run(parent_run_id),
@@ -190,11 +199,12 @@ def evaluate(
         epochs=epochs,
         artifacts=artifacts,
         threshold=threshold,
+        at_grid_edge=at_grid_edge,
     )
     create_table_artifact(
         grid_rows(table, selection),
         key="grid-results",
-        description=f"Cross-validated metrics per (mode, λ); chosen {selection.mode} λ={format_lambda(selection.lam)} "
+        description=f"Cross-validated metrics per (mode, λ or dropout rate); chosen {selection.label} "
         f"by rule {selection.rule} on validation {selection.metric}",
     )
     if sliced is not None:
@@ -264,7 +274,7 @@ def grid_rows(table: pd.DataFrame, selection: Selection) -> list[dict[str, Any]]
         rows.append(
             {
                 "mode": record["mode"],
-                "lambda": format_lambda(record["lambda"]),
+                "lambda": modes.format_value(record["mode"], record["lambda"]),
                 f"val_{metric}": round(record[f"val_{metric}"], 5),
                 f"val_{metric}_se": round(record[f"val_{metric}_se"], 5),
                 "val_accuracy": round(record["val_accuracy"], 4),

@@ -81,7 +81,6 @@ from wd_pipeline.config import (
     ThresholdMetric,
     ValFraction,
     WorkDirOrDefault,
-    format_lambda,
     make_config,
 )
 from wd_pipeline.tracking import runs
@@ -265,9 +264,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision"
     )
     logger.info(
-        "Chosen %s λ=%s; %s v%s → @%s",
-        evaluation.selection.mode,
-        format_lambda(evaluation.selection.lam),
+        "Chosen %s; %s v%s → @%s",
+        evaluation.selection.label,
         decision.model_name,
         decision.version,
         decision.alias,

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flows.evaluate import Evaluation
-from wd_pipeline.config import format_lambda
 from wd_pipeline.tracking.registry import RegistryDecision
-from wd_pipeline.tracking.runs import model_version_url
+from wd_pipeline.tracking.runs import model_version_url, point_run_name
 
 
 @dataclass(frozen=True)
@@ -35,9 +34,9 @@ def summary_markdown(summary: PipelineSummary) -> str:
     lines = [
         "# Weight-decay pipeline",
         "",
-        f"- **Chosen**: {selection.mode} λ = {format_lambda(selection.lam)} "
+        f"- **Chosen**: {selection.label} "
         f"(rule {selection.rule} on validation {selection.metric}; per mode: "
-        + ", ".join(f"{mode} λ={format_lambda(lam)}" for mode, lam in selection.per_mode.items())
+        + ", ".join(point_run_name(mode, value) for mode, value in selection.per_mode.items())
         + ")",
         f"- **Test metrics**: {metrics}",
         *worst_slice_lines(summary.evaluation),

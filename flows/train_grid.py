@@ -1,5 +1,8 @@
 """Prefect flow ``train-grid``: one task per (mode, fold, chunk of λ), run concurrently.
 
+Each mode trains its own grid: λ from ``--grid`` for l2 and decoupled, rates from
+``--dropout-grid`` for dropout (``dropout p=0.2``).
+
 A chunk's λ values train together as one packed model (see ``wd_pipeline/ml/packed.py``);
 ``chunk_size`` 1 gives one task per grid point, so a cluster can spread them. MLflow layout
 is the same either way: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent
@@ -22,7 +25,7 @@ from flows.retry import TRACKING_TASK, finish_quietly
 from wd_pipeline import progress, timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import first_line
-from wd_pipeline.ml import selection, training
+from wd_pipeline.ml import modes, selection, training
 from wd_pipeline.tracking import runs
 
 Point = tuple[str, float]
@@ -38,13 +41,13 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
     with timing.measure("tracking_points"):
         client = runs.get_client()
         run_id = runs.start_child_run(client, parent_run_id, runs.point_run_name(mode, lam), _prefect_tags())
-        runs.log_params(client, run_id, {"mode": mode, "lambda": lam})
+        runs.log_params(client, run_id, {"mode": mode, modes.value_name(mode): lam})
     return run_id
 
 
 @task(
     name="train-chunk",
-    task_run_name="train {mode} fold {fold} λ={lams}",
+    task_run_name="train {mode} fold {fold} values={lams}",
     cache_policy=NO_CACHE,
     **TRACKING_TASK,
 )
@@ -109,7 +112,7 @@ def chunks(grid: list[float], size: int) -> list[list[float]]:
 def train_grid(config: PipelineConfig, split_folder: str, parent_run_id: str) -> list[training.UnitSummary]:
     """Every fold of every grid point; the caller picks the task runner (and so the parallelism)."""
     logger = get_run_logger()
-    points: list[Point] = [(mode, lam) for mode in config.modes for lam in config.grid]
+    points: list[Point] = [(mode, value) for mode in config.modes for value in modes.grid_of(config, mode)]
     point_runs = {point: open_point_run(parent_run_id, *point) for point in points}
     try:
         with progress.track(0, config.epochs) as tracker:
@@ -154,23 +157,26 @@ def _train_all(
     logger: Any,
     tracker: progress.GridProgress,
 ) -> dict[Point, list[training.UnitSummary]]:
-    first_mode_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
+    # Value 0 is one model in every mode: the first mode whose grid holds it trains it, and
+    # the chunks of later modes holding 0 wait for that chunk and load its model.
+    zero_owner = next((mode for mode in config.modes if 0.0 in modes.grid_of(config, mode)), None)
+    zero_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
     futures: list[PrefectFuture] = []
     chunk_of: dict[PrefectFuture, progress.ChunkKey] = {}
     for mode in config.modes:
-        mode_runs = {lam: point_runs[(mode, lam)] for lam in config.grid}
+        grid = modes.grid_of(config, mode)
+        mode_runs = {value: point_runs[(mode, value)] for value in grid}
         for fold in range(config.folds):
-            for lams in chunks(config.grid, config.chunk_size):
-                # λ = 0 is one model in every mode: later modes wait and load the first mode's.
-                wait = first_mode_chunks[fold] if mode != config.modes[0] and 0.0 in lams else []
+            for lams in chunks(grid, config.chunk_size):
+                wait = zero_chunks[fold] if mode != zero_owner and 0.0 in lams else []
                 future = train_and_record_chunk.submit(
                     split_folder, config, mode=mode, lams=lams, fold=fold, point_runs=mode_runs, wait_for=wait
                 )
                 futures.append(future)
                 chunk_of[future] = progress.chunk_key(mode, fold, lams)
                 tracker.add_units(len(lams))
-                if mode == config.modes[0]:
-                    first_mode_chunks[fold].append(future)
+                if mode == zero_owner and 0.0 in lams:
+                    zero_chunks[fold].append(future)
     done: dict[Point, list[training.UnitSummary]] = defaultdict(list)
     finished_points = 0
     for future in as_completed(futures):

@@ -334,16 +334,13 @@ def format_grid(summary: PipelineSummary) -> str:
 
 def format_summary(summary: PipelineSummary) -> str:
     """What a person needs at the end: λ, test metrics, registry decision, where to look."""
-    from wd_pipeline.config import format_lambda
-
     selection, decision = summary.evaluation.selection, summary.registry
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary.evaluation.test_metrics.items())
     served = summary.run_url.startswith("http")
     run = summary.run_url if served else f"experiment {summary.experiment_id}, run {summary.parent_run_id}"
     lines = [
         "",
-        f"chosen        {selection.mode} λ={format_lambda(selection.lam)}  "
-        f"(rule {selection.rule} on validation {selection.metric})",
+        f"chosen        {selection.label}  (rule {selection.rule} on validation {selection.metric})",
         f"test metrics  {metrics}",
         *([f"worst slice   {summary.evaluation.slices.worst_text()}"] if summary.evaluation.slices else []),
         f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",

@@ -179,3 +179,24 @@ def test_decoupled_mode_adds_no_penalty_to_the_loss(table) -> None:
 def test_unknown_mode_is_refused(prep: Preprocessing) -> None:
     with pytest.raises(ValueError, match="unknown weight-decay mode 'l1'"):
         build_model(prep, lam=0.1, mode="l1")
+
+
+def test_dropout_follows_each_hidden_layer_and_is_off_when_predicting(prep: Preprocessing, features) -> None:
+    model = build_model(prep, lam=0.0, mode="dropout", dropout=0.4, hidden_units=(6, 5), seed=3)
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if n.startswith(("hidden_", "dropout_"))] == [
+        "hidden_1",
+        "dropout_1",
+        "hidden_2",
+        "dropout_2",
+    ]
+    assert {model.get_layer(n).rate for n in ("dropout_1", "dropout_2")} == {0.4}
+    assert penalty(model) == 0.0 and not model.optimizer.weight_decay
+    inputs = numeric_inputs(features)
+    np.testing.assert_array_equal(np.asarray(model(inputs, training=False)), np.asarray(model(inputs, training=False)))
+    assert not np.array_equal(np.asarray(model(inputs, training=True)), np.asarray(model(inputs, training=False)))
+    # Dropout adds no weights: the same seed starts from the network without it.
+    for with_dropout, without in zip(
+        kernels(model), kernels(build_model(prep, lam=0.0, hidden_units=(6, 5), seed=3)), strict=True
+    ):
+        np.testing.assert_array_equal(with_dropout, without)

@@ -1,4 +1,10 @@
-"""Packed grid training equals training each λ alone with Keras' own ``fit``."""
+"""Packed grid training equals training each λ alone with Keras' own ``fit``.
+
+Dropout members: at rate 0 exactly; at a positive rate statistically, because the packed
+masks come from a per-step stateless generator that Keras' ``Dropout`` layers do not share
+(same weights, many masks: the training-mode loss has the same mean and spread). Class
+weights: exactly, against Keras' ``class_weight``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,9 @@ import pandas as pd
 import pytest
 
 from tests.helpers.networks import MIXED_ONE_HOT_MAX, densify_gradients, mixed_table, numeric_frame, numeric_prep
-from wd_pipeline.ml import preprocessing
+from wd_pipeline.ml import class_weights, preprocessing
 from wd_pipeline.ml.network import build_model, embeddings, kernels, predict_frame
-from wd_pipeline.ml.packed import epoch_batches, epoch_order, train_packed
+from wd_pipeline.ml.packed import _Dropout, _Stack, epoch_batches, epoch_order, train_packed
 from wd_pipeline.ml.preprocessing import Encoded, Preprocessing
 
 LAMS = [0.0, 1e-2, 0.3]
@@ -70,7 +76,7 @@ def table(request) -> Table:
     return TABLES[request.param]()
 
 
-def independent_fit(table: Table, lam: float, mode: str, patience: int):
+def independent_fit(table: Table, lam: float, mode: str, patience: int, class_weight: dict[int, float] | None = None):
     """The reference, as a user writes it: one model and one ``fit`` per λ on raw rows, Keras' EarlyStopping."""
     import keras
     import tensorflow as tf
@@ -89,13 +95,14 @@ def independent_fit(table: Table, lam: float, mode: str, patience: int):
         epochs=EPOCHS,
         steps_per_epoch=-(-len(table.train) // BATCH),
         callbacks=callbacks,
+        class_weight=class_weight,
         verbose=0,
     )
     best = callbacks[0].best_epoch + 1 if callbacks else EPOCHS
     return model, history.history, best
 
 
-def packed(table: Table, lams: list[float], mode: str, patience: int, epochs: int = EPOCHS):
+def packed(table: Table, lams: list[float], mode: str, patience: int, epochs: int = EPOCHS, **options):
     train, validation = table.encoded()
     return train_packed(
         table.prep,
@@ -103,6 +110,7 @@ def packed(table: Table, lams: list[float], mode: str, patience: int, epochs: in
         validation,
         lams=lams,
         mode=mode,
+        **options,
         hidden_units=[10, 10],
         learning_rate=1e-2,
         seed=SEED,
@@ -204,3 +212,132 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch() -> None:
     assert all(sorted(row) == list(range(10)) for row in order)
     assert not np.array_equal(order[0], order[1])
     np.testing.assert_array_equal(order, epoch_order(10, 3, seed=1))
+
+
+def assert_same_training(
+    member, model, history, best_epoch, table: Table, keys=("loss", "val_loss", "accuracy")
+) -> None:
+    assert member.best_epoch == best_epoch
+    for key in keys:
+        np.testing.assert_allclose(member.history[key], history[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for packed_kernel, alone in zip(kernels(member.model), kernels(model), strict=True):
+        np.testing.assert_allclose(packed_kernel, alone, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(member.val_probability, predict_frame(model, table.prep, table.val), atol=1e-5)
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_dropout_member_at_rate_zero_matches_keras_fit_in_a_pack_of_rates(patience: int) -> None:
+    table = numeric()
+    rates = [0.0, 0.3, 0.5]
+    members = packed(table, [0.0] * len(rates), "dropout", patience, dropout_rates=rates)
+    model, history, best_epoch = independent_fit(table, 0.0, "l2", patience)
+    assert_same_training(members[0], model, history, best_epoch, table)
+    # The other members really trained with dropout: the same start and batches, other weights.
+    for member in members[1:]:
+        assert not np.allclose(kernels(member.model)[0], kernels(members[0].model)[0], atol=1e-3)
+        # and the unpacked member carries its rate, which is inert when it predicts
+        (layer, *_) = [layer for layer in member.model.layers if layer.name.startswith("dropout_")]
+        assert layer.rate in rates[1:]
+        np.testing.assert_allclose(
+            member.val_probability, predict_frame(member.model, table.prep, table.val), atol=1e-5
+        )
+
+
+def test_dropout_masks_are_per_member_seeded_and_keep_one_minus_p() -> None:
+    dropout = _Dropout([0.0, 0.25, 0.3, 0.6], seed=7)
+    first, second = (np.asarray(m) for m in dropout.masks([10, 10], 512, epoch=0, step=3))
+    again = np.asarray(dropout.masks([10, 10], 512, epoch=0, step=3)[0])
+    np.testing.assert_array_equal(first, again)  # seeded
+    assert not np.array_equal(first, np.asarray(dropout.masks([10, 10], 512, epoch=0, step=4)[0]))  # a new step
+    assert not np.array_equal(first, second)  # a new layer
+    np.testing.assert_array_equal(first[0], 1.0)  # rate 0: nothing dropped, nothing scaled
+    assert np.mean((first[1] > 0) == (first[2] > 0)) < 0.9  # members draw their own masks
+    # A member's masks are its own, whoever shares the pack: a chunk of one trains the same point.
+    alone = np.asarray(_Dropout([0.3], seed=7).masks([10, 10], 512, epoch=0, step=3)[0])
+    np.testing.assert_array_equal(alone[0], first[2])
+    for g, rate in enumerate(dropout.rates):
+        kept = first[g] > 0
+        assert kept.mean() == pytest.approx(1 - rate, abs=0.03)
+        np.testing.assert_allclose(first[g][kept], 1 / (1 - rate), rtol=1e-6)
+
+
+def _training_mode_losses_packed(table: Table, rate: float, draws: int) -> np.ndarray:
+    import tensorflow as tf
+
+    (train, y), _ = table.encoded()
+    reference = build_model(table.prep, lam=0.0, learning_rate=1e-2, seed=SEED)
+    stack = _Stack(reference, table.prep, 1)
+    dropout = _Dropout([rate], seed=SEED)
+    dense, indices, labels = tf.constant(train.dense), tf.constant(train.indices), tf.constant(y)[None]
+    losses = []
+    for step in range(draws):  # a new mask every step, as in training
+        logits = stack.logits(dense, indices, dropout.masks(stack.hidden_widths, len(y), epoch=0, step=step))
+        losses.append(float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))))
+    return np.array(losses)
+
+
+def _training_mode_losses_keras(table: Table, rate: float, draws: int) -> np.ndarray:
+    import keras
+
+    model = build_model(table.prep, lam=0.0, mode="dropout", dropout=rate, learning_rate=1e-2, seed=SEED)
+    inputs = preprocessing.model_inputs(table.train, table.prep)
+    bce = keras.losses.BinaryCrossentropy()
+    return np.array([float(bce(table.y_train, model(inputs, training=True))) for _ in range(draws)])
+
+
+def test_dropout_member_matches_keras_dropout_in_distribution() -> None:
+    """Same weights, many masks: packed and Keras' training-mode losses share mean and spread, unlike no dropout."""
+    table = numeric()
+    draws = 300
+    packed_losses = _training_mode_losses_packed(table, 0.5, draws)
+    keras_losses = _training_mode_losses_keras(table, 0.5, draws)
+    se = np.sqrt(packed_losses.var(ddof=1) / draws + keras_losses.var(ddof=1) / draws)
+    assert abs(packed_losses.mean() - keras_losses.mean()) < 4 * se
+    assert packed_losses.std() == pytest.approx(keras_losses.std(), rel=0.25)
+    without = _training_mode_losses_packed(table, 0.0, 2)
+    assert without.std() == 0.0 and packed_losses.std() > 10 * 1e-6
+
+
+@functools.cache
+def imbalanced() -> Table:
+    """One positive in about six rows."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 4)).astype("float32")
+    y = (x[:, :1] + 0.7 * x[:, 1:2] + rng.normal(scale=0.8, size=(600, 1)) > 1.4).astype("float32")
+    frame = numeric_frame(x)
+    return Table(numeric_prep(x[:400]), frame.iloc[:400], y[:400], frame.iloc[400:], y[400:])
+
+
+def test_balanced_weights_are_n_over_two_n_c() -> None:
+    assert class_weights.balanced(np.array([0, 0, 0, 1])) == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+    assert class_weights.for_setting("none", np.array([0, 1])) is None
+    with pytest.raises(ValueError, match="class 1 has none"):
+        class_weights.balanced(np.array([0, 0]))
+
+
+def test_weighted_loss_matches_keras_class_weight() -> None:
+    patience = 0  # stopping is tested above; here each epoch's weighted loss is compared
+    table = imbalanced()
+    weights = class_weights.balanced(table.y_train)
+    assert weights[1] > 2 * weights[0]  # the case is imbalanced, the weights far from 1
+    (member,) = packed(table, [1e-2], "l2", patience, class_weights=weights)
+    model, history, best_epoch = independent_fit(table, 1e-2, "l2", patience, class_weight=weights)
+    # Keras weights its training metrics too, by Σw rather than the batch size; the loss, every
+    # validation metric (never weighted) and the weights themselves must agree.
+    assert_same_training(
+        member, model, history, best_epoch, table, keys=("loss", "val_loss", "val_accuracy", "val_bce")
+    )
+    (unweighted,) = packed(table, [1e-2], "l2", patience)
+    assert not np.allclose(member.history["loss"], unweighted.history["loss"])
+
+
+def _recall(y: np.ndarray, probability: np.ndarray) -> float:
+    positive = y.ravel() == 1
+    return float(np.mean(probability[positive] >= 0.5))
+
+
+def test_balanced_weights_raise_the_minority_class_recall() -> None:
+    table = imbalanced()
+    (plain,) = packed(table, [0.0], "l2", patience=0, epochs=20)
+    (balanced,) = packed(table, [0.0], "l2", patience=0, epochs=20, class_weights=class_weights.balanced(table.y_train))
+    assert _recall(table.y_val, balanced.val_probability) > _recall(table.y_val, plain.val_probability) + 0.1

@@ -307,3 +307,61 @@ def test_report_artifacts_bundle_every_figure_and_the_card(grid: pd.DataFrame, t
         )
     }
     assert SHA in artifacts["model_card.md"] and "the best cross-validated log loss" in artifacts["model_card.md"]
+
+
+@pytest.fixture(scope="module")
+def three_modes(grid: pd.DataFrame) -> pd.DataFrame:
+    """The two weight-decay modes of ``grid`` plus a dropout mode over rates."""
+    dropout = grid[grid["mode"] == "l2"].assign(mode="dropout", **{"lambda": [0.0, 0.1, 0.2, 0.3, 0.5]})
+    return pd.concat([grid, dropout], ignore_index=True)
+
+
+def test_dropout_curves_get_their_own_axis_of_rates(three_modes: pd.DataFrame) -> None:
+    parts = report.split_by_axis(three_modes)
+    assert set(parts) == {"", "_dropout"} and set(parts["_dropout"]["mode"]) == {"dropout"}
+    figure = report.validation_curve_figure(parts["_dropout"], "log_loss", 0.3, "dropout")
+    ax = figure.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlabel() == "dropout rate p" and "vs p" in ax.get_title()
+    assert "chosen: dropout p = 0.3" in ax.get_legend_handles_labels()[1]
+    wd = report.validation_curve_figure(parts[""], "log_loss", 0.3, "dropout")
+    assert wd.axes[0].get_xscale() == "symlog"
+    assert not [label for label in wd.axes[0].get_legend_handles_labels()[1] if label.startswith("chosen")]
+
+
+def test_three_modes_give_both_figures_and_a_card_comparing_the_modes(three_modes, test_predictions) -> None:
+    from matplotlib.figure import Figure
+
+    y, p = test_predictions
+    card = {
+        "model_name": "m",
+        "data_source": "d.csv",
+        "data_sha256": SHA,
+        "config": {"modes": ["l2", "decoupled", "dropout"]},
+        "rule": "one-se",
+        "test_intervals": bootstrap_cis(y, p, n_resamples=50),
+        "per_mode": {"l2": 1e-3, "decoupled": 1e-2, "dropout": 0.3},
+    }
+    artifacts = report.report_artifacts(
+        table=three_modes,
+        curves=[],
+        y_test=y,
+        p_test=p,
+        metric="log_loss",
+        chosen_mode="dropout",
+        chosen_lambda=0.3,
+        card=card,
+    )
+    figures = {path for path, item in artifacts.items() if isinstance(item, Figure)}
+    for name in ("validation_curve", "weight_norm", "generalization_gap"):
+        assert {f"plots/{name}.png", f"plots/{name}_dropout.png"} <= figures
+    text = artifacts["model_card.md"]
+    assert "- **Dropout rate p**: 0.3 (each hidden unit's output is zeroed" in text
+    assert "## Regularisation modes compared" in text
+    compared = text[text.index("## Regularisation modes compared") :]
+    assert "| dropout | dropout p=0.3 |" in compared and compared.count("**winner**") == 1
+    assert "| l2 | l2 λ=1e-03 |" in compared and "| decoupled | decoupled λ=1e-02 |" in compared
+    for mode in ("l2", "decoupled", "dropout"):
+        assert f"- **{mode}** (" in compared  # each mode's validation curve, in numbers
+    assert "- **dropout** (p → val log loss): 0 → " in compared and ", 0.5 → " in compared
+    chosen = [line for line in text.splitlines() if line.endswith("| ✔ |")]
+    assert len(chosen) == 1 and chosen[0].startswith("| dropout | 0.3 |")

@@ -100,3 +100,16 @@ def test_a_choice_at_the_top_of_the_grid_is_flagged() -> None:
     table = _table([0.30, 0.25, 0.22, 0.20])
     assert select(table, "log_loss", "best").at_grid_edge(table["lambda"])
     assert not select(_table([0.30, 0.20, 0.25, 0.40]), "log_loss", "best").at_grid_edge(table["lambda"])
+
+
+def test_dropout_one_se_backs_off_to_the_largest_rate_and_its_own_grid_edge() -> None:
+    dropout = _table([0.30, 0.20, 0.205, 0.40], se=[0.01] * 4, mode="dropout").assign(
+        **{"lambda": [0.0, 0.1, 0.3, 0.5]}
+    )
+    l2 = _table([0.30, 0.25, 0.26, 0.40], se=[0.01] * 4)
+    selection = select(pd.concat([l2, dropout], ignore_index=True), "log_loss", "one-se")
+    assert selection.per_mode == {"l2": 1e-2, "dropout": 0.3}
+    assert (selection.mode, selection.lam, selection.label) == ("dropout", 0.3, "dropout p=0.3")
+    assert selection.tags() == {"selection.l2.lambda": "0.01", "selection.dropout.rate": "0.3"}
+    assert not selection.at_grid_edge([0.0, 0.1, 0.3, 0.5])
+    assert selection.at_grid_edge([0.0, 0.1, 0.3])

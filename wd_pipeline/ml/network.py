@@ -17,6 +17,11 @@ with Adam the penalty's gradient λw is divided by Adam's running scale like any
 weights with large gradients are barely decayed, whereas decoupled decay hits every weight
 at the same rate. ``tests/ml/test_network.py`` checks both against hand computations.
 
+Mode ``dropout`` penalises nothing: during training each hidden layer's outputs are zeroed
+at rate p and the survivors scaled by 1 / (1 − p) (Keras' ``Dropout``, inactive when the
+model predicts), so the same network cannot lean on any single unit. Its grid value is p,
+not λ (``modes.py``).
+
 TensorFlow is imported inside the functions: importing this module must stay cheap so the
 CLI's ``--help`` and Prefect's flow registration don't pay several seconds for it.
 """
@@ -39,7 +44,9 @@ if TYPE_CHECKING:
 PENALIZED_LAYER_PREFIX = "hidden_"
 EMBEDDING_PREFIX = "embedding_"
 EMBEDDING_SEED = 100  # embedding initialisers are seeded apart from the Dense layers'
-MODES = ("l2", "decoupled")
+MODES = ("l2", "decoupled", "dropout")
+DROPOUT_PREFIX = "dropout_"
+DROPOUT_SEED = 200  # dropout masks are seeded apart from the initialisers
 
 
 def keras_l2(lam: float) -> float:
@@ -52,11 +59,15 @@ def build_model(
     *,
     lam: float,
     mode: str = "l2",
+    dropout: float = 0.0,
     hidden_units: Sequence[int] = (10, 10),
     learning_rate: float = 1e-3,
     seed: int = 0,
 ) -> keras.Model:
     """Build and compile the reference network for one λ, its input layers rebuilt from ``prep``.
+
+    ``dropout`` > 0 puts a ``Dropout`` layer at that rate after each hidden layer (mode
+    ``dropout``, where λ is 0).
 
     The input layers (imputation, lookups, normalisation; ``preprocessing.py``) live inside
     the model, so the saved model takes raw columns and serving cannot forget a step.
@@ -86,6 +97,8 @@ def build_model(
             kernel_regularizer=penalized,
             name=f"{PENALIZED_LAYER_PREFIX}{i + 1}",
         )(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, seed=seed + DROPOUT_SEED + i, name=f"{DROPOUT_PREFIX}{i + 1}")(x)
     outputs = keras.layers.Dense(
         1,
         activation="sigmoid",
@@ -107,12 +120,12 @@ def build_model(
 
 
 def _optimizer(model: keras.Model, mode: str, lam: float, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam for ``l2``; AdamW decaying only the hidden kernels for ``decoupled``."""
+    """Adam for ``l2`` and ``dropout``; AdamW decaying only the hidden kernels for ``decoupled``."""
     import keras
 
     if mode not in MODES:
         raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
-    if mode == "l2" or lam == 0:
+    if mode != "decoupled" or lam == 0:
         return keras.optimizers.Adam(learning_rate=learning_rate)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=lam)
     penalized = {id(weight) for weight in penalized_variables(model)}

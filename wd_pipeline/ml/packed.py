@@ -17,12 +17,26 @@ Early stopping is per member: the epoch loop runs until every member has run out
 patience, and each member keeps the weights of its own best epoch, as
 ``EarlyStopping(restore_best_weights=True)`` would. Members are then unpacked into ordinary
 reference models, so saving, serving and the registry never see the packing.
+
+Dropout (mode ``dropout``) is per member too: each member has its own rate, and each step
+draws an independent mask for every member, row and hidden unit from a stateless generator
+seeded by (seed, hidden layer, rate, epoch, step), so a training is reproducible and does not
+depend on which other members share its pack. Survivors are
+scaled by 1 / (1 − p), as Keras' ``Dropout`` does; the validation pass and the final
+probabilities run without dropout. A member at rate 0 skips nothing and matches the
+network trained without dropout exactly. The masks cannot equal Keras' own (its generator
+is seeded per layer, not per step), so ``test_packed.py`` checks dropout members against
+Keras statistically.
+
+Class weights (``--class-weight balanced``) weight each training row's loss by its class's
+weight, averaged over the batch as Keras' ``class_weight`` does; validation metrics stay
+unweighted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,12 +81,16 @@ def train_packed(
     epochs: int,
     patience: int,
     on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    dropout_rates: Sequence[float] | None = None,
+    class_weights: Mapping[int, float] | None = None,
 ) -> list[MemberFit]:
     """Train one member per λ on the same batches of encoded rows; returns them in the order of ``lams``.
 
     ``train`` and ``validation`` are (encoded rows, labels of shape (rows, 1)); the members
-    come back as full networks (input layers from ``prep`` included). ``on_epoch`` is called
-    after every epoch with its 0-based number and each metric's per-member values.
+    come back as full networks (input layers from ``prep`` included). ``dropout_rates``
+    gives each member its dropout rate (default 0 for all); ``class_weights`` maps a label
+    (0, 1) to the weight of its rows in the training loss. ``on_epoch`` is called after every
+    epoch with its 0-based number and each metric's per-member values.
     """
     import keras
     import tensorflow as tf
@@ -80,6 +98,9 @@ def train_packed(
     if mode not in MODES:
         raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
     lams = [float(lam) for lam in lams]
+    rates = [float(rate) for rate in (dropout_rates if dropout_rates is not None else [0.0] * len(lams))]
+    if len(rates) != len(lams) or any(not 0.0 <= rate < 1.0 for rate in rates):
+        raise ValueError(f"need one dropout rate in [0, 1) per member, got {rates} for {len(lams)} member(s)")
     reference = build_model(prep, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
     stack = _Stack(reference, prep, len(lams))
     lam_vector = tf.constant(lams, dtype=tf.float32)
@@ -90,14 +111,22 @@ def train_packed(
 
     order = epoch_order(len(train[0]), epochs, seed).astype(np.int32)
     run_epoch = _compiled_epoch(
-        stack, optimizer, train, validation, penalty_coef=penalty_coef, decay_coef=decay_coef, batch_size=batch_size
+        stack,
+        optimizer,
+        train,
+        validation,
+        penalty_coef=penalty_coef,
+        decay_coef=decay_coef,
+        batch_size=batch_size,
+        dropout=_Dropout(rates, seed) if any(rates) else None,
+        row_weights=row_weights(train[1], class_weights) if class_weights else None,
     )
 
     keys = ("loss", "bce", "accuracy") + (("val_loss", "val_bce", "val_accuracy") if validation else ())
     history: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     tracker = _BestTracker(len(lams), patience if validation is not None else 0, stack)
     for epoch in range(epochs):
-        metrics = {key: value.numpy() for key, value in run_epoch(order[epoch]).items()}
+        metrics = {key: value.numpy() for key, value in run_epoch(order[epoch], tf.constant(epoch)).items()}
         for key in keys:
             history[key].append(metrics[key])
         if on_epoch is not None:
@@ -115,7 +144,14 @@ def train_packed(
     return [
         MemberFit(
             model=stack.unpack(
-                g, prep, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed
+                g,
+                prep,
+                lam=lam,
+                mode=mode,
+                dropout=rate,
+                hidden_units=hidden_units,
+                learning_rate=learning_rate,
+                seed=seed,
             ),
             history={
                 key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]]
@@ -125,8 +161,50 @@ def train_packed(
             train_probability=train_probability[g],
             val_probability=val_probability[g] if val_probability is not None else None,
         )
-        for g, lam in enumerate(lams)
+        for g, (lam, rate) in enumerate(zip(lams, rates, strict=True))
     ]
+
+
+def row_weights(labels: np.ndarray, class_weights: Mapping[int, float]) -> np.ndarray:
+    """Each row's weight in the training loss, from its label's class weight: shaped like ``labels``."""
+    lookup = np.vectorize(lambda label: class_weights.get(int(label), 1.0), otypes=[np.float32])
+    return lookup(np.asarray(labels)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Dropout:
+    """Per-member dropout rates and the seed of their masks.
+
+    A member's masks are seeded by its own rate, not its place in the pack, so a grid point
+    trains the same whether its chunk holds the whole grid or that point alone.
+    """
+
+    rates: list[float]
+    seed: int
+
+    def masks(self, widths: Sequence[int], batch: int, epoch: Any, step: Any) -> list[Any]:
+        """For each hidden layer a (G, batch, width) multiplier: 0 for a dropped unit, 1 / (1 − p) for a kept one."""
+        import tensorflow as tf
+
+        rates = tf.constant(self.rates, dtype=tf.float32)[:, None, None]
+        scale = 1.0 / (1.0 - rates)
+        counter = tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(step, tf.int64)
+        masks = []
+        for layer, width in enumerate(widths):
+            uniform = tf.stack(
+                [
+                    tf.random.stateless_uniform(
+                        [batch, width], seed=tf.stack([tf.constant(self._stream(layer, rate), tf.int64), counter])
+                    )
+                    for rate in self.rates
+                ]
+            )
+            masks.append(tf.cast(uniform >= rates, tf.float32) * scale)
+        return masks
+
+    def _stream(self, layer: int, rate: float) -> int:
+        """The first half of a mask's seed: one stream per (seed, hidden layer, rate)."""
+        return (self.seed * 16 + layer) * 1_000_000 + round(rate * 1_000_000)
 
 
 def epoch_order(rows: int, epochs: int, seed: int) -> np.ndarray:
@@ -160,6 +238,8 @@ def _compiled_epoch(
     penalty_coef: Any,
     decay_coef: Any,
     batch_size: int,
+    dropout: _Dropout | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> Any:
     """One epoch, every training step and then the validation pass, as one XLA-compiled function.
 
@@ -175,6 +255,7 @@ def _compiled_epoch(
 
     dense_all, indices_all = tf.constant(train[0].dense), tf.constant(train[0].indices)
     y_all = tf.constant(train[1])
+    w_all = tf.constant(row_weights) if row_weights is not None else None
     held_out = (
         (tf.constant(validation[0].dense), tf.constant(validation[0].indices), tf.constant(validation[1]))
         if validation is not None
@@ -182,12 +263,14 @@ def _compiled_epoch(
     )
     members = int(penalty_coef.shape[0])
 
-    def step(rows: Any) -> Any:
+    def step(rows: Any, epoch: Any, index: Any) -> Any:
         """One optimiser step on the batch ``rows``: its loss, bce and accuracy (3, G), times the batch size."""
         dense, indices, y = tf.gather(dense_all, rows), tf.gather(indices_all, rows), tf.gather(y_all, rows)
+        weights = tf.gather(w_all, rows) if w_all is not None else None
+        masks = dropout.masks(stack.hidden_widths, int(rows.shape[0]), epoch, index) if dropout else None
         with tf.GradientTape() as tape:
-            logits = stack.logits(dense, indices)
-            bce = _bce(y, logits)  # (G,)
+            logits = stack.logits(dense, indices, masks)
+            bce = _bce(y, logits, weights)  # (G,)
             penalty = penalty_coef * stack.hidden_squared_norms()
             total = tf.reduce_sum(bce + penalty)
         grads = tape.gradient(total, [v.value for v in stack.variables])
@@ -196,15 +279,15 @@ def _compiled_epoch(
         return tf.stack([bce + penalty, bce, _accuracy(y, logits)]) * float(rows.shape[0])
 
     @tf.function(jit_compile=True)
-    def run_epoch(order: Any) -> dict[str, Any]:
+    def run_epoch(order: Any, epoch: Any) -> dict[str, Any]:
         rows = int(order.shape[0])
         full = rows // batch_size * batch_size
         batches = tf.reshape(order[:full], [full // batch_size, batch_size])
         sums = tf.zeros([3, members])  # batch-size-weighted, as Keras reports
         for index in tf.range(full // batch_size):
-            sums += step(batches[index])
+            sums += step(batches[index], epoch, index)
         if full < rows:
-            sums += step(order[full:])
+            sums += step(order[full:], epoch, full // batch_size)
         means = sums / rows
         metrics = {"loss": means[0], "bce": means[1], "accuracy": means[2]}
         if held_out is not None:
@@ -217,12 +300,15 @@ def _compiled_epoch(
     return run_epoch
 
 
-def _bce(y: Any, logits: Any) -> Any:
-    """Mean binary cross-entropy per member, from logits: (G, B, 1) → (G,)."""
+def _bce(y: Any, logits: Any, weights: Any = None) -> Any:
+    """Mean binary cross-entropy per member, from logits: (G, B, 1) → (G,); rows weighted by ``weights`` (B, 1)."""
     import tensorflow as tf
 
     labels = tf.broadcast_to(y[None, :, :], tf.shape(logits))
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=[1, 2])
+    losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    if weights is not None:
+        losses = losses * weights[None, :, :]
+    return tf.reduce_mean(losses, axis=[1, 2])
 
 
 def _accuracy(y: Any, logits: Any) -> Any:
@@ -251,6 +337,7 @@ class _Stack:
         self.table_rows = [int(table.input_dim) for table in self.tables]
         self.offsets = np.cumsum([0, *self.table_rows[:-1]]).astype(np.int32)
         self.dense = [layer for layer in reference.layers if isinstance(layer, keras.layers.Dense)]
+        self.hidden_widths = [int(layer.units) for layer in self.dense[:-1]]
         pieces = [np.concatenate([np.asarray(table.embeddings) for table in self.tables])] if self.tables else []
         pieces += [np.asarray(w) for layer in self.dense for w in (layer.kernel, layer.bias)]
         self.shapes = [piece.shape for piece in pieces]
@@ -276,8 +363,12 @@ class _Stack:
             for start, end, shape in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
         ]
 
-    def logits(self, dense: Any, indices: Any) -> Any:
-        """(B, F) encoded rows and (B, k) lookup indices → (G, B, 1) logits of every member."""
+    def logits(self, dense: Any, indices: Any, masks: Sequence[Any] | None = None) -> Any:
+        """(B, F) encoded rows and (B, k) lookup indices → (G, B, 1) logits of every member.
+
+        ``masks`` (one (G, B, width) multiplier per hidden layer) applies dropout; without
+        them the network runs as it predicts.
+        """
         import tensorflow as tf
 
         pieces = self._pieces()
@@ -294,8 +385,12 @@ class _Stack:
             flat = tf.reshape(looked_up, tf.concat([tf.shape(looked_up)[:2], [-1]], axis=0))
             z = z + tf.einsum("gbd,gdh->gbh", flat, first[:, self.dense_width :])
         h = tf.nn.relu(z)
-        for kernel, bias in zip(kernels[1:-1], biases[1:-1], strict=True):
+        if masks:
+            h = h * masks[0]
+        for layer, (kernel, bias) in enumerate(zip(kernels[1:-1], biases[1:-1], strict=True), start=1):
             h = tf.nn.relu(tf.einsum("gbf,gfh->gbh", h, kernel) + bias[:, None, :])
+            if masks:
+                h = h * masks[layer]
         return tf.einsum("gbf,gfh->gbh", h, kernels[-1]) + biases[-1][:, None, :]
 
     def probabilities(self, rows: Encoded) -> np.ndarray:
@@ -334,12 +429,21 @@ class _Stack:
         *,
         lam: float,
         mode: str,
+        dropout: float,
         hidden_units: Sequence[int],
         learning_rate: float,
         seed: int,
     ) -> Any:
-        """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ)."""
-        model = build_model(prep, lam=lam, mode=mode, hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
+        """Member ``g`` as an ordinary reference model (its own regulariser / optimiser for λ, its dropout layers)."""
+        model = build_model(
+            prep,
+            lam=lam,
+            mode=mode,
+            dropout=dropout,
+            hidden_units=hidden_units,
+            learning_rate=learning_rate,
+            seed=seed,
+        )
         flat = np.array(self.theta.value)[g]
         pieces = [
             flat[start:end].reshape(shape)

@@ -9,6 +9,9 @@ The grid figures read the cross-validated grid table: one row per (``mode``, ``l
 with ``train_<m>``, ``val_<m>``, ``val_<m>_std``, ``val_<m>_se`` for each metric ``m``,
 ``weight_norm`` and ``stopped_epoch``. A table without ``mode`` is one ``l2`` grid and one
 without ``val_<m>_se`` has no error bars, so a single train/validation split draws too.
+
+Dropout rows (mode ``dropout``, the ``lambda`` column holding the rate) are drawn on their
+own figures over a linear axis of rates: a rate and a λ share no scale.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from wd_pipeline.config import HIGHER_IS_BETTER, format_lambda
+from wd_pipeline.config import HIGHER_IS_BETTER
+from wd_pipeline.ml.modes import DROPOUT, format_value, is_dropout, point_label, value_symbol
 
 CARD_ARTIFACT = "model_card.md"
 
@@ -36,16 +40,24 @@ if TYPE_CHECKING:
     from wd_pipeline.provenance import Provenance
 
 DEFAULT_MODE = "l2"
-MODE_COLORS = {"l2": "C0", "decoupled": "C1"}
-MODE_NAMES = {"l2": "L2 penalty in the loss", "decoupled": "decoupled weight decay (AdamW)"}
+MODE_COLORS = {"l2": "C0", "decoupled": "C1", "dropout": "C2"}
+MODE_NAMES = {
+    "l2": "L2 penalty in the loss",
+    "decoupled": "decoupled weight decay (AdamW)",
+    "dropout": "dropout after each hidden layer, no weight penalty",
+}
 LAMBDA_MEANING = {
     "l2": "J = L + λ/2 · Σw² over the hidden kernels",
     "decoupled": "decay applied by the optimizer at each step, not part of the loss",
+    "dropout": "each hidden unit's output is zeroed with probability p while training, never when predicting",
 }
 RULES = {
     "best": "the best cross-validated {metric}",
-    "one-se": "the largest λ whose cross-validated {metric} is within one standard error of the best (one-SE rule)",
+    "one-se": "the largest λ (for dropout, the largest rate) whose cross-validated {metric} is within one standard "
+    "error of the best (one-SE rule)",
 }
+# Where report_artifacts puts the dropout figures when weight-decay modes ran too.
+DROPOUT_SUFFIX = "_dropout"
 CARD_METRICS = ("roc_auc", "average_precision", "log_loss", "accuracy")
 
 
@@ -57,6 +69,40 @@ def _lambda_axis(ax: Axes, lambdas: np.ndarray) -> None:
     ax.set_xlim(-0.3 * linthresh, float(lambdas.max()) * 1.5 if positive.size else linthresh)
     ax.set_xlabel("λ (weight decay, symlog scale)")
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _rate_axis(ax: Axes, rates: np.ndarray) -> None:
+    """Linear axis of dropout rates from 0."""
+    ax.set_xlim(-0.03, max(float(rates.max()), 0.1) + 0.05)
+    ax.set_xlabel("dropout rate p")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _dropout_only(table: pd.DataFrame) -> bool:
+    return "mode" in table.columns and len(table) > 0 and bool((table["mode"] == DROPOUT).all())
+
+
+def _value_axis(ax: Axes, table: pd.DataFrame) -> None:
+    """The x axis of a grid figure: dropout rates for a dropout table, λ otherwise."""
+    values = table["lambda"].to_numpy(float)
+    if _dropout_only(table):
+        _rate_axis(ax, values)
+    else:
+        _lambda_axis(ax, values)
+
+
+def _symbol(table: pd.DataFrame) -> str:
+    return value_symbol(DROPOUT) if _dropout_only(table) else "λ"
+
+
+def split_by_axis(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The grid cut by x axis: ``""`` for the weight-decay modes (λ), ``_dropout`` for the rates; empty parts left out."""
+    if "mode" not in table.columns:
+        return {"": table}
+    dropout = table["mode"] == DROPOUT
+    parts = {"": table[~dropout], DROPOUT_SUFFIX: table[dropout]}
+    parts = {suffix: rows for suffix, rows in parts.items() if len(rows)}
+    return parts if len(parts) > 1 else {"": table}
 
 
 def _by_mode(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -76,9 +122,14 @@ def _standard_error(rows: pd.DataFrame, metric: str) -> np.ndarray:
     return rows[column].to_numpy(float) if column in rows.columns else np.zeros(len(rows))
 
 
-def _mark_chosen(ax: Axes, chosen_lambda: float, chosen_mode: str | None) -> None:
+def _mark_chosen(ax: Axes, chosen_lambda: float, chosen_mode: str | None, table: pd.DataFrame) -> None:
+    """A dotted line at the chosen value, on the figure whose axis holds the chosen mode."""
+    if chosen_mode is not None and "mode" in table.columns and chosen_mode not in set(table["mode"]):
+        return
     mode = f"{chosen_mode} " if chosen_mode else ""
-    ax.axvline(chosen_lambda, color="grey", linestyle=":", label=f"chosen: {mode}λ = {format_lambda(chosen_lambda)}")
+    symbol = value_symbol(chosen_mode) if chosen_mode else "λ"
+    value = format_value(chosen_mode or DEFAULT_MODE, chosen_lambda)
+    ax.axvline(chosen_lambda, color="grey", linestyle=":", label=f"chosen: {mode}{symbol} = {value}")
 
 
 def _chosen_rows(rows: pd.DataFrame, mode: str, chosen_lambda: float, chosen_mode: str | None) -> pd.DataFrame:
@@ -98,12 +149,11 @@ def validation_curve_figure(
     chosen_mode: str | None = None,
     extra_metrics: Sequence[str] = ("accuracy",),
 ) -> Figure:
-    """Train and cross-validated ``metric`` against λ, ±1 standard error, one line per mode."""
+    """Train and cross-validated ``metric`` against λ (or the dropout rate), ±1 standard error, one line per mode."""
     from matplotlib.figure import Figure
 
     names = list(dict.fromkeys([metric, *extra_metrics]))
     figure = Figure(figsize=(5.5 * len(names), 4.2), layout="constrained")
-    lambdas = table["lambda"].to_numpy(float)
     for ax, name in zip(np.atleast_1d(figure.subplots(1, len(names))), names, strict=True):
         for mode, rows in _by_mode(table):
             x = rows["lambda"].to_numpy(float)
@@ -119,10 +169,10 @@ def validation_curve_figure(
             ax.plot(x, rows[f"train_{name}"], "s--", color=_color(mode), alpha=0.6, label=f"{mode} train")
             chosen = _chosen_rows(rows, mode, chosen_lambda, chosen_mode)
             ax.plot(chosen["lambda"], chosen[f"val_{name}"], "*", color="black", markersize=14, zorder=5)
-        _mark_chosen(ax, chosen_lambda, chosen_mode)
+        _mark_chosen(ax, chosen_lambda, chosen_mode, table)
         ax.set_ylabel(_title(name))
-        ax.set_title(f"{_title(name)} vs λ")
-        _lambda_axis(ax, lambdas)
+        ax.set_title(f"{_title(name)} vs {_symbol(table)}")
+        _value_axis(ax, table)
         ax.legend(fontsize="small")
     return figure
 
@@ -144,10 +194,10 @@ def weight_norm_figure(table: pd.DataFrame, chosen_lambda: float, chosen_mode: s
                 alpha=0.6,
                 label=f"{mode} penalised kernels",
             )
-    _mark_chosen(ax, chosen_lambda, chosen_mode)
+    _mark_chosen(ax, chosen_lambda, chosen_mode, table)
     ax.set_ylabel("‖w‖₂")
-    ax.set_title("weight norm vs λ")
-    _lambda_axis(ax, table["lambda"].to_numpy(float))
+    ax.set_title(f"weight norm vs {_symbol(table)}")
+    _value_axis(ax, table)
     ax.legend(fontsize="small")
     return figure
 
@@ -172,10 +222,10 @@ def generalization_gap_figure(
     for mode, rows in _by_mode(table):
         ax.plot(rows["lambda"], generalization_gap(rows, metric), "o-", color=_color(mode), label=mode)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    _mark_chosen(ax, chosen_lambda, chosen_mode)
+    _mark_chosen(ax, chosen_lambda, chosen_mode, table)
     ax.set_ylabel(f"{_title(metric)} gap (> 0: overfitting)")
-    ax.set_title(f"generalization gap ({_title(metric)}) vs λ")
-    _lambda_axis(ax, table["lambda"].to_numpy(float))
+    ax.set_title(f"generalization gap ({_title(metric)}) vs {_symbol(table)}")
+    _value_axis(ax, table)
     ax.legend(fontsize="small")
     return figure
 
@@ -380,7 +430,14 @@ def cv_table_markdown(
     digits: int = 4,
 ) -> str:
     """The grid as a markdown table: ``mean ± SE`` per validation metric, chosen row marked."""
-    header = ["mode", "λ", *(f"val {_title(m)} (± SE)" for m in metrics), "train " + _title(metrics[0]), "‖w‖₂"]
+    value_header = "λ / p" if "mode" in table.columns and (table["mode"] == DROPOUT).any() else "λ"
+    header = [
+        "mode",
+        value_header,
+        *(f"val {_title(m)} (± SE)" for m in metrics),
+        "train " + _title(metrics[0]),
+        "‖w‖₂",
+    ]
     has_stop = "stopped_epoch" in table.columns
     if has_stop:
         header.append("stopped epoch")
@@ -389,7 +446,7 @@ def cv_table_markdown(
     for mode, rows in _by_mode(table):
         chosen = set(_chosen_rows(rows, mode, chosen_lambda, chosen_mode).index) if chosen_lambda is not None else set()
         for index, row in rows.iterrows():
-            cells = [mode, format_lambda(float(row["lambda"]))]
+            cells = [mode, format_value(mode, float(row["lambda"]))]
             for metric in metrics:
                 se = row.get(f"val_{metric}_se", 0.0)
                 cells.append(f"{row[f'val_{metric}']:.{digits}f} ± {se:.{digits}f}")
@@ -420,6 +477,7 @@ def model_card(
     code: Provenance | None = None,
     slices: SliceReport | None = None,
     importance: Importance | None = None,
+    per_mode: Mapping[str, float] | None = None,
 ) -> str:
     """A markdown card a reviewer reads before trusting the model: data, code, inputs, choice, evidence, settings."""
     if rule not in RULES:
@@ -441,12 +499,13 @@ def model_card(
         "## Choice of weight decay",
         "",
         f"- **Mode**: {chosen_mode} ({MODE_NAMES.get(chosen_mode, chosen_mode)})",
-        f"- **λ**: {format_lambda(chosen_lambda)} ({LAMBDA_MEANING.get(chosen_mode, 'weight decay')})",
+        _chosen_value_line(chosen_mode, chosen_lambda),
         f"- **Rule**: `{rule}` — {RULES[rule].format(metric=_title(metric))}",
         "",
         cv_table_markdown(table, card_metrics, chosen_lambda, chosen_mode),
         "",
         *_threshold_section(threshold, threshold_reason),
+        *modes_section(table, metric, chosen_mode, per_mode or {}),
         f"## Test metrics ({level:.0%} bootstrap confidence intervals, {resamples} resamples, threshold {threshold:g})",
         "",
         "| metric | value | CI |",
@@ -465,6 +524,51 @@ def model_card(
         *(f"| {key} | `{_setting(value)}` |" for key, value in config.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _chosen_value_line(mode: str, value: float) -> str:
+    name = "Dropout rate p" if is_dropout(mode) else "λ"
+    return f"- **{name}**: {format_value(mode, value)} ({LAMBDA_MEANING.get(mode, 'weight decay')})"
+
+
+def modes_section(
+    table: pd.DataFrame, metric: str, winner: str, per_mode: Mapping[str, float], digits: int = 4
+) -> list[str]:
+    """When several modes ran: each mode's validation curve, its chosen value and weight norm, and the winner.
+
+    The curve is the cross-validated ``metric`` (± SE) at every value of the mode's grid, in
+    numbers here and drawn in the run's ``plots/validation_curve*.png``.
+    """
+    if "mode" not in table.columns or table["mode"].nunique() < 2:
+        return []
+    lines = [
+        "## Regularisation modes compared",
+        "",
+        f"Each mode's value was chosen by the rule inside the mode; the winner holds the best cross-validated "
+        f"{_title(metric)}. Figures: `plots/validation_curve.png` (λ)"
+        + (f", `plots/validation_curve{DROPOUT_SUFFIX}.png` (dropout rate)" if len(split_by_axis(table)) > 1 else "")
+        + ".",
+        "",
+        f"| mode | chosen | val {_title(metric)} (± SE) at chosen | ‖w‖₂ at chosen | winner |",
+        "|---|---|---|---|---|",
+    ]
+    curves = []
+    for mode, rows in _by_mode(table):
+        chosen_value = per_mode.get(mode)
+        chosen = _chosen_rows(rows, mode, chosen_value, None) if chosen_value is not None else rows.iloc[0:0]
+        if len(chosen):
+            row = chosen.iloc[0]
+            score = f"{row[f'val_{metric}']:.{digits}f} ± {row.get(f'val_{metric}_se', 0.0):.{digits}f}"
+            lines.append(
+                f"| {mode} | {point_label(mode, chosen_value)} | {score} | {row['weight_norm']:.3f} | "
+                f"{'**winner**' if mode == winner else ''} |"
+            )
+        points = ", ".join(
+            f"{format_value(mode, float(value))} → {score:.{digits}f}"
+            for value, score in zip(rows["lambda"], rows[f"val_{metric}"], strict=True)
+        )
+        curves.append(f"- **{mode}** ({value_symbol(mode)} → val {_title(metric)}): {points}")
+    return [*lines, "", "Validation curves:", "", *curves, ""]
 
 
 DIRTY_MEANING = {
@@ -638,10 +742,16 @@ def report_artifacts(
     ``card`` holds the remaining :func:`model_card` arguments (model name, data source and
     sha256, config, rule, test intervals), so a flow logs the whole report in one loop.
     """
-    artifacts: dict[str, Figure | str] = {
-        "plots/validation_curve.png": validation_curve_figure(table, metric, chosen_lambda, chosen_mode),
-        "plots/weight_norm.png": weight_norm_figure(table, chosen_lambda, chosen_mode),
-        "plots/generalization_gap.png": generalization_gap_figure(table, metric, chosen_lambda, chosen_mode),
+    artifacts: dict[str, Figure | str] = {}
+    for suffix, rows in split_by_axis(table).items():
+        artifacts[f"plots/validation_curve{suffix}.png"] = validation_curve_figure(
+            rows, metric, chosen_lambda, chosen_mode
+        )
+        artifacts[f"plots/weight_norm{suffix}.png"] = weight_norm_figure(rows, chosen_lambda, chosen_mode)
+        artifacts[f"plots/generalization_gap{suffix}.png"] = generalization_gap_figure(
+            rows, metric, chosen_lambda, chosen_mode
+        )
+    artifacts |= {
         "plots/learning_curves.png": learning_curves_figure(curves),
         **{f"plots/{name}": figure for name, figure in diagnostic_figures(y_test, p_test, threshold).items()},
     }

@@ -1,4 +1,8 @@
-"""The choice of λ: cross-validated aggregates per (mode, λ) and the selection rules."""
+"""The choice of λ: cross-validated aggregates per (mode, λ) and the selection rules.
+
+The ``lambda`` column holds a grid point's value: λ for the weight-decay modes, the dropout
+rate for mode ``dropout``. In both, a larger value is the more regularised model.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 
 from wd_pipeline.config import HIGHER_IS_BETTER
 from wd_pipeline.ml.metrics import METRICS
+from wd_pipeline.ml.modes import point_label, value_name
 
 
 def fold_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
@@ -43,8 +48,17 @@ class Selection:
     best_lambda: float
     per_mode: dict[str, float]
 
+    @property
+    def label(self) -> str:
+        """The chosen point as people read it: ``l2 λ=1e-03`` or ``dropout p=0.2``."""
+        return point_label(self.mode, self.lam)
+
+    def tags(self) -> dict[str, str]:
+        """The chosen value of every mode under its own name: ``selection.l2.lambda``, ``selection.dropout.rate``."""
+        return {f"selection.{mode}.{value_name(mode)}": str(value) for mode, value in self.per_mode.items()}
+
     def at_grid_edge(self, grid: Sequence[float]) -> bool:
-        """The chosen λ is the grid's largest: the best value may lie beyond it, so widen the grid."""
+        """The chosen value is the largest of its mode's grid: the best may lie beyond it, so widen the grid."""
         return len(grid) > 1 and self.lam == max(grid)
 
 
@@ -52,8 +66,9 @@ def select(table: pd.DataFrame, metric: str, rule: str) -> Selection:
     """Pick the best mean validation ``metric``; with ``one-se``, back off to the largest λ within one SE.
 
     The one-standard-error rule prefers the most regularised model the data cannot tell
-    apart from the best one. λ values of different modes are not on one scale, so the rule
-    runs inside each mode and the mode holding the overall best mean wins.
+    apart from the best one: the largest λ, or for dropout the largest rate. Values of
+    different modes are not on one scale, so the rule runs inside each mode and the mode
+    holding the overall best mean wins, with that mode's chosen value.
     """
     per_mode = {mode: _select_in_mode(rows, metric, rule) for mode, rows in table.groupby("mode", sort=False)}
     best = _best_row(table, metric)

@@ -1,5 +1,8 @@
 """Train units of the grid — (mode, λ, fold) — or find them already trained.
 
+A unit's ``lam`` is its grid value: λ for the weight-decay modes, the dropout rate for
+mode ``dropout`` (``modes.py``).
+
 The λ values of one (mode, fold) train together as one packed model (``packed.py``); each
 is still saved, keyed and reported as its own unit.
 
@@ -33,7 +36,7 @@ import numpy as np
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
-from wd_pipeline.ml import preprocessing
+from wd_pipeline.ml import class_weights, modes, preprocessing
 from wd_pipeline.ml.metrics import METRICS, classification_metrics
 from wd_pipeline.ml.preprocessing import Preprocessing
 
@@ -134,15 +137,17 @@ class UnitSummary:
 
 
 def load_result(path: str | Path, mode: str | None = None) -> FitResult:
-    """A stored unit result, relabelled with ``mode`` (λ = 0 units are shared between modes)."""
+    """A stored unit result, relabelled with ``mode`` (value 0 units are shared between modes)."""
     result = FitResult.from_dict(json.loads(Path(path).read_text()))
     if mode is not None:
         result.mode = mode
+        if "mode" in result.settings:
+            result.settings["mode"] = mode
     return result
 
 
 def effective_mode(mode: str, lam: float) -> str:
-    """λ = 0 is the same model in every mode: one key, trained once."""
+    """Value 0 (λ = 0, or dropout rate 0) is the same model in every mode: one key, trained once."""
     return "none" if lam == 0 else mode
 
 
@@ -236,7 +241,9 @@ def train_chunk(
                 prep,
                 train_rows,
                 val_rows,
-                lams=[unit.lam for unit in missing],
+                lams=[modes.weight_decay(mode, unit.lam) for unit in missing],
+                dropout_rates=[modes.dropout_rate(mode, unit.lam) for unit in missing],
+                class_weights=class_weights.for_setting(config.class_weight, train.label),
                 mode=mode,
                 hidden_units=config.hidden_units,
                 learning_rate=config.learning_rate,
@@ -329,7 +336,8 @@ def _record(
         train_seconds=seconds,
         settings={
             "mode": mode,
-            "lambda": float(lam),
+            "lambda": modes.weight_decay(mode, lam),
+            "dropout_rate": modes.dropout_rate(mode, lam),
             "keras_l2": keras_l2(lam) if mode == "l2" else 0.0,
             "adamw_weight_decay": lam if mode == "decoupled" else 0.0,
             "fold": unit.fold,

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from wd_pipeline import processes, provenance
-from wd_pipeline.config import PipelineConfig, format_lambda
+from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import TrackingError, first_line
+from wd_pipeline.ml.modes import point_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -249,9 +250,9 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return closed
 
 
-def point_run_name(mode: str, lam: float) -> str:
-    """``l2 λ=1e-03``: readable in the MLflow UI's run list."""
-    return f"{mode} λ={format_lambda(lam)}"
+def point_run_name(mode: str, value: float) -> str:
+    """``l2 λ=1e-03`` or ``dropout p=0.2``: readable in the MLflow UI's run list."""
+    return point_label(mode, value)
 
 
 def start_child_run(client: MlflowClient, parent_run_id: str, name: str, tags: Mapping[str, str] | None = None) -> str:
