@@ -145,8 +145,8 @@ def check_both_classes(label: np.ndarray, groups: np.ndarray, parts: dict[str, n
                 holding = len(np.unique(groups[label == value]))
                 raise DataError(
                     f"grouped split left the {split} split without {word} rows: they lie in {holding} "
-                    f"group{'s' if holding != 1 else ''} of {name!r}; split with more groups holding {word} rows, "
-                    "or lower --test-fraction / --val-fraction"
+                    f"group{'s' if holding != 1 else ''} of {name!r}, and test, validation and training each need "
+                    "some; pass --group-column with a column that spreads them over more groups, or leave it out"
                 )
 
 
