@@ -187,7 +187,7 @@ def fold_data(
         return development, None
     from wd_pipeline.data.groups import fold_rows
 
-    group_column = splits.read_manifest(split_folder).get("group_column")
+    group_column = splits.read_manifest(split_folder).get("group_column") if len(development.carried.columns) else None
     groups = development.carried[group_column].to_numpy() if group_column else None
     train_rows, val_rows = fold_rows(development.label, groups, folds, seed)[fold]
     return splits.take(development, train_rows), splits.take(development, val_rows)
