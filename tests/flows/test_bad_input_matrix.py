@@ -300,6 +300,61 @@ DATA_CASES: dict[str, tuple[DataCase, dict]] = {
         ),
         {"folds": 19, "val_fraction": 0.1, "test_fraction": 0.1},
     ),
+    "unknown --group-column": (
+        lambda f: (
+            csv(f, good().assign(team=np.arange(120) // 10), "teams.csv"),
+            "--group-column names column 'tem' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y', 'team']. "
+            "Did you mean 'team'? Pass --group-column with a column of the header",
+        ),
+        {"group_column": "tem"},
+    ),
+    "single group": (
+        lambda f: (
+            csv(f, good().assign(team="ward-1"), "one-team.csv"),
+            "group column 'team' holds a single group: a grouped split needs groups to keep apart; "
+            "pass --group-column with the column that tells the groups apart, or leave it out",
+        ),
+        {"group_column": "team"},
+    ),
+    "too few groups for test and validation": (
+        lambda f: (
+            csv(f, good().assign(team=np.arange(120) % 2), "two-teams.csv"),
+            "group column 'team' holds 2 groups: test, validation and training each take whole groups, "
+            "so at least 3 are needed; pass --group-column with a column of more groups, or leave it out",
+        ),
+        {"group_column": "team"},
+    ),
+    "missing group": (
+        lambda f: (
+            csv(
+                f,
+                good()
+                .assign(team=(np.arange(120) // 10).astype(float))
+                .assign(team=lambda d: d.team.mask(d.index.isin([3, 50]))),
+                "team-holes.csv",
+            ),
+            "group column 'team' is missing on 2 of 120 rows: every row needs a group; "
+            "fill it in, or pass --group-column with another column",
+        ),
+        {"group_column": "team"},
+    ),
+    "more folds than groups": (
+        lambda f: (
+            csv(f, good().assign(team=np.arange(120) // 12), "ten-teams.csv"),
+            "9 folds need at least 9 groups in the training data (train + validation); "
+            "it holds 8 groups of 'team': lower --folds",
+        ),
+        {"group_column": "team", "folds": 9},
+    ),
+    "positives in one group": (
+        lambda f: (
+            csv(f, good().assign(y=[1] * 30 + [0] * 90, team=np.arange(120) // 30), "one-positive-team.csv"),
+            "grouped split left the validation split without positive rows: they lie in 1 group of 'team', "
+            "and test, validation and training each need some; pass --group-column with a column that spreads "
+            "them over more groups, or leave it out",
+        ),
+        {"group_column": "team"},
+    ),
     "outside the data roots": (
         lambda f: ("/etc/passwd", "data source /etc/passwd resolves to /etc/passwd, outside the allowed data folders"),
         {},

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
+from wd_pipeline.data import groups as grouped
 from wd_pipeline.data.profile import DataProfile, SplitProfile, profile_columns
 from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.data.sources import (
@@ -69,13 +71,21 @@ class LabeledData:
         return {"0": len(self.label) - positives, "1": positives}
 
 
-def split_rows(label: np.ndarray, config: PipelineConfig) -> dict[str, np.ndarray]:
+def split_rows(label: np.ndarray, config: PipelineConfig, groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Seeded, stratified train / validation / test split: each split's row numbers, ascending.
 
-    Only the label takes part, so the features never leave Arrow (see :func:`write_splits`).
-    The test rows are drawn from all rows, then the validation rows from the rest, each
-    with :func:`stratified_draw` seeded with the run's seed.
+    Only the label (and the groups) take part, so the features never leave Arrow (see
+    :func:`write_splits`). The test rows are drawn from all rows, then the validation rows
+    from the rest, each with :func:`stratified_draw` seeded with the run's seed; with
+    ``groups`` (each row's group) by whole groups instead (:mod:`wd_pipeline.data.groups`).
     """
+    if groups is not None:
+        drawn = grouped.split_rows(
+            label, groups, test_fraction=config.test_fraction, val_fraction=config.val_fraction, seed=config.seed
+        )
+        parts = {name: np.sort(rows) for name, rows in zip(SPLITS, drawn, strict=True)}
+        grouped.check_both_classes(label, groups, parts, str(config.group_column))
+        return parts
     rest, test = stratified_draw(label, config.test_fraction, config.seed)
     val_share = config.val_fraction / (1.0 - config.test_fraction)
     kept, validation = stratified_draw(label[rest], val_share, config.seed)
@@ -130,10 +140,11 @@ def _carried_frame(data: LabeledData) -> pd.DataFrame:
 
 
 def check_folds(folder: str | Path, folds: int) -> None:
-    """Stratified k-fold needs at least k rows of each class in the training data."""
+    """Stratified k-fold needs at least k rows of each class in the training data, and k groups when grouped."""
     if folds == 1:
         return
     manifest = read_manifest(folder)
+    group_column = manifest.get("group_column")
     per_class = {
         label: sum(manifest["splits"][name]["classes"][label] for name in ("train", "validation"))
         for label in ("0", "1")
@@ -144,6 +155,9 @@ def check_folds(folder: str | Path, folds: int) -> None:
             f"{folds} folds need at least {folds} rows of each class in the training data; "
             f"the smallest class has {smallest}: lower --folds"
         )
+    if group_column:
+        development = sum(manifest["splits"][name]["groups"] for name in ("train", "validation"))
+        grouped.check_group_folds(folds, development, group_column)
 
 
 def split_key(config: PipelineConfig, sha256: str) -> str:
@@ -205,7 +219,7 @@ def build_manifest(
     config: PipelineConfig,
 ) -> dict[str, Any]:
     """What a reader needs to trust the splits: provenance, sizes, balance, schema, profile, what was left out."""
-    return {
+    manifest = {
         "source": read.source.uri,
         "sha256": identity.sha256,
         "files": [file.to_dict() for file in identity.files],
@@ -228,6 +242,12 @@ def build_manifest(
         },
         "profile": profile.to_dict(),
     }
+    if config.group_column:
+        column = data.carried.column(config.group_column)
+        manifest["group_column"] = config.group_column
+        for name, part in rows.items():
+            manifest["splits"][name]["groups"] = len(pc.unique(column.take(part)))
+    return manifest
 
 
 def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
@@ -250,7 +270,7 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
         labelled = check_label(parsed.table, config)
         # The split needs only the label: it runs while the feature columns are checked.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            split = pool.submit(split_rows, labelled.label, config)
+            split = pool.submit(split_rows, labelled.label, config, labelled.groups)
             data = check_features(parsed.table, config, labelled, where=parsed.where, declared=parsed.declared)
             rows = split.result()
         profile = write_splits(data, rows, folder)

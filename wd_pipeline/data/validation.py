@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wd_pipeline.config import PipelineConfig
+from wd_pipeline.data.groups import group_codes
 from wd_pipeline.data.profile import min_max
 from wd_pipeline.data.schema import ColumnSpec, DroppedColumn, Role, TableSchema
 from wd_pipeline.data.sources import missing_tokens
@@ -73,6 +74,7 @@ class LabelledRows:
     label: np.ndarray
     kept: np.ndarray | None
     carried: tuple[str, ...] = ()
+    groups: np.ndarray | None = None  # each labelled row's group (0…k-1) with --group-column
 
 
 def class_counts(label: np.ndarray) -> dict[str, int]:
@@ -114,7 +116,18 @@ def check_label(table: pa.Table, config: PipelineConfig) -> LabelledRows:
     roles = infer_roles(table.schema, [*features, *carried], config.categorical or ())
     label, kept = _label(table.column(config.label), config)
     _check_class_sizes(class_counts(label), config)
-    return LabelledRows(tuple(features), roles, label, kept, carried=carried)
+    groups = None
+    if config.group_column:
+        groups = _group_codes(table, config, roles[config.group_column], kept)
+    return LabelledRows(tuple(features), roles, label, kept, carried=carried, groups=groups)
+
+
+def _group_codes(table: pa.Table, config: PipelineConfig, role: Role, kept: np.ndarray | None) -> np.ndarray:
+    """The group of each labelled row, with missing values read as for a feature of the same role."""
+    name = str(config.group_column)
+    column = table.select([name]) if kept is None else table.select([name]).take(kept)
+    spec = ColumnSpec(name, role, str(table.schema.field(name).type))
+    return group_codes(_conform(column, TableSchema(config.label, (spec,)), config.na_values, encode=False)[0], name)
 
 
 def carried_columns(config: PipelineConfig) -> tuple[str, ...]:

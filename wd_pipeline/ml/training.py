@@ -184,7 +184,10 @@ def load_finished(folder: Path, mode: str) -> FitResult | None:
 def fold_data(
     split_folder: str | Path, folds: int, fold: int, seed: int
 ) -> tuple[splits.LabeledData, splits.LabeledData | None]:
-    """Training and validation rows of one fold; the refit gets all training rows, no validation."""
+    """Training and validation rows of one fold; the refit gets all training rows, no validation.
+
+    With a group column in the splits, the folds keep each group on one side.
+    """
     train = splits.load_split(split_folder, "train")
     validation = splits.load_split(split_folder, "validation")
     if folds == 1 and fold != REFIT:
@@ -192,10 +195,11 @@ def fold_data(
     development = splits.concat([train, validation])
     if fold == REFIT:
         return development, None
-    from sklearn.model_selection import StratifiedKFold
+    from wd_pipeline.data.groups import fold_rows
 
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train_rows, val_rows = list(splitter.split(np.zeros(len(development)), development.label))[fold]
+    group_column = splits.read_manifest(split_folder).get("group_column") if len(development.carried.columns) else None
+    groups = development.carried[group_column].to_numpy() if group_column else None
+    train_rows, val_rows = fold_rows(development.label, groups, folds, seed)[fold]
     return splits.take(development, train_rows), splits.take(development, val_rows)
 
 
