@@ -6,11 +6,12 @@ from dataclasses import replace
 
 from flows.summary import PipelineSummary, summary_markdown
 from tests.helpers.summaries import pipeline_summary
-from wd_pipeline.cli import format_score_summary, format_summary, ui_command
+from wd_pipeline.cli import format_score_summary, format_summary
 from wd_pipeline.config import PROJECT_ROOT
 from wd_pipeline.ml.bootstrap import Interval
 from wd_pipeline.ml.slices import SliceMetrics, SliceReport
 from wd_pipeline.serving.scoring import ScoreResult
+from wd_pipeline.tracking.runs import ui_command
 
 
 def test_run_prints_the_choice_test_metrics_registry_decision_and_where_to_look() -> None:

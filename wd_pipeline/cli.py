@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from wd_pipeline import logs, preflight, progress
 from wd_pipeline.config import (
-    PROJECT_ROOT,
     PipelineConfig,
     ScoreSettings,
     check_work_dir,
@@ -274,17 +272,6 @@ def open_ui(host: str, port: int) -> int:
     return 0  # not reached: exec replaces the process
 
 
-def ui_command(tracking_uri: str) -> str:
-    """A command that opens the MLflow UI on ``tracking_uri``'s store, pasted in any folder."""
-    script = PROJECT_ROOT / "wd"
-    launcher = f"{shlex.quote(str(script))} ui" if script.is_file() else "wd-pipeline ui"
-    if tracking_uri.startswith("sqlite:///"):
-        store = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-        if store.name == "mlflow.db":  # the name ``ui`` looks for in the working directory
-            return f"cd {shlex.quote(str(store.parent))} && {launcher}"
-    return f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} {launcher}"
-
-
 def format_score_summary(result: ScoreResult) -> str:
     gaps = [
         f"{name} " + ", ".join(f"{share:.1%} {kind}" for kind, share in shares.items() if share)
@@ -347,6 +334,8 @@ def format_summary(summary: PipelineSummary) -> str:
         f"MLflow run    {run}",
     ]
     if not served:
+        from wd_pipeline.tracking.runs import ui_command
+
         lines.append(f"MLflow UI     {ui_command(summary.tracking_uri)}")
     return "\n".join([*lines, f"model         {decision.model_uri}"])
 

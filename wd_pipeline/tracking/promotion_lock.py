@@ -214,7 +214,10 @@ def _try_create(client: MlflowClient, name: str, token: str, ttl: float) -> bool
     try:
         client.create_registered_model(name, tags=tags, description=description)
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+        # RESOURCE_DOES_NOT_EXIST: a waiter renamed a stale lock away while the store was
+        # creating this one. Either way the caller reads the holder and tries again; a lock
+        # that this call did create comes back with this call's token.
+        if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             return False
         raise TrackingError(f"cannot create promotion lock {name!r}: {first_line(exc, 200)}") from exc
     return True

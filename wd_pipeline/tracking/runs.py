@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from wd_pipeline import processes, provenance
-from wd_pipeline.config import PipelineConfig
+from wd_pipeline.config import PROJECT_ROOT, PipelineConfig
 from wd_pipeline.errors import TrackingError, first_line
 from wd_pipeline.ml.modes import point_label
 
@@ -150,7 +151,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     """Id of the experiment ``name``, created on first use.
 
     With the embedded SQLite store the artifacts go to ``./mlartifacts`` beside it, so
-    ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows plots and models too.
+    ``wd-pipeline ui`` in that folder shows plots and models too.
     """
     try:
         experiment = client.get_experiment_by_name(name)
@@ -434,7 +435,7 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str:
     base = client.tracking_uri
     if base.startswith("http"):
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {base}  →  experiment {experiment_id}, run {run_id}"
+    return f"{ui_command(base)}  →  experiment {experiment_id}, run {run_id}"
 
 
 def model_version_url(tracking_uri: str, name: str, version: str | int) -> str | None:
@@ -443,3 +444,14 @@ def model_version_url(tracking_uri: str, name: str, version: str | int) -> str |
         return None
 
     return f"{tracking_uri.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    """A command that opens the MLflow UI on ``tracking_uri``'s store, pasted in any folder."""
+    script = PROJECT_ROOT / "wd"
+    launcher = f"{shlex.quote(str(script))} ui" if script.is_file() else "wd-pipeline ui"
+    if tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        if store.name == "mlflow.db":  # the name ``ui`` looks for in the working directory
+            return f"cd {shlex.quote(str(store.parent))} && {launcher}"
+    return f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} {launcher}"
