@@ -12,8 +12,8 @@ from wd_pipeline import cli, preflight
 from wd_pipeline.config import make_config
 from wd_pipeline.errors import DataError
 
-# The data cases of the bad-input matrix the flow refuses; all but one need no split to be found.
-NEEDS_THE_SPLIT = {"folds larger than a class"}
+# The data cases of the bad-input matrix the flow refuses; all but these need no split to be found.
+NEEDS_THE_SPLIT = {"folds larger than a class", "more folds than groups", "positives in one group"}
 
 
 def matrix_data_cases() -> dict:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data.sources import locate, parse_source, read_source
-from wd_pipeline.data.validation import _did_you_mean, _preview, check_features, check_label
-from wd_pipeline.errors import DataError
+from wd_pipeline.data.validation import check_features, check_label
 
 
 @dataclass(frozen=True)
@@ -36,18 +35,5 @@ def check_data(config: PipelineConfig) -> DataCheck:
     source = locate(config.data)
     parsed = parse_source(read_source(source), config.na_values, text_as_dictionary=True)
     labelled = check_label(parsed.table, config)
-    check_named_columns(parsed.table.column_names, config)
     checked = check_features(parsed.table, config, labelled, where=parsed.where, declared=parsed.declared)
     return DataCheck(source.uri, len(checked.label), len(checked.schema.columns))
-
-
-def check_named_columns(names: list[str], config: PipelineConfig) -> None:
-    """``--slice-by`` and ``--group-column`` name columns of the data."""
-    for flag, listed in (("--slice-by", config.slice_by), ("--group-column", [config.group_column])):
-        unknown = [name for name in listed or () if name is not None and name not in names]
-        if unknown:
-            what = f"column {unknown[0]!r} that is" if len(unknown) == 1 else f"columns {unknown} that are"
-            raise DataError(
-                f"{flag} names {what} not in the data; columns are {_preview(names)}."
-                f"{_did_you_mean(unknown[0], names)} Pass {flag} with names of the header"
-            )

@@ -204,14 +204,16 @@ def test_rows_are_a_readable_table_largest_psi_first() -> None:
     assert "d 7.9 % → 100.0 %" in rows[0]["largest contributions"].split("; ")
 
 
-def test_the_model_card_section_comes_before_the_settings() -> None:
+def test_the_model_card_section_comes_right_after_data_and_code() -> None:
     from wd_pipeline.ml.report import with_drift_section
 
     table = sample()
     report = compare(reference_of(table), table.set_column(0, "n", pa.compute.add(table.column("n"), 2.0)))
-    card = "# Model card: m\n\n## Test metrics\n\nx\n\n## Configuration\n\n| setting | value |\n"
+    card = "# Model card: m\n\n## Code\n\nc\n\n## Choice of weight decay\n\nx\n\n## Configuration\n"
     with_section = with_drift_section(card, report)
     heading = "## Drift against the champion's training data"
-    assert with_section.index("## Test metrics") < with_section.index(heading) < with_section.index("## Configuration")
+    assert with_section.index("## Code") < with_section.index(heading) < with_section.index("## Choice of weight decay")
     assert "| n | numeric |" in with_section and "alert" in with_section
-    assert with_drift_section("# Model card: m\n", report).rstrip().endswith("|")  # no settings: appended at the end
+    assert (
+        with_drift_section("# Model card: m\n", report).rstrip().endswith("|")
+    )  # no choice section: appended at the end

@@ -611,12 +611,12 @@ CLI_DATA_CASES = {
     "unknown --slice-by column": (
         ["--slice-by", "a,sex"],
         "--slice-by names column 'sex' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
-        "Pass --slice-by with names of the header",
+        "Pass --slice-by with a column of the header",
     ),
     "unknown --group-column column": (
         ["--group-column", "B"],
         "--group-column names column 'B' that is not in the data; columns are ['a', 'b', 'c', 'd', 'y']. "
-        "Did you mean 'b'? Pass --group-column with names of the header",
+        "Did you mean 'b'? Pass --group-column with a column of the header",
     ),
 }
 

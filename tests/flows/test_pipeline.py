@@ -213,4 +213,4 @@ def test_prefect_artifacts_published(three_runs) -> None:
     rows = json.loads(profile.data) if isinstance(profile.data, str) else profile.data
     assert len(rows) == 3 * 30 and {row["split"] for row in rows} == {"train", "validation", "test"}
     summary = Artifact.get("pipeline-summary")
-    assert "**Chosen**: l2 λ = " in summary.data and "@challenger" in summary.data
+    assert "**Chosen**: l2 λ=" in summary.data and "@challenger" in summary.data

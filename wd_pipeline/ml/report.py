@@ -495,7 +495,6 @@ def model_card(
         f"- **sha256**: `{data_sha256}`",
         "",
         *_code_section(code),
-        *_inputs_section(inputs),
         "## Choice of weight decay",
         "",
         f"- **Mode**: {chosen_mode} ({MODE_NAMES.get(chosen_mode, chosen_mode)})",
@@ -505,7 +504,6 @@ def model_card(
         cv_table_markdown(table, card_metrics, chosen_lambda, chosen_mode),
         "",
         *_threshold_section(threshold, threshold_reason),
-        *modes_section(table, metric, chosen_mode, per_mode or {}),
         f"## Test metrics ({level:.0%} bootstrap confidence intervals, {resamples} resamples, threshold {threshold:g})",
         "",
         "| metric | value | CI |",
@@ -515,8 +513,10 @@ def model_card(
             for name, interval in test_intervals.items()
         ),
         "",
+        *modes_section(table, metric, chosen_mode, per_mode or {}),
         *slices_section(slices),
         *importance_section(importance),
+        *_inputs_section(inputs),
         "## Configuration",
         "",
         "| setting | value |",
@@ -622,8 +622,8 @@ DRIFT_ROWS = 10  # columns the card lists; the run's drift/drift.md has them all
 
 
 def with_drift_section(card: str, drift: DriftReport) -> str:
-    """The card with a section on drift against the champion's training data, before the settings (a card cut
-    to fit the registry loses its last sections first, and the settings are also the run's params)."""
+    """The card with a section on drift against the champion's training data right after data and code: it can
+    decide the registry's verdict, and a card cut to fit the registry loses its last sections first."""
     rows = drift.rows()[:DRIFT_ROWS]
     more = len(drift.columns) - len(rows)
     lines = [
@@ -637,7 +637,7 @@ def with_drift_section(card: str, drift: DriftReport) -> str:
     ]
     if more > 0:
         lines += [f"_{more} more column(s) in the run's `drift/drift.md`._", ""]
-    marker = "## Configuration"
+    marker = "## Choice of weight decay"
     at = card.find(f"\n{marker}\n")
     if at < 0:
         return card.rstrip("\n") + "\n\n" + "\n".join(lines)
