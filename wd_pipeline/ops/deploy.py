@@ -20,7 +20,18 @@ from wd_pipeline.errors import ConfigError, StackError, StackNotRunningError
 from wd_pipeline.ops.stack import base_env, load_exports, venv_bin
 
 PREFECT_FILE = PROJECT_ROOT / "infra" / "prefect.yaml"
-NIGHTLY = "nightly"
+NIGHTLY = "weight-decay-pipeline/nightly"
+
+
+def deployment_name(entry: dict[str, Any]) -> str:
+    """``flow-name/deployment-name`` of a deployment of the yaml: its name alone is not unique (both
+    flows have an ``adhoc``), and ``prefect deploy --name`` with a bare name picks every match.
+
+    The flow part is the entrypoint's function with dashes for underscores, which is how
+    ``prefect deploy --name`` matches it and how the flows here are named.
+    """
+    function = str(entry.get("entrypoint", "")).rsplit(":", 1)[-1]
+    return f"{function.replace('_', '-')}/{entry.get('name')}"
 
 
 def prefect_api_url(state_dir: Path) -> str:
@@ -38,7 +49,13 @@ def prefect_api_url(state_dir: Path) -> str:
 
 
 def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] | None = None) -> str:
-    """Create or update the deployments of ``prefect_file``; returns Prefect's output."""
+    """Create or update the deployments of ``prefect_file`` (``names`` as ``flow-name/deployment-name``, all when
+    None); returns Prefect's output."""
+    bare = [name for name in names or [] if "/" not in name]
+    if bare:
+        raise ConfigError(
+            f"deployment name {bare[0]!r} is ambiguous: name it as flow-name/deployment-name, e.g. {NIGHTLY!r}"
+        )
     api_url = prefect_api_url(state_dir)
     command = [str(venv_bin() / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(prefect_file.resolve())]
     command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
@@ -66,7 +83,7 @@ def with_nightly_parameters(parameters: dict[str, Any], folder: Path, prefect_fi
     import yaml
 
     spec = yaml.safe_load(prefect_file.read_text())
-    nightly = [item for item in spec.get("deployments") or [] if item.get("name") == NIGHTLY]
+    nightly = [item for item in spec.get("deployments") or [] if deployment_name(item) == NIGHTLY]
     if not nightly:
         raise ConfigError(f"{prefect_file} has no deployment named {NIGHTLY!r} to give these settings to")
     nightly[0]["parameters"] = {**(nightly[0].get("parameters") or {}), **parameters}
