@@ -25,6 +25,7 @@ from flows.ingest import ingest
 from flows.register import register_chosen_model
 from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
 from flows.summary import PipelineSummary, summary_markdown
+from flows.timeouts import PIPELINE_CEILING_SECONDS
 from flows.train_grid import train_grid
 from wd_pipeline import timing
 from wd_pipeline.config import (
@@ -116,7 +117,7 @@ def finish_tracking(parent_run_id: str, metrics: dict[str, float]) -> None:
     runs.finish(client, parent_run_id)
 
 
-@flow(name="weight-decay-pipeline")
+@flow(name="weight-decay-pipeline", timeout_seconds=PIPELINE_CEILING_SECONDS)
 def weight_decay_pipeline(
     data: DataSource = DEFAULT_DATA,
     label: Label = DEFAULT_LABEL,
