@@ -69,13 +69,37 @@ def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] 
     )
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        last = [line for line in output.strip().splitlines() if line.strip()][-5:]
         raise StackError(
-            f"`prefect deploy` of {prefect_file} to {api_url} failed (exit {result.returncode}): "
-            + " / ".join(line.strip() for line in last)
-            + ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
+            f"`prefect deploy` of {prefect_file} to {api_url} failed (exit {result.returncode}): {_last_lines(output)}"
+            ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
+        )
+    if names is None or NIGHTLY in names:
+        output += install_nightly_alert(api_url)
+    return output
+
+
+def install_nightly_alert(api_url: str) -> str:
+    """The automation that reacts to a failed, crashed or timed-out nightly run (see ``flows/alerts.py``).
+
+    In its own process because the library never imports Prefect; it inherits the
+    environment, so the webhook URL it reads (``WD_PIPELINE_ALERT_URL``) is the caller's.
+    """
+    command = [str(venv_bin() / "python"), "-m", "flows.alerts"]
+    result = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=base_env(PREFECT_API_URL=api_url), capture_output=True, text=True, check=False
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise StackError(
+            f"the nightly deployment's alert automation could not be created on {api_url} "
+            f"(exit {result.returncode}): {_last_lines(output)}"
         )
     return output
+
+
+def _last_lines(output: str) -> str:
+    last = [line for line in output.strip().splitlines() if line.strip()][-5:]
+    return " / ".join(line.strip() for line in last)
 
 
 def with_nightly_parameters(parameters: dict[str, Any], folder: Path, prefect_file: Path = PREFECT_FILE) -> Path:
