@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def install_nightly_alert(api_url: str) -> str:
     In its own process because the library never imports Prefect; it inherits the
     environment, so the webhook URL it reads (``WD_PIPELINE_ALERT_URL``) is the caller's.
     """
-    command = [str(venv_bin() / "python"), "-m", "flows.alerts"]
+    command = [sys.executable, "-m", "flows.alerts"]
     result = subprocess.run(
         command, cwd=PROJECT_ROOT, env=base_env(PREFECT_API_URL=api_url), capture_output=True, text=True, check=False
     )
