@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wd_pipeline.errors import ConfigError
-from wd_pipeline.ops.deploy import deploy, deployment_name
+from wd_pipeline.ops.deploy import NIGHTLY, PREFECT_FILE, declared, deploy, deployment_name
 
 
 def test_the_name_joins_the_flow_of_the_entrypoint_and_the_deployment() -> None:
@@ -26,3 +26,8 @@ def test_a_bare_deployment_name_is_refused_before_prefect_runs(tmp_path: Path, m
         "deployment name 'adhoc' is ambiguous: name it as flow-name/deployment-name, "
         "e.g. 'weight-decay-pipeline/nightly'"
     )
+
+
+def test_the_yaml_declares_the_nightly_deployment_the_alert_watches() -> None:
+    assert NIGHTLY in declared(PREFECT_FILE)
+    assert declared(PREFECT_FILE) >= {"weight-decay-pipeline/adhoc", "score/adhoc"}

@@ -74,9 +74,17 @@ def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] 
             f"`prefect deploy` of {prefect_file} to {api_url} failed (exit {result.returncode}): {_last_lines(output)}"
             ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
         )
-    if names is None or NIGHTLY in names:
+    if (names is None or NIGHTLY in names) and NIGHTLY in declared(prefect_file):
         output += install_nightly_alert(api_url)
     return output
+
+
+def declared(prefect_file: Path) -> set[str]:
+    """The ``flow-name/deployment-name`` of every deployment ``prefect_file`` declares."""
+    import yaml
+
+    spec = yaml.safe_load(prefect_file.read_text()) or {}
+    return {deployment_name(entry) for entry in spec.get("deployments") or []}
 
 
 def install_nightly_alert(api_url: str) -> str:
