@@ -360,7 +360,7 @@ def test_a_failed_nightly_run_fires_the_alert_automation(local_stack: LocalStack
     assert [action.type for action in automation.actions] == ["send-notification"]
 
     failed = run_deployment(
-        NIGHTLY, parameters={**TINY, "data": "data/no-such-table.csv"}, timeout=300, poll_interval=2
+        NIGHTLY, parameters={**TINY, "data": "data/no-such-table.csv"}, timeout=300, poll_interval=2, _sync=True
     )
     assert failed.state.is_failed(), failed.state
     deadline = time.monotonic() + 120
