@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.retry import TRACKING_TASK
+from flows.timeouts import table_rows, training_seconds
 from wd_pipeline import timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
@@ -154,7 +155,8 @@ def evaluate(
         )
     threshold = decision_threshold(config, results, selection)
     logger.info("Decision threshold %s", threshold.describe())
-    refitted = refit(split_folder, config, selection, epochs, parent_run_id)
+    bound = training_seconds(config, table_rows(split_folder), 1, epochs=epochs)
+    refitted = refit.with_options(timeout_seconds=bound)(split_folder, config, selection, epochs, parent_run_id)
     with timing.measure("evaluate_predict"):
         y_test, p_test = test_predictions(refitted.model_path, split_folder)
     with timing.measure("evaluate_bootstrap"):

@@ -25,6 +25,7 @@ from flows.ingest import ingest
 from flows.register import register_chosen_model
 from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
 from flows.summary import PipelineSummary, summary_markdown
+from flows.timeouts import PIPELINE_CEILING_SECONDS
 from flows.train_grid import train_grid
 from wd_pipeline import timing
 from wd_pipeline.config import (
@@ -116,7 +117,7 @@ def finish_tracking(parent_run_id: str, metrics: dict[str, float]) -> None:
     runs.finish(client, parent_run_id)
 
 
-@flow(name="weight-decay-pipeline")
+@flow(name="weight-decay-pipeline", timeout_seconds=PIPELINE_CEILING_SECONDS)
 def weight_decay_pipeline(
     data: DataSource = DEFAULT_DATA,
     label: Label = DEFAULT_LABEL,
@@ -124,35 +125,34 @@ def weight_decay_pipeline(
     features: Features = None,
     categorical: Categorical = None,
     exclude: Exclude = None,
-    slice_by: SliceBy = None,
     group_column: GroupColumn = None,
+    slice_by: SliceBy = None,
     na_values: NaValues = None,
     max_categories: MaxCategories = 1000,
-    grid: Grid = list(DEFAULT_GRID),  # noqa: B006 - Prefect stores the default as JSON
-    dropout_grid: DropoutGrid = list(DEFAULT_DROPOUT_GRID),  # noqa: B006
-    epochs: Epochs = 100,
-    batch_size: BatchSize = 32,
-    learning_rate: LearningRate = 1e-3,
+    min_rows_per_class: MinRowsPerClass = 10,
+    val_fraction: ValFraction = 0.2,
+    test_fraction: TestFraction = 0.2,
     hidden_units: HiddenUnits = [10, 10],  # noqa: B006
     one_hot_max: OneHotMax = 64,
     class_weight: ClassWeight = "none",
+    epochs: Epochs = 100,
+    batch_size: BatchSize = 32,
+    learning_rate: LearningRate = 1e-3,
+    patience: Patience = 20,
     seed: Seed = 42,
-    val_fraction: ValFraction = 0.2,
-    test_fraction: TestFraction = 0.2,
-    min_rows_per_class: MinRowsPerClass = 10,
+    modes: Modes = ["l2"],  # noqa: B006
+    grid: Grid = list(DEFAULT_GRID),  # noqa: B006 - Prefect stores the default as JSON
+    dropout_grid: DropoutGrid = list(DEFAULT_DROPOUT_GRID),  # noqa: B006
     folds: Folds = 5,
     rule: Rule = "one-se",
-    modes: Modes = ["l2"],  # noqa: B006
-    patience: Patience = 20,
-    chunk_size: ChunkSize = 0,
-    dask_address: DaskAddress = None,
-    dask_workers: DaskWorkers = 0,
     selection_metric: SelectionMetric = "log_loss",
-    gate_metric: GateMetric = "log_loss",
+    threshold: Threshold = 0.5,
+    threshold_metric: ThresholdMetric = "f1",
     experiment: Experiment = DEFAULT_EXPERIMENT,
     model_name: ModelName = DEFAULT_MODEL_NAME,
-    max_parallel: MaxParallel = 2,
+    gate_metric: GateMetric = "log_loss",
     gate_margin: GateMargin = 0.0,
+    bootstrap_samples: BootstrapSamples = 1000,
     min_test_roc_auc: MinTestRocAuc = 0.6,
     max_test_log_loss: MaxTestLogLoss = None,
     min_slice_rows: MinSliceRows = 30,
@@ -160,9 +160,10 @@ def weight_decay_pipeline(
     drift_warn: DriftWarn = 0.1,
     drift_alert: DriftAlert = 0.25,
     importance_repeats: ImportanceRepeats = 5,
-    bootstrap_samples: BootstrapSamples = 1000,
-    threshold: Threshold = 0.5,
-    threshold_metric: ThresholdMetric = "f1",
+    max_parallel: MaxParallel = 2,
+    chunk_size: ChunkSize = 0,
+    dask_address: DaskAddress = None,
+    dask_workers: DaskWorkers = 0,
     work_dir: WorkDirOrDefault = None,
 ) -> PipelineSummary:
     """Train the network over a λ grid, pick λ on validation, register the winner."""

@@ -6,6 +6,8 @@ failed together do not all come back in the same second): about a minute of wait
 MLflow's own ~3 s of HTTP retries per attempt, which outlasts a server restart. Any other
 error fails at once. The tasks are idempotent (runs are found again by name, metrics are
 stamped so a re-log stores nothing twice), so a retry after a half-done attempt is safe.
+A task that ran out of its own time (see :mod:`flows.timeouts`) is never retried, although a
+timeout is otherwise transient: another attempt would only wait its whole bound again.
 """
 
 from __future__ import annotations
@@ -30,10 +32,16 @@ def _failure(state: Any) -> BaseException | None:
     return None
 
 
+def _timed_out(failure: BaseException | None) -> bool:
+    from prefect.task_engine import TaskRunTimeoutError
+
+    return isinstance(failure, TaskRunTimeoutError)
+
+
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed tracking task only when repeating it can help (server down, busy, restarting)."""
     failure = _failure(state)
-    return failure is None or runs.is_transient(failure)
+    return failure is None or (runs.is_transient(failure) and not _timed_out(failure))
 
 
 def retry_unless_unreachable(task: Any, task_run: Any, state: Any) -> bool:
@@ -45,7 +53,7 @@ def retry_unless_unreachable(task: Any, task_run: Any, state: Any) -> bool:
     contact with the server: an answer with an error, or a later blip, still retries.
     """
     failure = _failure(state)
-    return failure is None or runs.unreachable_reason(failure) is None
+    return failure is None or (runs.unreachable_reason(failure) is None and not _timed_out(failure))
 
 
 def finish_quietly(client: Any, run_id: str, status: str) -> None:

@@ -12,6 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.timeouts import SCORE_CEILING_SECONDS
 from wd_pipeline.config import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
@@ -34,7 +35,7 @@ def score_in_flow_run(settings: scoring.ScoreSettings) -> scoring.ScoreResult:
     return scoring.score_file(settings, tags=tags)
 
 
-@flow(name="score")
+@flow(name="score", timeout_seconds=SCORE_CEILING_SECONDS)
 def score(
     data: ScoreData,
     output: ScoreOutput,

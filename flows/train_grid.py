@@ -22,6 +22,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
 from flows.retry import TRACKING_TASK, finish_quietly
+from flows.timeouts import table_rows, training_seconds
 from wd_pipeline import progress, timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.errors import first_line
@@ -163,13 +164,15 @@ def _train_all(
     zero_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
     futures: list[PrefectFuture] = []
     chunk_of: dict[PrefectFuture, progress.ChunkKey] = {}
+    rows = table_rows(split_folder)
     for mode in config.modes:
         grid = modes.grid_of(config, mode)
         mode_runs = {value: point_runs[(mode, value)] for value in grid}
         for fold in range(config.folds):
             for lams in chunks(grid, config.chunk_size):
                 wait = zero_chunks[fold] if mode != zero_owner and 0.0 in lams else []
-                future = train_and_record_chunk.submit(
+                bounded = train_and_record_chunk.with_options(timeout_seconds=training_seconds(config, rows, len(lams)))
+                future = bounded.submit(
                     split_folder, config, mode=mode, lams=lams, fold=fold, point_runs=mode_runs, wait_for=wait
                 )
                 futures.append(future)

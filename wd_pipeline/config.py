@@ -67,15 +67,17 @@ class Changes(enum.Flag):
     TRAINING = enum.auto()
 
 
-def described(text: str, **constraints: Any) -> Any:
-    """A setting's help text and constraints, as the ``Field`` of its alias.
+def described(text: str, title: str | None = None, **constraints: Any) -> Any:
+    """A setting's help text, its title in a form, and its constraints, as the ``Field`` of its alias.
 
-    The text goes in twice on purpose: as the description (the models' schema, the CLI's
-    help) and as a JSON-schema key. Prefect gives each flow parameter a ``Field`` whose own
-    explicit description (None without a docstring) overrides the alias's, while
-    ``json_schema_extra`` is merged, so only the second copy reaches the Prefect form.
+    Text and title go in twice on purpose: as the field's own (the models' schema, the CLI's
+    help) and as JSON-schema keys. Prefect gives each flow parameter a ``Field`` whose own
+    title (the parameter's name) and description (None without a docstring) override the
+    alias's, while ``json_schema_extra`` is merged, so only the second copy reaches the
+    Prefect form.
     """
-    return Field(description=text, json_schema_extra={"description": text}, **constraints)
+    extra = {"description": text} if title is None else {"title": title, "description": text}
+    return Field(description=text, title=title, json_schema_extra=extra, **constraints)
 
 
 # Value types several settings share.
@@ -91,84 +93,107 @@ Probability = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 DEFAULT_DROPOUT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
-# The pipeline's settings, in the order of the flow's form.
+# The pipeline's settings. The form shows them in PipelineConfig's field order, the flow signature's.
 DataSource = Annotated[
     str,
-    described("CSV or Parquet file: local path or pyarrow URI", min_length=1),
+    described(title="Data", text="CSV or Parquet file: local path or pyarrow URI", min_length=1),
     Changes.NOTHING,  # the splits are keyed by the file's content, not by its name
 ]
-Label = Annotated[ColumnName, described("binary target column"), Changes.SPLITS]
+Label = Annotated[ColumnName, described(title="Label", text="binary target column"), Changes.SPLITS]
 PositiveClass = Annotated[
     str | None,
     described(
-        "label value counted as positive when the label holds two strings; "
-        f"empty = {DEFAULT_POSITIVE_CLASS!r} for the bundled data, none for any other table"
+        title="Positive class",
+        text="label value counted as positive when the label holds two strings; "
+        f"empty = {DEFAULT_POSITIVE_CLASS!r} for the bundled data, none for any other table",
     ),
     Changes.SPLITS,
 ]
 Features = Annotated[
     list[ColumnName] | None,
-    described("feature columns; all columns but the label when empty"),
+    described(title="Features", text="feature columns; all columns but the label when empty"),
     Changes.SPLITS,
 ]
 Categorical = Annotated[
     list[ColumnName] | None,
-    described("columns taken as categories whatever their type, e.g. integer codes such as a zip code"),
+    described(
+        title="Categorical columns",
+        text="columns taken as categories whatever their type, e.g. integer codes such as a zip code",
+    ),
     Changes.SPLITS,
 ]
 Exclude = Annotated[
     list[ColumnName] | None,
-    described("columns left out of the model, e.g. IDs and timestamps"),
+    described(title="Excluded columns", text="columns left out of the model, e.g. IDs and timestamps"),
     Changes.SPLITS,
 ]
 SliceBy = Annotated[
     list[ColumnName] | None,
     described(
-        "columns whose values (categories; training-quantile bins of numbers) split the test metrics into slices; "
-        "kept in the stored splits and never used as features"
+        title="Slice by",
+        text="columns whose values (categories; training-quantile bins of numbers) split the test metrics into slices; "
+        "kept in the stored splits and never used as features",
     ),
     Changes.SPLITS,
 ]
 GroupColumn = Annotated[
     ColumnName | None,
     described(
-        "column naming the group of each row (a patient, a customer): a group never spans two splits or folds, "
-        "and the column is never a feature"
+        title="Group column",
+        text="column naming the group of each row (a patient, a customer): a group never spans two splits or folds, "
+        "and the column is never a feature",
     ),
     Changes.SPLITS,
 ]
 NaValues = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
-    described("cell values that mean missing, besides empty cells and pyarrow's defaults (NA, null, NaN, N/A …)"),
+    described(
+        title="Missing-value markers",
+        text="cell values that mean missing, besides empty cells and pyarrow's defaults (NA, null, NaN, N/A …)",
+    ),
     Changes.SPLITS,
 ]
 MaxCategories = Annotated[
     int,
-    described("most distinct values a categorical column may hold, or the data is refused", ge=2, le=1_000_000),
+    described(
+        title="Max categories per column",
+        text="most distinct values a categorical column may hold, or the data is refused",
+        ge=2,
+        le=1_000_000,
+    ),
     Changes.SPLITS,
 ]
 Grid = Annotated[
     list[Lambda],
-    described("λ values to train", min_length=1, max_length=256),
+    described(title="λ grid", text="λ values to train", min_length=1, max_length=256),
     Changes.NOTHING,  # each unit's key holds its own λ
 ]
 DropoutGrid = Annotated[
     list[DropoutRate],
-    described("dropout rates the dropout mode trains, each in [0, 1)", min_length=1, max_length=64),
+    described(
+        title="Dropout grid", text="dropout rates the dropout mode trains, each in [0, 1)", min_length=1, max_length=64
+    ),
     Changes.NOTHING,  # each unit's key holds its own rate
 ]
-Epochs = Annotated[int, described("training epochs per grid point", ge=1, le=100_000), Changes.TRAINING]
-BatchSize = Annotated[int, described("mini-batch size", ge=1, le=1_000_000), Changes.TRAINING]
-LearningRate = Annotated[float, described("Adam learning rate", gt=0.0, le=10.0, allow_inf_nan=False), Changes.TRAINING]
+Epochs = Annotated[
+    int, described(title="Epochs", text="training epochs per grid point", ge=1, le=100_000), Changes.TRAINING
+]
+BatchSize = Annotated[int, described(title="Batch size", text="mini-batch size", ge=1, le=1_000_000), Changes.TRAINING]
+LearningRate = Annotated[
+    float,
+    described(title="Learning rate", text="Adam learning rate", gt=0.0, le=10.0, allow_inf_nan=False),
+    Changes.TRAINING,
+]
 HiddenUnits = Annotated[
     list[Annotated[int, Field(ge=1, le=4096)]],
-    described("hidden layer sizes, input side first", min_length=1, max_length=8),
+    described(title="Hidden units", text="hidden layer sizes, input side first", min_length=1, max_length=8),
     Changes.TRAINING,
 ]
 OneHotMax = Annotated[
     int,
     described(
-        "a categorical column with at most this many slots (categories, plus one for unseen values) is one-hot "
+        title="One-hot limit",
+        text="a categorical column with at most this many slots (categories, plus one for unseen values) is one-hot "
         "encoded; a larger one gets a trained, penalised embedding",
         ge=2,
         le=10_000,
@@ -177,35 +202,52 @@ OneHotMax = Annotated[
 ]
 ClassWeight = Annotated[
     Literal["none", "balanced"],
-    described("weight of each class in the loss: none, or balanced by inverse class frequency"),
+    described(
+        title="Class weight", text="weight of each class in the loss: none, or balanced by inverse class frequency"
+    ),
     Changes.TRAINING,
 ]
 Seed = Annotated[
     int,
-    described("seed of the split, the initialisation and the shuffling", ge=0, le=2**31 - 1),
+    described(title="Seed", text="seed of the split, the initialisation and the shuffling", ge=0, le=2**31 - 1),
     Changes.SPLITS | Changes.TRAINING,
 ]
-ValFraction = Annotated[Fraction, described("share of the rows held out for validation"), Changes.SPLITS]
-TestFraction = Annotated[Fraction, described("share of the rows held out for the test"), Changes.SPLITS]
+ValFraction = Annotated[
+    Fraction, described(title="Validation fraction", text="share of the rows held out for validation"), Changes.SPLITS
+]
+TestFraction = Annotated[
+    Fraction, described(title="Test fraction", text="share of the rows held out for the test"), Changes.SPLITS
+]
 MinRowsPerClass = Annotated[
     int,
-    described("rows each class needs at least, or the data is refused", ge=2, le=1_000_000),
+    described(
+        title="Min rows per class", text="rows each class needs at least, or the data is refused", ge=2, le=1_000_000
+    ),
     Changes.NOTHING,  # a check on the data: it refuses, it never reshapes the splits
 ]
 Folds = Annotated[
     int,
-    described("stratified cross-validation folds over train + validation; 1 = the plain validation split", ge=1, le=20),
+    described(
+        title="Cross-validation folds",
+        text="stratified cross-validation folds over train + validation; 1 = the plain validation split",
+        ge=1,
+        le=20,
+    ),
     Changes.TRAINING,
 ]
 Rule = Annotated[
     Literal["one-se", "best"],
-    described("how λ is chosen: the best mean, or one-se: the largest λ within one standard error of it"),
+    described(
+        title="Selection rule",
+        text="how λ is chosen: the best mean, or one-se: the largest λ within one standard error of it",
+    ),
     Changes.NOTHING,
 ]
 Modes = Annotated[
     list[Mode],
     described(
-        "regularisation modes compared: l2 penalty and decoupled (AdamW) decay over --grid, dropout over "
+        title="Regularisation modes",
+        text="regularisation modes compared: l2 penalty and decoupled (AdamW) decay over --grid, dropout over "
         "--dropout-grid",
         min_length=1,
         max_length=3,
@@ -214,40 +256,65 @@ Modes = Annotated[
 ]
 Patience = Annotated[
     int,
-    described("early-stopping patience in epochs, on validation cross-entropy; 0 = off", ge=0, le=10_000),
+    described(
+        title="Early-stopping patience",
+        text="early-stopping patience in epochs, on validation cross-entropy; 0 = off",
+        ge=0,
+        le=10_000,
+    ),
     Changes.TRAINING,
 ]
 ChunkSize = Annotated[
     int,
-    described("λ values trained together per task; 0 = the whole grid, 1 = one task per λ", ge=0, le=256),
+    described(
+        title="λ values per task",
+        text="λ values trained together per task; 0 = the whole grid, 1 = one task per λ",
+        ge=0,
+        le=256,
+    ),
     Changes.NOTHING,
 ]
 DaskAddress = Annotated[
     # A running Dask scheduler, as Dask writes it: ``tcp://10.0.0.5:8786`` (the scheme may be left out).
     Annotated[str, Field(max_length=500, pattern=r"^(\w+://)?[^\s/]+$")] | None,
     described(
-        "train on this running Dask scheduler, e.g. tcp://10.0.0.5:8786, not in local threads (needs a Prefect server)"
+        title="Dask scheduler",
+        text="train on this running Dask scheduler, e.g. tcp://10.0.0.5:8786, not in local threads (needs a Prefect server)",
     ),
     Changes.NOTHING,
 ]
 DaskWorkers = Annotated[
     int,
     described(
-        "train on a local Dask cluster of this many single-threaded processes; 0 = no Dask (needs a Prefect server)",
+        title="Local Dask workers",
+        text="train on a local Dask cluster of this many single-threaded processes; 0 = no Dask (needs a Prefect server)",
         ge=0,
         le=64,
     ),
     Changes.NOTHING,
 ]
-SelectionMetric = Annotated[Metric, described("validation metric that chooses λ"), Changes.NOTHING]
-GateMetric = Annotated[Metric, described("test metric the champion gate compares"), Changes.NOTHING]
-Experiment = Annotated[Name, described("MLflow experiment the run is recorded in"), Changes.NOTHING]
-ModelName = Annotated[Name, described("registered model the chosen network becomes a new version of"), Changes.NOTHING]
-MaxParallel = Annotated[int, described("training tasks run at once", ge=1, le=64), Changes.NOTHING]
+SelectionMetric = Annotated[
+    Metric, described(title="Selection metric", text="validation metric that chooses λ"), Changes.NOTHING
+]
+GateMetric = Annotated[
+    Metric, described(title="Gate metric", text="test metric the champion gate compares"), Changes.NOTHING
+]
+Experiment = Annotated[
+    Name, described(title="MLflow experiment", text="MLflow experiment the run is recorded in"), Changes.NOTHING
+]
+ModelName = Annotated[
+    Name,
+    described(title="Registered model", text="registered model the chosen network becomes a new version of"),
+    Changes.NOTHING,
+]
+MaxParallel = Annotated[
+    int, described(title="Parallel tasks", text="training tasks run at once", ge=1, le=64), Changes.NOTHING
+]
 GateMargin = Annotated[
     float,
     described(
-        "improvement over the champion that the lower 95 % bootstrap bound must exceed",
+        title="Gate margin",
+        text="improvement over the champion that the lower 95 % bootstrap bound must exceed",
         ge=0.0,
         le=1e3,
         allow_inf_nan=False,
@@ -256,35 +323,56 @@ GateMargin = Annotated[
 ]
 MinTestRocAuc = Annotated[
     float,
-    described("floor: a model below this test ROC AUC is never champion", ge=0.0, le=1.0, allow_inf_nan=False),
+    described(
+        title="Min test ROC AUC",
+        text="floor: a model below this test ROC AUC is never champion",
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+    ),
     Changes.NOTHING,
 ]
 MaxTestLogLoss = Annotated[
     Annotated[float, Field(gt=0.0, le=1e3, allow_inf_nan=False)] | None,
-    described("ceiling: a model above this test log loss is never champion; none when empty"),
+    described(
+        title="Max test log loss", text="ceiling: a model above this test log loss is never champion; none when empty"
+    ),
     Changes.NOTHING,
 ]
 MinSliceRows = Annotated[
     int,
-    described("slices with fewer test rows are marked as too small, and the slice gate ignores them", ge=1, le=10**9),
+    described(
+        title="Min slice rows",
+        text="slices with fewer test rows are marked as too small, and the slice gate ignores them",
+        ge=1,
+        le=10**9,
+    ),
     Changes.NOTHING,
 ]
 MinSliceRocAuc = Annotated[
     Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None,
-    described("floor: a model with a slice (of at least --min-slice-rows) below this test ROC AUC is never champion"),
+    described(
+        title="Min slice ROC AUC",
+        text="floor: a model with a slice (of at least --min-slice-rows) below this test ROC AUC is never champion",
+    ),
     Changes.NOTHING,
 ]
 DriftWarn = Annotated[
     float,
     described(
-        "population stability index from which a column counts as drifted", gt=0.0, le=100.0, allow_inf_nan=False
+        title="Drift warning (PSI)",
+        text="population stability index from which a column counts as drifted",
+        gt=0.0,
+        le=100.0,
+        allow_inf_nan=False,
     ),
     Changes.NOTHING,
 ]
 DriftAlert = Annotated[
     float,
     described(
-        "population stability index from which a new version stays challenger (reason drift) for a human to decide",
+        title="Drift alert (PSI)",
+        text="population stability index from which a new version stays challenger (reason drift) for a human to decide",
         gt=0.0,
         le=100.0,
         allow_inf_nan=False,
@@ -293,42 +381,66 @@ DriftAlert = Annotated[
 ]
 ImportanceRepeats = Annotated[
     int,
-    described("shuffles of each raw column for its permutation importance on the test split; 0 = none", ge=0, le=1000),
+    described(
+        title="Importance repeats",
+        text="shuffles of each raw column for its permutation importance on the test split; 0 = none",
+        ge=0,
+        le=1000,
+    ),
     Changes.NOTHING,
 ]
 BootstrapSamples = Annotated[
     int,
-    described("bootstrap resamples of the test split for confidence intervals", ge=100, le=100_000),
+    described(
+        title="Bootstrap samples",
+        text="bootstrap resamples of the test split for confidence intervals",
+        ge=100,
+        le=100_000,
+    ),
     Changes.NOTHING,
 ]
 Threshold = Annotated[
     Probability | Literal["auto"],
     described(
-        "probability from which a row is labelled positive, or auto: chosen on the out-of-fold validation "
-        "predictions by --threshold-metric"
+        title="Decision threshold",
+        text="probability from which a row is labelled positive, or auto: chosen on the out-of-fold validation "
+        "predictions by --threshold-metric",
     ),
     Changes.NOTHING,  # units record their metrics at 0.5, whatever the run's threshold
 ]
 ThresholdMetric = Annotated[
     Literal["f1", "accuracy", "balanced_accuracy", "youden"],
-    described("what --threshold auto maximises (youden: sensitivity + specificity - 1)"),
+    described(title="Threshold metric", text="what --threshold auto maximises (youden: sensitivity + specificity - 1)"),
     Changes.NOTHING,
 ]
 WORK_DIR_HELP = f"folder for the splits and trained grid points, keyed by content; when not given, {WORK_DIR_ENV} or else {DEFAULT_WORK_DIR}"
-WorkDir = Annotated[str, described(WORK_DIR_HELP, min_length=1), Changes.NOTHING]
+WorkDir = Annotated[str, described(title="Work folder", text=WORK_DIR_HELP, min_length=1), Changes.NOTHING]
 # The flow leaves an empty work folder to the config, so that the environment of the process
 # that runs the flow decides it, not the one that deployed it.
-WorkDirOrDefault = Annotated[WorkDir | None, described(WORK_DIR_HELP)]
+WorkDirOrDefault = Annotated[WorkDir | None, described(title="Work folder", text=WORK_DIR_HELP)]
 
 # The score command's own settings (it shares the experiment and the threshold with a run).
 ScoreData = Annotated[
-    str, described("CSV or Parquet file, or a folder of them, to score: local path or pyarrow URI", min_length=1)
+    str,
+    described(
+        title="Data to score",
+        text="CSV or Parquet file, or a folder of them, to score: local path or pyarrow URI",
+        min_length=1,
+    ),
 ]
-ScoreOutput = Annotated[str, described("Parquet file for the input features plus probability and label", min_length=1)]
-ScoredModel = Annotated[Name, described("registered model whose @champion scores the file")]
+ScoreOutput = Annotated[
+    str,
+    described(title="Output file", text="Parquet file for the input features plus probability and label", min_length=1),
+]
+ScoredModel = Annotated[
+    Name, described(title="Registered model", text="registered model whose @champion scores the file")
+]
 ScoreThreshold = Annotated[
     Probability | None,
-    described("probability from which a row is labelled positive; empty = the champion's own threshold"),
+    described(
+        title="Decision threshold",
+        text="probability from which a row is labelled positive; empty = the champion's own threshold",
+    ),
 ]
 
 # Whether a larger value of a metric is better; used by selection and by the gate.
@@ -373,7 +485,13 @@ def default_work_dir() -> str:
 
 
 class PipelineConfig(BaseModel):
-    """Everything that decides what a pipeline run computes and where it is recorded."""
+    """Everything that decides what a pipeline run computes and where it is recorded.
+
+    The fields come in the order a user decides them, which is the order of the flow's form and
+    of ``--help``: the data and its splits, the model and its training, the grid and how cross-
+    validation chooses from it, what is recorded and what the gate demands, and where and how
+    the work runs. The resume keys are sorted by name, so this order never changes them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -383,35 +501,34 @@ class PipelineConfig(BaseModel):
     features: Features = None
     categorical: Categorical = None
     exclude: Exclude = None
-    slice_by: SliceBy = None
     group_column: GroupColumn = None
+    slice_by: SliceBy = None
     na_values: NaValues = None
     max_categories: MaxCategories = 1000
-    grid: Grid = list(DEFAULT_GRID)
-    dropout_grid: DropoutGrid = list(DEFAULT_DROPOUT_GRID)
-    epochs: Epochs = 100
-    batch_size: BatchSize = 32
-    learning_rate: LearningRate = 1e-3
+    min_rows_per_class: MinRowsPerClass = 10
+    val_fraction: ValFraction = 0.2
+    test_fraction: TestFraction = 0.2
     hidden_units: HiddenUnits = [10, 10]
     one_hot_max: OneHotMax = 64
     class_weight: ClassWeight = "none"
+    epochs: Epochs = 100
+    batch_size: BatchSize = 32
+    learning_rate: LearningRate = 1e-3
+    patience: Patience = 20
     seed: Seed = 42
-    val_fraction: ValFraction = 0.2
-    test_fraction: TestFraction = 0.2
-    min_rows_per_class: MinRowsPerClass = 10
+    modes: Modes = ["l2"]
+    grid: Grid = list(DEFAULT_GRID)
+    dropout_grid: DropoutGrid = list(DEFAULT_DROPOUT_GRID)
     folds: Folds = 5
     rule: Rule = "one-se"
-    modes: Modes = ["l2"]
-    patience: Patience = 20
-    chunk_size: ChunkSize = 0
-    dask_address: DaskAddress = None
-    dask_workers: DaskWorkers = 0
     selection_metric: SelectionMetric = "log_loss"
-    gate_metric: GateMetric = "log_loss"
+    threshold: Threshold = DEFAULT_THRESHOLD
+    threshold_metric: ThresholdMetric = "f1"
     experiment: Experiment = DEFAULT_EXPERIMENT
     model_name: ModelName = DEFAULT_MODEL_NAME
-    max_parallel: MaxParallel = 2
+    gate_metric: GateMetric = "log_loss"
     gate_margin: GateMargin = 0.0
+    bootstrap_samples: BootstrapSamples = 1000
     min_test_roc_auc: MinTestRocAuc = 0.6
     max_test_log_loss: MaxTestLogLoss = None
     min_slice_rows: MinSliceRows = 30
@@ -419,9 +536,10 @@ class PipelineConfig(BaseModel):
     drift_warn: DriftWarn = 0.1
     drift_alert: DriftAlert = 0.25
     importance_repeats: ImportanceRepeats = 5
-    bootstrap_samples: BootstrapSamples = 1000
-    threshold: Threshold = DEFAULT_THRESHOLD
-    threshold_metric: ThresholdMetric = "f1"
+    max_parallel: MaxParallel = 2
+    chunk_size: ChunkSize = 0
+    dask_address: DaskAddress = None
+    dask_workers: DaskWorkers = 0
     work_dir: WorkDir = Field(default_factory=default_work_dir)
 
     @field_validator("grid", "dropout_grid")

@@ -39,7 +39,7 @@ def _without_none(annotation: Any) -> Any:
 
 def _same(where: str, expected: FieldInfo, actual: FieldInfo) -> list[str]:
     problems = []
-    for part in ("annotation", "metadata", "description"):
+    for part in ("annotation", "metadata", "description", "title"):
         if getattr(actual, part) != getattr(expected, part):
             problems.append(f"{where}: {part} {getattr(actual, part)!r} != the model's {getattr(expected, part)!r}")
     return problems
@@ -62,8 +62,11 @@ def drift(signature: inspect.Signature, model: type[BaseModel]) -> list[str]:
                 problems.append(f"{name}: needs the model's type | None, default None")
                 continue
             problems += _same(name, expected, _field(inner))
-            if outer.description != expected.description:
-                problems.append(f"{name}: description {outer.description!r} != the model's {expected.description!r}")
+            for part in ("description", "title"):
+                if getattr(outer, part) != getattr(expected, part):
+                    problems.append(
+                        f"{name}: {part} {getattr(outer, part)!r} != the model's {getattr(expected, part)!r}"
+                    )
             continue
         problems += _same(name, expected, _field(parameter.annotation, parameter.default))
         if expected.is_required():
@@ -117,8 +120,10 @@ def test_the_form_shows_descriptions_and_constraints(flow, model, entrypoint, mo
     assert parameter_schema_from_entrypoint(entrypoint).model_dump_for_openapi() == live
     properties = live["properties"]
     assert list(properties) == list(model.model_fields)
-    for name, field in model.model_fields.items():
+    for position, (name, field) in enumerate(model.model_fields.items()):
         assert properties[name]["description"] == field.description, name
+        assert properties[name]["title"] == field.title, name  # not Prefect's default, the parameter's name
+        assert properties[name]["position"] == position, name  # the UI sorts the form by it
     assert live.get("required", []) == [name for name, field in model.model_fields.items() if field.is_required()]
 
 
@@ -128,3 +133,26 @@ def test_the_pipeline_form_carries_the_bounds() -> None:
     assert (properties["min_rows_per_class"]["minimum"], properties["grid"]["items"]["minimum"]) == (2, 0)
     assert properties["rule"]["enum"] == ["one-se", "best"]
     assert properties["grid"]["type"] == "array"
+
+
+@pytest.mark.parametrize("model", [PipelineConfig, ScoreSettings])
+def test_every_setting_has_its_own_title(model: type[BaseModel]) -> None:
+    titles = {name: field.title for name, field in model.model_fields.items()}
+    assert all(titles.values()), [name for name, title in titles.items() if not title]
+    assert len(set(titles.values())) == len(titles), "two settings share a title"
+
+
+# Where each group of the form starts: the data, the model, the grid and its cross-validation,
+# the registry and its gate, and how the work runs.
+FORM_GROUPS = ["data", "hidden_units", "modes", "experiment", "max_parallel"]
+
+
+def test_the_pipeline_form_is_grouped_data_model_grid_registry_execution() -> None:
+    fields = list(PipelineConfig.model_fields)
+    starts = [fields.index(name) for name in FORM_GROUPS]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert fields.index("label") < fields.index("test_fraction") < starts[1]
+    assert starts[1] < fields.index("epochs") < fields.index("learning_rate") < starts[2]
+    assert starts[2] < fields.index("grid") < fields.index("folds") < fields.index("selection_metric") < starts[3]
+    assert starts[3] < fields.index("gate_metric") < fields.index("min_test_roc_auc") < starts[4]
+    assert fields[-1] == "work_dir" and starts[4] < fields.index("dask_workers")

@@ -15,6 +15,7 @@ import yaml
 
 from flows.summary import summary_markdown
 from tests.helpers.summaries import pipeline_summary
+from wd_pipeline.ops.deploy import deployment_name
 from wd_pipeline.tracking.runs import model_version_url
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -30,8 +31,19 @@ AUTH_SETTINGS = (
 
 
 def deployments() -> dict[str, dict]:
+    """The yaml's deployments by ``flow-name/deployment-name``: a bare name is shared by both flows' ``adhoc``."""
     document = yaml.safe_load((INFRA / "prefect.yaml").read_text())
-    return {d["name"]: d for d in document["deployments"]}
+    found = [deployment_name(d) for d in document["deployments"]]
+    assert len(set(found)) == len(found), f"a deployment is declared twice: {found}"
+    return {deployment_name(d): d for d in document["deployments"]}
+
+
+def test_every_deployment_is_named_flow_slash_deployment_and_found_once() -> None:
+    assert set(deployments()) == {"weight-decay-pipeline/nightly", "weight-decay-pipeline/adhoc", "score/adhoc"}
+    for entry in yaml.safe_load((INFRA / "prefect.yaml").read_text())["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        flow_names = re.findall(r"@flow\(name=\"([\w-]+)\"[^)]*\)\s*\ndef (\w+)", (ROOT / path).read_text())
+        assert (deployment_name(entry).split("/")[0], function) in flow_names
 
 
 def test_deployments_run_the_pipeline_flow_from_the_project_root() -> None:
@@ -47,9 +59,10 @@ def test_deployments_run_the_pipeline_flow_from_the_project_root() -> None:
 
 
 def test_nightly_has_a_cron_with_time_zone_and_adhoc_no_schedule() -> None:
-    nightly, adhoc = deployments()["nightly"], deployments()["adhoc"]
+    found = deployments()
+    nightly = found["weight-decay-pipeline/nightly"]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin", "active": True}]
-    assert adhoc["schedules"] == []
+    assert found["weight-decay-pipeline/adhoc"]["schedules"] == found["score/adhoc"]["schedules"] == []
 
 
 def compose() -> dict:

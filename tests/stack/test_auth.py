@@ -132,7 +132,7 @@ def test_tracking_and_registry_work_with_credentials_and_say_what_is_missing_wit
 
 def test_a_deployed_run_completes_through_the_worker_and_registers_the_champion(secured: SecuredStack) -> None:
     """The worker and the flow-run process it starts log in to both servers with inherited credentials."""
-    deploy(secured.state_dir, names=["adhoc"])
+    deploy(secured.state_dir, names=[ADHOC])
     run = subprocess.run(
         [
             "prefect",

@@ -8,7 +8,10 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -233,10 +236,18 @@ def _close_side_panels(page) -> None:
         pass
 
 
+# A title from each group of the form, in the order the form must show them.
+FORM_GROUPS = ["Positive class", "Hidden units", "Regularisation modes", "Gate metric", "Work folder"]
+
+
 def test_prefect_ui_shows_the_adhoc_parameter_form(two_runs, local_stack: LocalStack, browser) -> None:
+    """Titles and descriptions, not parameter names, grouped data, model, grid, registry, execution."""
     adhoc = read_deployment(ADHOC)
     url = f"{local_stack.prefect_ui}/deployments/deployment/{adhoc.id}/run"
-    show(browser, url, ["grid", "epochs", "learning_rate", "batch_size"], "prefect-adhoc-run-form.png")
+    expected = [*FORM_GROUPS, "λ grid", "training epochs per grid point", "binary target column"]
+    text = show(browser, url, expected, "prefect-adhoc-run-form.png")
+    positions = [text.index(title) for title in FORM_GROUPS]
+    assert positions == sorted(positions), dict(zip(FORM_GROUPS, positions, strict=True))
 
 
 def test_prefect_ui_shows_the_flow_runs(two_runs, local_stack: LocalStack, browser) -> None:
@@ -287,3 +298,82 @@ def test_every_server_listens_on_loopback_only(local_stack: LocalStack) -> None:
         addresses = _listening(urlparse(url).port)
         assert addresses, f"nothing listens for {url}"
         assert all(ipaddress.ip_address(a).is_loopback for a in addresses), (url, addresses)
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A local webhook that records the JSON bodies posted to it."""
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            received.append(json.loads(self.rfile.read(length) or b"{}"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def read_automations(name: str) -> list:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_automations_by_name(name)
+
+
+def automation_events(automation_id, name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[f"prefect.automation.{automation_id}"])
+    )
+    with get_client(sync_client=True) as client:
+        return client.read_events(filter=wanted, limit=50).events
+
+
+def test_a_failed_nightly_run_fires_the_alert_automation(local_stack: LocalStack, webhook, monkeypatch) -> None:
+    """Deploy made the automation (event only without a URL); with a URL it posts the failed run to the webhook."""
+    from prefect.deployments import run_deployment
+
+    from flows.alerts import ALERT_URL_ENV, AUTOMATION_NAME
+    from wd_pipeline.ops.deploy import install_nightly_alert
+
+    (deployed,) = read_automations(AUTOMATION_NAME)
+    assert [action.type for action in deployed.actions] == ["do-nothing"]
+
+    url, received = webhook
+    monkeypatch.setenv(ALERT_URL_ENV, url)
+    install_nightly_alert(local_stack.prefect_api_url)  # a redeploy replaces it, never adds one
+    (automation,) = read_automations(AUTOMATION_NAME)
+    assert [action.type for action in automation.actions] == ["send-notification"]
+
+    failed = run_deployment(
+        NIGHTLY, parameters={**TINY, "data": "data/no-such-table.csv"}, timeout=300, poll_interval=2, _sync=True
+    )
+    assert failed.state.is_failed(), failed.state
+    deadline = time.monotonic() + 120
+    fired: list = []
+    while time.monotonic() < deadline:
+        fired = [
+            event
+            for event in automation_events(automation.id, "prefect.automation.triggered")
+            if event.payload["triggering_event"]["resource"]["prefect.resource.id"] == f"prefect.flow-run.{failed.id}"
+        ]
+        if fired and received:
+            break
+        time.sleep(2)
+    assert fired, f"automation {AUTOMATION_NAME!r} did not fire for the failed run {failed.name}"
+    assert any(failed.name in body.get("text", "") and "Failed" in body["text"] for body in received), received
+    assert automation_events(automation.id, "prefect.automation.action.executed")

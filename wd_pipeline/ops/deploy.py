@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,18 @@ from wd_pipeline.errors import ConfigError, StackError, StackNotRunningError
 from wd_pipeline.ops.stack import base_env, load_exports, venv_bin
 
 PREFECT_FILE = PROJECT_ROOT / "infra" / "prefect.yaml"
-NIGHTLY = "nightly"
+NIGHTLY = "weight-decay-pipeline/nightly"
+
+
+def deployment_name(entry: dict[str, Any]) -> str:
+    """``flow-name/deployment-name`` of a deployment of the yaml: its name alone is not unique (both
+    flows have an ``adhoc``), and ``prefect deploy --name`` with a bare name picks every match.
+
+    The flow part is the entrypoint's function with dashes for underscores, which is how
+    ``prefect deploy --name`` matches it and how the flows here are named.
+    """
+    function = str(entry.get("entrypoint", "")).rsplit(":", 1)[-1]
+    return f"{function.replace('_', '-')}/{entry.get('name')}"
 
 
 def prefect_api_url(state_dir: Path) -> str:
@@ -38,7 +50,13 @@ def prefect_api_url(state_dir: Path) -> str:
 
 
 def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] | None = None) -> str:
-    """Create or update the deployments of ``prefect_file``; returns Prefect's output."""
+    """Create or update the deployments of ``prefect_file`` (``names`` as ``flow-name/deployment-name``, all when
+    None); returns Prefect's output."""
+    bare = [name for name in names or [] if "/" not in name]
+    if bare:
+        raise ConfigError(
+            f"deployment name {bare[0]!r} is ambiguous: name it as flow-name/deployment-name, e.g. {NIGHTLY!r}"
+        )
     api_url = prefect_api_url(state_dir)
     command = [str(venv_bin() / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(prefect_file.resolve())]
     command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
@@ -52,13 +70,45 @@ def deploy(state_dir: Path, prefect_file: Path = PREFECT_FILE, names: list[str] 
     )
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        last = [line for line in output.strip().splitlines() if line.strip()][-5:]
         raise StackError(
-            f"`prefect deploy` of {prefect_file} to {api_url} failed (exit {result.returncode}): "
-            + " / ".join(line.strip() for line in last)
-            + ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
+            f"`prefect deploy` of {prefect_file} to {api_url} failed (exit {result.returncode}): {_last_lines(output)}"
+            ". Is the server up and its worker's pool created (`wd-pipeline stack status`)?"
+        )
+    if (names is None or NIGHTLY in names) and NIGHTLY in declared(prefect_file):
+        output += install_nightly_alert(api_url)
+    return output
+
+
+def declared(prefect_file: Path) -> set[str]:
+    """The ``flow-name/deployment-name`` of every deployment ``prefect_file`` declares."""
+    import yaml
+
+    spec = yaml.safe_load(prefect_file.read_text()) or {}
+    return {deployment_name(entry) for entry in spec.get("deployments") or []}
+
+
+def install_nightly_alert(api_url: str) -> str:
+    """The automation that reacts to a failed, crashed or timed-out nightly run (see ``flows/alerts.py``).
+
+    In its own process because the library never imports Prefect; it inherits the
+    environment, so the webhook URL it reads (``WD_PIPELINE_ALERT_URL``) is the caller's.
+    """
+    command = [sys.executable, "-m", "flows.alerts"]
+    result = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=base_env(PREFECT_API_URL=api_url), capture_output=True, text=True, check=False
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise StackError(
+            f"the nightly deployment's alert automation could not be created on {api_url} "
+            f"(exit {result.returncode}): {_last_lines(output)}"
         )
     return output
+
+
+def _last_lines(output: str) -> str:
+    last = [line for line in output.strip().splitlines() if line.strip()][-5:]
+    return " / ".join(line.strip() for line in last)
 
 
 def with_nightly_parameters(parameters: dict[str, Any], folder: Path, prefect_file: Path = PREFECT_FILE) -> Path:
@@ -66,7 +116,7 @@ def with_nightly_parameters(parameters: dict[str, Any], folder: Path, prefect_fi
     import yaml
 
     spec = yaml.safe_load(prefect_file.read_text())
-    nightly = [item for item in spec.get("deployments") or [] if item.get("name") == NIGHTLY]
+    nightly = [item for item in spec.get("deployments") or [] if deployment_name(item) == NIGHTLY]
     if not nightly:
         raise ConfigError(f"{prefect_file} has no deployment named {NIGHTLY!r} to give these settings to")
     nightly[0]["parameters"] = {**(nightly[0].get("parameters") or {}), **parameters}

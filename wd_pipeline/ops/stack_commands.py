@@ -33,7 +33,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "deploy", help="apply infra/prefect.yaml to the Prefect server (PREFECT_API_URL or the local stack)"
     )
     deploy.add_argument("--prefect-file", type=Path, default=None, help="deployment file (default infra/prefect.yaml)")
-    deploy.add_argument("--name", action="append", dest="names", help="only this deployment (repeatable; default all)")
+    deploy.add_argument(
+        "--name",
+        action="append",
+        dest="names",
+        help="only this deployment, as flow-name/deployment-name (repeatable; default all)",
+    )
     for parser in (*others, deploy):
         add_flags(parser, stack.StackSettings, state_dir_flags())
 
