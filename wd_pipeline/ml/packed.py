@@ -36,13 +36,14 @@ unweighted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wd_pipeline.ml.network import EMBEDDING_PREFIX, MODES, PREDICT_ROWS, build_model
+from wd_pipeline.ml.preprocessing import EMBEDDING_DIM
 
 if TYPE_CHECKING:
     from wd_pipeline.ml.preprocessing import Encoded, Preprocessing
@@ -57,7 +58,7 @@ class MemberFit:
     """One unpacked member: its Keras model, per-epoch history, best epoch (1-based) and its predictions.
 
     ``train_probability`` / ``val_probability`` are the member's probabilities on the rows it
-    trained and validated on, computed for all members in one pass over the encoded rows.
+    trained and validated on, computed for all members of its fold in one pass over the encoded rows.
     """
 
     model: Any
@@ -65,6 +66,31 @@ class MemberFit:
     best_epoch: int
     train_probability: np.ndarray
     val_probability: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class FoldPack:
+    """One fold's share of a packed training: what it adapted, its rows, its seed and its members.
+
+    ``train`` and ``validation`` are (encoded rows, labels of shape (rows, 1)); ``lams`` and
+    ``dropout_rates`` give one member each (rates default to 0); ``class_weights`` maps a
+    label (0, 1) to the weight of its rows in this fold's training loss. The seed fixes the
+    fold's initial weights, its batches and its members' dropout masks.
+    """
+
+    prep: Preprocessing
+    train: tuple[Encoded, np.ndarray]
+    validation: tuple[Encoded, np.ndarray] | None
+    seed: int
+    lams: Sequence[float]
+    dropout_rates: Sequence[float] | None = None
+    class_weights: Mapping[int, float] | None = None
+
+    @property
+    def rates(self) -> list[float]:
+        return [
+            float(rate) for rate in (self.dropout_rates if self.dropout_rates is not None else [0.0] * len(self.lams))
+        ]
 
 
 def train_packed(
@@ -84,54 +110,89 @@ def train_packed(
     dropout_rates: Sequence[float] | None = None,
     class_weights: Mapping[int, float] | None = None,
 ) -> list[MemberFit]:
-    """Train one member per λ on the same batches of encoded rows; returns them in the order of ``lams``.
+    """Train one member per λ of a single fold on the same batches; returns them in the order of ``lams``."""
+    fold = FoldPack(prep, train, validation, seed, lams, dropout_rates, class_weights)
+    (members,) = train_folds_packed(
+        [fold],
+        mode=mode,
+        hidden_units=hidden_units,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        on_epoch=on_epoch,
+    )
+    return members
 
-    ``train`` and ``validation`` are (encoded rows, labels of shape (rows, 1)); the members
-    come back as full networks (input layers from ``prep`` included). ``dropout_rates``
-    gives each member its dropout rate (default 0 for all); ``class_weights`` maps a label
-    (0, 1) to the weight of its rows in the training loss. ``on_epoch`` is called after every
-    epoch with its 0-based number and each metric's per-member values.
+
+def train_folds_packed(
+    folds: Sequence[FoldPack],
+    *,
+    mode: str,
+    hidden_units: Sequence[int],
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> list[list[MemberFit]]:
+    """Train every member of every fold as one packed model; returns each fold's members in the order of its ``lams``.
+
+    Each member draws its batches from its own fold's training rows, validates on its own
+    fold's rows and stops on its own. The members come back as full networks, input layers
+    from their fold's ``prep`` included. ``on_epoch`` is called after every epoch with its
+    0-based number and each metric's per-member values (folds in order, then their members).
     """
-    import keras
     import tensorflow as tf
 
     if mode not in MODES:
         raise ValueError(f"unknown weight-decay mode {mode!r}; use one of {MODES}")
-    lams = [float(lam) for lam in lams]
-    rates = [float(rate) for rate in (dropout_rates if dropout_rates is not None else [0.0] * len(lams))]
-    if len(rates) != len(lams) or any(not 0.0 <= rate < 1.0 for rate in rates):
-        raise ValueError(f"need one dropout rate in [0, 1) per member, got {rates} for {len(lams)} member(s)")
-    reference = build_model(prep, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=seed)
-    stack = _Stack(reference, prep, len(lams))
+    if not folds or any(not fold.lams for fold in folds):
+        raise ValueError("every fold of a packed training needs at least one member")
+    if len({fold.validation is None for fold in folds}) > 1:
+        raise ValueError("either every fold of a packed training has validation rows or none has")
+    for fold in folds:
+        rates = fold.rates
+        if len(rates) != len(fold.lams) or any(not 0.0 <= rate < 1.0 for rate in rates):
+            raise ValueError(f"need one dropout rate in [0, 1) per member, got {rates} for {len(fold.lams)} member(s)")
+    lams = [float(lam) for fold in folds for lam in fold.lams]
+    rates = [rate for fold in folds for rate in fold.rates]
+    stack = _Stack(
+        [
+            build_model(
+                fold.prep, lam=0.0, mode="l2", hidden_units=hidden_units, learning_rate=learning_rate, seed=fold.seed
+            )
+            for fold in folds
+        ],
+        [fold.prep for fold in folds],
+        [len(fold.lams) for fold in folds],
+    )
     lam_vector = tf.constant(lams, dtype=tf.float32)
     penalty_coef = lam_vector / 2.0 if mode == "l2" else tf.zeros_like(lam_vector)
     decay_coef = learning_rate * lam_vector if mode == "decoupled" else tf.zeros_like(lam_vector)
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    optimizer.build(stack.variables)
-
-    order = epoch_order(len(train[0]), epochs, seed).astype(np.int32)
+    seeds = [fold.seed for fold in folds for _ in fold.lams]
+    orders = _padded_orders(folds, epochs, batch_size)
     run_epoch = _compiled_epoch(
         stack,
-        optimizer,
-        train,
-        validation,
+        _Adam(stack, learning_rate),
+        folds,
         penalty_coef=penalty_coef,
         decay_coef=decay_coef,
         batch_size=batch_size,
-        dropout=_Dropout(rates, seed) if any(rates) else None,
-        row_weights=row_weights(train[1], class_weights) if class_weights else None,
+        dropout=_Dropout(rates, seeds) if any(rates) else None,
     )
 
-    keys = ("loss", "bce", "accuracy") + (("val_loss", "val_bce", "val_accuracy") if validation else ())
+    validated = folds[0].validation is not None
+    keys = ("loss", "bce", "accuracy") + (("val_loss", "val_bce", "val_accuracy") if validated else ())
     history: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    tracker = _BestTracker(len(lams), patience if validation is not None else 0, stack)
-    for epoch in range(epochs):
-        metrics = {key: value.numpy() for key, value in run_epoch(order[epoch], tf.constant(epoch)).items()}
+    tracker = _BestTracker(len(lams), patience if validated else 0, stack)
+    for epoch, order in enumerate(orders):
+        metrics = {key: value.numpy() for key, value in run_epoch(order, tf.constant(epoch)).items()}
         for key in keys:
             history[key].append(metrics[key])
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if validation is not None and tracker.update(epoch, metrics["val_bce"]):
+        if validated and tracker.update(epoch, metrics["val_bce"]):
             break
     _log.debug(
         "packed training: %d epoch(s), epoch function traced %d time(s)",
@@ -139,30 +200,54 @@ def train_packed(
         run_epoch.experimental_get_tracing_count(),
     )
     tracker.restore()
-    train_probability = stack.probabilities(train[0])
-    val_probability = stack.probabilities(validation[0]) if validation is not None else None
-    return [
-        MemberFit(
-            model=stack.unpack(
-                g,
-                prep,
-                lam=lam,
-                mode=mode,
-                dropout=rate,
-                hidden_units=hidden_units,
-                learning_rate=learning_rate,
-                seed=seed,
-            ),
-            history={
-                key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]]
-                for key, series in history.items()
-            },
-            best_epoch=tracker.best_epoch(g, len(history["loss"])),
-            train_probability=train_probability[g],
-            val_probability=val_probability[g] if val_probability is not None else None,
-        )
-        for g, (lam, rate) in enumerate(zip(lams, rates, strict=True))
-    ]
+    fits: list[list[MemberFit]] = []
+    for f, fold in enumerate(folds):
+        train_probability = stack.probabilities(f, fold.train[0])
+        val_probability = stack.probabilities(f, fold.validation[0]) if fold.validation is not None else None
+        members = []
+        for i, (lam, rate) in enumerate(zip(fold.lams, fold.rates, strict=True)):
+            g = stack.starts[f] + i
+            members.append(
+                MemberFit(
+                    model=stack.unpack(
+                        g,
+                        fold.prep,
+                        lam=float(lam),
+                        mode=mode,
+                        dropout=rate,
+                        hidden_units=hidden_units,
+                        learning_rate=learning_rate,
+                        seed=fold.seed,
+                    ),
+                    history={
+                        key: [float(v[g]) for v in series[: tracker.epochs_run(g, len(series))]]
+                        for key, series in history.items()
+                    },
+                    best_epoch=tracker.best_epoch(g, len(history["loss"])),
+                    train_probability=train_probability[i],
+                    val_probability=val_probability[i] if val_probability is not None else None,
+                )
+            )
+        fits.append(members)
+    return fits
+
+
+def _padded_orders(folds: Sequence[FoldPack], epochs: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Every fold's row order of each epoch in turn (as :func:`epoch_order` draws them), cut to the same number
+    of batches: (F, S·B) per epoch.
+
+    A fold with fewer rows than the longest gets padding rows (index 0) that the epoch masks
+    out: its members see exactly their own batches, and no update once their epoch is over.
+    Drawn an epoch at a time, so no (epochs × rows) array is held.
+    """
+    sizes = [len(fold.train[0]) for fold in folds]
+    padded = -(-max(sizes) // batch_size) * batch_size
+    generators = [np.random.default_rng(fold.seed) for fold in folds]
+    for _ in range(epochs):
+        orders = np.zeros((len(folds), padded), dtype=np.int32)
+        for f, (rng, rows) in enumerate(zip(generators, sizes, strict=True)):
+            orders[f, :rows] = rng.permutation(rows)
+        yield orders
 
 
 def row_weights(labels: np.ndarray, class_weights: Mapping[int, float]) -> np.ndarray:
@@ -173,14 +258,14 @@ def row_weights(labels: np.ndarray, class_weights: Mapping[int, float]) -> np.nd
 
 @dataclass(frozen=True)
 class _Dropout:
-    """Per-member dropout rates and the seed of their masks.
+    """Per-member dropout rates and the seeds of their masks (a member's fold's seed).
 
-    A member's masks are seeded by its own rate, not its place in the pack, so a grid point
-    trains the same whether its chunk holds the whole grid or that point alone.
+    A member's masks are seeded by its own seed and rate, not its place in the pack, so a
+    grid point trains the same whether its chunk holds the whole grid or that point alone.
     """
 
     rates: list[float]
-    seed: int
+    seeds: list[int]
 
     def masks(self, widths: Sequence[int], batch: int, epoch: Any, step: Any) -> list[Any]:
         """For each hidden layer a (G, batch, width) multiplier: 0 for a dropped unit, 1 / (1 − p) for a kept one."""
@@ -194,17 +279,19 @@ class _Dropout:
             uniform = tf.stack(
                 [
                     tf.random.stateless_uniform(
-                        [batch, width], seed=tf.stack([tf.constant(self._stream(layer, rate), tf.int64), counter])
+                        [batch, width],
+                        seed=tf.stack([tf.constant(self._stream(seed, layer, rate), tf.int64), counter]),
                     )
-                    for rate in self.rates
+                    for rate, seed in zip(self.rates, self.seeds, strict=True)
                 ]
             )
             masks.append(tf.cast(uniform >= rates, tf.float32) * scale)
         return masks
 
-    def _stream(self, layer: int, rate: float) -> int:
+    @staticmethod
+    def _stream(seed: int, layer: int, rate: float) -> int:
         """The first half of a mask's seed: one stream per (seed, hidden layer, rate)."""
-        return (self.seed * 16 + layer) * 1_000_000 + round(rate * 1_000_000)
+        return (seed * 16 + layer) * 1_000_000 + round(rate * 1_000_000)
 
 
 def epoch_order(rows: int, epochs: int, seed: int) -> np.ndarray:
@@ -229,161 +316,281 @@ def epoch_batches(inputs: dict[str, np.ndarray], y: np.ndarray, epochs: int, see
     )
 
 
+@dataclass(frozen=True)
+class _FoldRows:
+    """One fold's rows held as constants inside the compiled epoch."""
+
+    dense: Any
+    indices: Any
+    y: Any
+    weights: Any
+    rows: int
+
+
+def _constants(part: tuple[Encoded, np.ndarray], class_weights: Mapping[int, float] | None = None) -> _FoldRows:
+    import tensorflow as tf
+
+    encoded, y = part
+    weights = row_weights(y, class_weights) if class_weights else np.ones_like(y, dtype=np.float32)
+    return _FoldRows(
+        tf.constant(encoded.dense), tf.constant(encoded.indices), tf.constant(y), tf.constant(weights), len(encoded)
+    )
+
+
+class _Adam:
+    """Keras' Adam with a step count per member: a member whose fold has run out of batches skips the step.
+
+    Keras counts steps once per optimiser, and its bias correction depends on that count; a
+    member of a smaller fold must not advance it, so the count, moments and update are
+    masked per member. The arithmetic is Keras' own (``keras.optimizers.Adam.update_step``).
+    """
+
+    def __init__(self, stack: _Stack, learning_rate: float, beta_1: float = 0.9, beta_2: float = 0.999) -> None:
+        import keras
+
+        members, width = (int(n) for n in stack.theta.shape)
+        self.learning_rate, self.beta_1, self.beta_2, self.epsilon = learning_rate, beta_1, beta_2, 1e-7
+        self.m = keras.Variable(np.zeros((members, width), np.float32), name="packed_m")
+        self.v = keras.Variable(np.zeros((members, width), np.float32), name="packed_v")
+        self.steps = keras.Variable(np.zeros((members, 1), np.float32), name="packed_steps")
+
+    def apply(self, gradient: Any, theta: Any, active: Any) -> None:
+        """One update of the members where ``active`` (G, 1) is true."""
+        import tensorflow as tf
+
+        steps = self.steps.value + tf.cast(active, tf.float32)
+        m = self.m.value + (gradient - self.m.value) * (1 - self.beta_1)
+        v = self.v.value + (tf.square(gradient) - self.v.value) * (1 - self.beta_2)
+        alpha = (
+            self.learning_rate
+            * tf.sqrt(1 - tf.pow(self.beta_2, tf.maximum(steps, 1.0)))
+            / (1 - tf.pow(self.beta_1, tf.maximum(steps, 1.0)))
+        )
+        self.steps.assign(steps)
+        self.m.assign(tf.where(active, m, self.m.value))
+        self.v.assign(tf.where(active, v, self.v.value))
+        theta.assign(tf.where(active, theta.value - m * alpha / (tf.sqrt(v) + self.epsilon), theta.value))
+
+
 def _compiled_epoch(
     stack: _Stack,
-    optimizer: Any,
-    train: tuple[Encoded, np.ndarray],
-    validation: tuple[Encoded, np.ndarray] | None,
+    optimizer: _Adam,
+    folds: Sequence[FoldPack],
     *,
     penalty_coef: Any,
     decay_coef: Any,
     batch_size: int,
     dropout: _Dropout | None = None,
-    row_weights: np.ndarray | None = None,
 ) -> Any:
     """One epoch, every training step and then the validation pass, as one XLA-compiled function.
 
     A step of this tiny network costs far less arithmetic than graph-executor dispatch (about
     1.5 ms a step in a plain ``tf.function``); inside an XLA while-loop that dispatch is gone.
-    XLA needs static shapes, so the epoch's row order is cut into its ``rows // batch_size``
-    full batches, run in the loop, and the partial last batch (static size, maybe none), run
-    once after it: the same batches in the same order as ``model.fit`` over
-    :func:`epoch_batches`. Rows are gathered inside, from arrays held once as constants. The
-    order's shape is the same every epoch, so the function is traced and compiled once.
+    XLA needs static shapes, so every step takes ``batch_size`` row indices per fold, and a
+    row mask per fold keeps what that fold really has: its partial last batch, or nothing
+    once its epoch is over (its members then skip the step: no decay, no Adam update). The
+    losses are means over the kept rows, so each member sees the batches ``model.fit`` over
+    :func:`epoch_batches` gives its fold. Rows are gathered inside, from each fold's arrays
+    held once as constants. The orders' shape is the same every epoch, so the function is
+    traced and compiled once.
     """
     import tensorflow as tf
 
-    dense_all, indices_all = tf.constant(train[0].dense), tf.constant(train[0].indices)
-    y_all = tf.constant(train[1])
-    w_all = tf.constant(row_weights) if row_weights is not None else None
-    held_out = (
-        (tf.constant(validation[0].dense), tf.constant(validation[0].indices), tf.constant(validation[1]))
-        if validation is not None
-        else None
-    )
+    train = [_constants(fold.train, fold.class_weights) for fold in folds]
+    held_out = [_constants(fold.validation) for fold in folds if fold.validation is not None]
     members = int(penalty_coef.shape[0])
+    sizes = tf.constant([part.rows for part in train], tf.int32)
+    member_fold = np.repeat(np.arange(len(folds)), stack.counts)
+    member_rows = tf.constant([float(train[f].rows) for f in member_fold], tf.float32)
+    positions = tf.range(batch_size)
 
     def step(rows: Any, epoch: Any, index: Any) -> Any:
-        """One optimiser step on the batch ``rows``: its loss, bce and accuracy (3, G), times the batch size."""
-        dense, indices, y = tf.gather(dense_all, rows), tf.gather(indices_all, rows), tf.gather(y_all, rows)
-        weights = tf.gather(w_all, rows) if w_all is not None else None
-        masks = dropout.masks(stack.hidden_widths, int(rows.shape[0]), epoch, index) if dropout else None
+        """One optimiser step on the batches ``rows`` (F, B): every member's loss, bce and accuracy (3, G), summed over its rows."""
+        kept = tf.clip_by_value(sizes - index * batch_size, 0, batch_size)  # (F,)
+        row_mask = [tf.cast(positions < kept[f], tf.float32)[:, None] for f in range(len(train))]
+        batches = [(tf.gather(part.dense, rows[f]), tf.gather(part.indices, rows[f])) for f, part in enumerate(train)]
+        labels = [tf.gather(part.y, rows[f]) for f, part in enumerate(train)]
+        weights = [tf.gather(part.weights, rows[f]) * row_mask[f] for f, part in enumerate(train)]
+        counts = tf.cast(tf.gather(kept, member_fold), tf.float32)  # (G,)
+        active = counts > 0
+        masks = dropout.masks(stack.hidden_widths, batch_size, epoch, index) if dropout else None
         with tf.GradientTape() as tape:
-            logits = stack.logits(dense, indices, masks)
-            bce = _bce(y, logits, weights)  # (G,)
+            logits = stack.logits(batches, masks)
+            bce = _per_member(_bce_sums, labels, logits, weights, stack.counts) / tf.maximum(counts, 1.0)
             penalty = penalty_coef * stack.hidden_squared_norms()
-            total = tf.reduce_sum(bce + penalty)
-        grads = tape.gradient(total, [v.value for v in stack.variables])
-        stack.decay_hidden(decay_coef)  # before the update, as Keras' AdamW does
-        optimizer.apply(grads, stack.variables)
-        return tf.stack([bce + penalty, bce, _accuracy(y, logits)]) * float(rows.shape[0])
+            total = tf.reduce_sum(tf.where(active, bce + penalty, 0.0))
+        grads = tape.gradient(total, stack.theta.value)
+        # Decay before the update, as Keras' AdamW does.
+        stack.decay_hidden(tf.where(active, decay_coef, 0.0))
+        optimizer.apply(grads, stack.theta, active[:, None])
+        hits = _per_member(_hit_sums, labels, logits, row_mask, stack.counts)
+        return tf.stack([(bce + penalty) * counts, bce * counts, hits])
 
     @tf.function(jit_compile=True)
-    def run_epoch(order: Any, epoch: Any) -> dict[str, Any]:
-        rows = int(order.shape[0])
-        full = rows // batch_size * batch_size
-        batches = tf.reshape(order[:full], [full // batch_size, batch_size])
-        sums = tf.zeros([3, members])  # batch-size-weighted, as Keras reports
-        for index in tf.range(full // batch_size):
-            sums += step(batches[index], epoch, index)
-        if full < rows:
-            sums += step(order[full:], epoch, full // batch_size)
-        means = sums / rows
+    def run_epoch(orders: Any, epoch: Any) -> dict[str, Any]:
+        steps = int(orders.shape[1]) // batch_size
+        batches = tf.reshape(orders, [len(train), steps, batch_size])
+        sums = tf.zeros([3, members])  # row-weighted, as Keras reports
+        for index in tf.range(steps):
+            sums += step(batches[:, index], epoch, index)
+        means = sums / member_rows
         metrics = {"loss": means[0], "bce": means[1], "accuracy": means[2]}
-        if held_out is not None:
-            logits = stack.logits(held_out[0], held_out[1])
-            val_bce = _bce(held_out[2], logits)
+        if held_out:
+            val_bce, val_accuracy = [], []
+            for f, part in enumerate(held_out):
+                logits = stack.fold_logits(f, part.dense, part.indices)
+                val_bce.append(_bce_sums(part.y, logits, part.weights) / part.rows)
+                val_accuracy.append(_hit_sums(part.y, logits, part.weights) / part.rows)
+            val_bce = tf.concat(val_bce, axis=0)
             penalty = penalty_coef * stack.hidden_squared_norms()
-            metrics.update(val_loss=val_bce + penalty, val_bce=val_bce, val_accuracy=_accuracy(held_out[2], logits))
+            metrics.update(val_loss=val_bce + penalty, val_bce=val_bce, val_accuracy=tf.concat(val_accuracy, axis=0))
         return metrics
 
     return run_epoch
 
 
-def _bce(y: Any, logits: Any, weights: Any = None) -> Any:
-    """Mean binary cross-entropy per member, from logits: (G, B, 1) → (G,); rows weighted by ``weights`` (B, 1)."""
+def _per_member(
+    measure: Callable[[Any, Any, Any], Any], labels: list[Any], logits: Any, weights: list[Any], counts: Sequence[int]
+) -> Any:
+    """``measure`` of each fold's members on that fold's batch, joined into one (G,) vector."""
+    import tensorflow as tf
+
+    parts = tf.split(logits, list(counts), axis=0)
+    return tf.concat([measure(y, part, w) for y, part, w in zip(labels, parts, weights, strict=True)], axis=0)
+
+
+def _bce_sums(y: Any, logits: Any, weights: Any) -> Any:
+    """Σ over rows of weighted binary cross-entropy per member, from logits: (G, B, 1) → (G,); ``weights`` (B, 1)."""
     import tensorflow as tf
 
     labels = tf.broadcast_to(y[None, :, :], tf.shape(logits))
     losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-    if weights is not None:
-        losses = losses * weights[None, :, :]
-    return tf.reduce_mean(losses, axis=[1, 2])
+    return tf.reduce_sum(losses * weights[None, :, :], axis=[1, 2])
 
 
-def _accuracy(y: Any, logits: Any) -> Any:
+def _hit_sums(y: Any, logits: Any, mask: Any) -> Any:
+    """Correctly classified rows per member, counting only rows where ``mask`` (B, 1) is non-zero."""
     import tensorflow as tf
 
     predicted = tf.cast(tf.sigmoid(logits) > 0.5, tf.float32)
-    return tf.reduce_mean(tf.cast(tf.equal(predicted, y[None, :, :]), tf.float32), axis=[1, 2])
+    hits = tf.cast(tf.equal(predicted, y[None, :, :]), tf.float32) * tf.cast(mask[None, :, :] > 0, tf.float32)
+    return tf.reduce_sum(hits, axis=[1, 2])
 
 
 class _Stack:
-    """All trained weights of G copies of the reference network, as one (G, P) variable.
+    """All trained weights of every member, as one (G, P) variable, members grouped by fold.
 
     One flat variable per stack instead of several per network cuts the ops of every step
     (Adam's update becomes one set of elementwise ops); Adam is elementwise, so the
-    arithmetic per weight is unchanged. Every member starts from the same initial weights.
-    The pieces are the embedding tables (if any), then each Dense layer's kernel and bias;
-    the input layers hold no trained weights and run once, before packing (``encode``).
+    arithmetic per weight is unchanged. The members of a fold start from that fold's
+    reference network. The pieces are the embedding tables (if any), then each Dense layer's
+    kernel and bias; the input layers hold no trained weights and run once, before packing
+    (``encode``).
+
+    Folds adapt their own preprocessing, so their encoded widths and embedding tables may
+    differ. Each piece is laid out at the widest fold's size: the first kernel has rows for
+    the widest encoded matrix, then for the most embedded columns; the stacked tables have
+    the most rows any fold needs. A fold uses only its own leading rows of each block; the
+    rest of its members' weights start at zero and stay there: no input reaches them, so
+    their gradient is exactly zero, Adam moves a weight with zero gradient and zero moments
+    by 0 / (0 + ε) = 0, decay shrinks zero to zero and the penalty adds nothing. Each fold's
+    inputs keep their own width and meet only their own rows (:meth:`_first_layer`).
     """
 
-    def __init__(self, reference: Any, prep: Preprocessing, members: int) -> None:
+    def __init__(self, references: Sequence[Any], preps: Sequence[Preprocessing], counts: Sequence[int]) -> None:
         import keras
 
-        self.dense_width = prep.dense_width
-        self.tables = [reference.get_layer(f"{EMBEDDING_PREFIX}{i + 1}") for i in range(len(prep.embedded))]
-        # All embedding tables stacked row-wise into one piece, looked up with offset indices.
-        self.table_rows = [int(table.input_dim) for table in self.tables]
-        self.offsets = np.cumsum([0, *self.table_rows[:-1]]).astype(np.int32)
-        self.dense = [layer for layer in reference.layers if isinstance(layer, keras.layers.Dense)]
-        self.hidden_widths = [int(layer.units) for layer in self.dense[:-1]]
-        pieces = [np.concatenate([np.asarray(table.embeddings) for table in self.tables])] if self.tables else []
-        pieces += [np.asarray(w) for layer in self.dense for w in (layer.kernel, layer.bias)]
-        self.shapes = [piece.shape for piece in pieces]
-        self.bounds = np.cumsum([0] + [piece.size for piece in pieces]).tolist()
-        flat = np.concatenate([piece.ravel() for piece in pieces])
-        self.theta = keras.Variable(np.repeat(flat[None, :], members, axis=0), name="packed_parameters")
-        self.variables = [self.theta]
-        first_dense = 1 if self.tables else 0
-        penalized = [0] if self.tables else []
-        penalized += [first_dense + 2 * i for i, layer in enumerate(self.dense) if layer.name.startswith(HIDDEN)]
-        mask = np.zeros(flat.size, dtype=np.float32)
+        self.counts = [int(n) for n in counts]
+        self.starts = np.cumsum([0, *self.counts[:-1]]).tolist()
+        self.dense_widths = [prep.dense_width for prep in preps]
+        self.dense_width = max(self.dense_widths)
+        tables = [
+            [ref.get_layer(f"{EMBEDDING_PREFIX}{i + 1}") for i in range(len(prep.embedded))]
+            for ref, prep in zip(references, preps, strict=True)
+        ]
+        self.embedded = [len(fold_tables) for fold_tables in tables]
+        self.table_rows = [[int(table.input_dim) for table in fold_tables] for fold_tables in tables]
+        self.offsets = [np.cumsum([0, *rows[:-1]]).astype(np.int32) for rows in self.table_rows]
+        self.has_tables = max(self.embedded) > 0
+        self.dim = EMBEDDING_DIM
+        dense_layers = [[layer for layer in ref.layers if isinstance(layer, keras.layers.Dense)] for ref in references]
+        self.dense_names = [layer.name for layer in dense_layers[0]]
+        self.hidden_widths = [int(layer.units) for layer in dense_layers[0][:-1]]
+        per_fold = [
+            self._fold_pieces(fold_tables, layers, f)
+            for f, (fold_tables, layers) in enumerate(zip(tables, dense_layers, strict=True))
+        ]
+        self.shapes = [piece.shape for piece in per_fold[0]]
+        self.bounds = np.cumsum([0] + [piece.size for piece in per_fold[0]]).tolist()
+        flats = [np.concatenate([piece.ravel() for piece in pieces]) for pieces in per_fold]
+        initial = np.concatenate(
+            [np.repeat(flat[None, :], count, axis=0) for flat, count in zip(flats, self.counts, strict=True)]
+        )
+        self.theta = keras.Variable(initial, name="packed_parameters")
+        first_dense = 1 if self.has_tables else 0
+        penalized = [0] if self.has_tables else []
+        penalized += [first_dense + 2 * i for i, name in enumerate(self.dense_names) if name.startswith(HIDDEN)]
+        mask = np.zeros(flats[0].size, dtype=np.float32)
         for piece in penalized:
             mask[self.bounds[piece] : self.bounds[piece + 1]] = 1.0
         self.hidden_mask = mask
 
-    def _pieces(self) -> list[Any]:
+    def _fold_pieces(self, tables: Sequence[Any], layers: Sequence[Any], f: int) -> list[np.ndarray]:
+        """One fold's initial weights in the common (widest) layout, zeros where the fold has no input."""
+        pieces = []
+        if self.has_tables:
+            stacked = np.zeros((max(sum(rows) for rows in self.table_rows), self.dim), np.float32)
+            if tables:
+                own = np.concatenate([np.asarray(table.embeddings) for table in tables])
+                stacked[: len(own)] = own
+            pieces.append(stacked)
+        kernel = np.asarray(layers[0].kernel)
+        first = np.zeros((self.dense_width + max(self.embedded) * self.dim, kernel.shape[1]), np.float32)
+        width = self.dense_widths[f]
+        first[:width] = kernel[:width]
+        first[self.dense_width : self.dense_width + kernel.shape[0] - width] = kernel[width:]
+        pieces += [first, np.asarray(layers[0].bias)]
+        pieces += [np.asarray(w) for layer in layers[1:] for w in (layer.kernel, layer.bias)]
+        return pieces
+
+    def _pieces(self, members: slice | None = None) -> list[Any]:
         import tensorflow as tf
 
-        theta = self.theta.value
-        members = tf.shape(theta)[0]
+        theta = self.theta.value if members is None else self.theta.value[members]
+        count = tf.shape(theta)[0]
         return [
-            tf.reshape(theta[:, start:end], tf.concat([[members], shape], axis=0))
+            tf.reshape(theta[:, start:end], tf.concat([[count], shape], axis=0))
             for start, end, shape in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
         ]
 
-    def logits(self, dense: Any, indices: Any, masks: Sequence[Any] | None = None) -> Any:
-        """(B, F) encoded rows and (B, k) lookup indices → (G, B, 1) logits of every member.
+    def _members(self, f: int) -> slice:
+        return slice(self.starts[f], self.starts[f] + self.counts[f])
 
-        ``masks`` (one (G, B, width) multiplier per hidden layer) applies dropout; without
-        them the network runs as it predicts.
-        """
+    def _first_layer(self, f: int, pieces: list[Any], dense: Any, indices: Any) -> Any:
+        """Fold ``f``'s (B, F_f) encoded rows and (B, k_f) lookup indices → its members' first pre-activations (G_f, B, H)."""
         import tensorflow as tf
 
-        pieces = self._pieces()
-        layers = pieces[1:] if self.tables else pieces
-        kernels, biases = layers[0::2], layers[1::2]
-        first = kernels[0]
-        z = biases[0][:, None, :]
-        if self.dense_width:
-            z = z + tf.einsum("bf,gfh->gbh", dense, first[:, : self.dense_width])
-        if self.tables:
+        layers = pieces[1:] if self.has_tables else pieces
+        first, bias = layers[0], layers[1]
+        z = bias[:, None, :]
+        width = self.dense_widths[f]
+        if width:
+            z = z + tf.einsum("bf,gfh->gbh", dense, first[:, :width])
+        if self.embedded[f]:
             # One gather for every embedded column: a gather per column (or a one-hot product)
             # cost several times more per step under XLA on a CPU.
-            looked_up = tf.gather(pieces[0], indices + self.offsets, axis=1)  # (G, B, columns, dim)
+            looked_up = tf.gather(pieces[0], indices + self.offsets[f], axis=1)  # (G_f, B, columns, dim)
             flat = tf.reshape(looked_up, tf.concat([tf.shape(looked_up)[:2], [-1]], axis=0))
-            z = z + tf.einsum("gbd,gdh->gbh", flat, first[:, self.dense_width :])
+            block = first[:, self.dense_width : self.dense_width + self.embedded[f] * self.dim]
+            z = z + tf.einsum("gbd,gdh->gbh", flat, block)
+        return z
+
+    def _rest(self, pieces: list[Any], z: Any, masks: Sequence[Any] | None) -> Any:
+        """From the first pre-activations to the (G, B, 1) logits."""
+        import tensorflow as tf
+
+        layers = pieces[1:] if self.has_tables else pieces
+        kernels, biases = layers[0::2], layers[1::2]
         h = tf.nn.relu(z)
         if masks:
             h = h * masks[0]
@@ -393,18 +600,39 @@ class _Stack:
                 h = h * masks[layer]
         return tf.einsum("gbf,gfh->gbh", h, kernels[-1]) + biases[-1][:, None, :]
 
-    def probabilities(self, rows: Encoded) -> np.ndarray:
-        """(G, rows) probabilities of every member, in slices of :data:`PREDICT_ROWS` rows."""
+    def logits(self, batches: Sequence[tuple[Any, Any]], masks: Sequence[Any] | None = None) -> Any:
+        """One equally long batch per fold, (encoded rows, lookup indices) → (G, B, 1) logits of every member.
+
+        ``masks`` (one (G, B, width) multiplier per hidden layer) applies dropout; without
+        them the network runs as it predicts.
+        """
+        import tensorflow as tf
+
+        pieces = self._pieces()
+        z = tf.concat(
+            [self._first_layer(f, [p[self._members(f)] for p in pieces], *batch) for f, batch in enumerate(batches)],
+            axis=0,
+        )
+        return self._rest(pieces, z, masks)
+
+    def fold_logits(self, f: int, dense: Any, indices: Any) -> Any:
+        """Fold ``f``'s members on its rows, without dropout: (G_f, rows, 1)."""
+        pieces = self._pieces(self._members(f))
+        return self._rest(pieces, self._first_layer(f, pieces, dense, indices), None)
+
+    def probabilities(self, f: int, rows: Encoded) -> np.ndarray:
+        """(G_f, rows) probabilities of fold ``f``'s members, in slices of :data:`PREDICT_ROWS` rows."""
         import tensorflow as tf
 
         parts = [
             tf.sigmoid(
-                self.logits(rows.dense[start : start + PREDICT_ROWS], rows.indices[start : start + PREDICT_ROWS])
+                self.fold_logits(
+                    f, rows.dense[start : start + PREDICT_ROWS], rows.indices[start : start + PREDICT_ROWS]
+                )
             ).numpy()[:, :, 0]
             for start in range(0, len(rows), PREDICT_ROWS)
         ]
-        members = int(self.theta.shape[0])
-        return np.concatenate(parts, axis=1) if parts else np.zeros((members, 0), dtype=np.float32)
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.counts[f], 0), dtype=np.float32)
 
     def hidden_squared_norms(self) -> Any:
         """Σ w² of the penalised weights (embedding tables and hidden kernels), per member: (G,)."""
@@ -421,6 +649,9 @@ class _Stack:
 
     def load(self, values: list[np.ndarray]) -> None:
         self.theta.assign(values[0])
+
+    def fold_of(self, g: int) -> int:
+        return int(np.searchsorted(self.starts, g, side="right") - 1)
 
     def unpack(
         self,
@@ -444,18 +675,19 @@ class _Stack:
             learning_rate=learning_rate,
             seed=seed,
         )
-        flat = np.array(self.theta.value)[g]
+        f = self.fold_of(g)
+        flat = np.array(self.theta.value[g])
         pieces = [
             flat[start:end].reshape(shape)
             for start, end, shape in zip(self.bounds[:-1], self.bounds[1:], self.shapes, strict=True)
         ]
-        if self.tables:
+        if self.has_tables:
             stacked = pieces.pop(0)
-            for table, offset, rows in zip(self.tables, self.offsets, self.table_rows, strict=True):
-                model.get_layer(table.name).embeddings.assign(stacked[offset : offset + rows])
-        dense = [
-            w for layer in self.dense for w in (model.get_layer(layer.name).kernel, model.get_layer(layer.name).bias)
-        ]
+            for i, (offset, rows) in enumerate(zip(self.offsets[f], self.table_rows[f], strict=True)):
+                model.get_layer(f"{EMBEDDING_PREFIX}{i + 1}").embeddings.assign(stacked[offset : offset + rows])
+        width, embedded = self.dense_widths[f], self.embedded[f] * self.dim
+        pieces[0] = np.concatenate([pieces[0][:width], pieces[0][self.dense_width : self.dense_width + embedded]])
+        dense = [w for name in self.dense_names for w in (model.get_layer(name).kernel, model.get_layer(name).bias)]
         for weight, piece in zip(dense, pieces, strict=True):
             weight.assign(piece)
         return model
