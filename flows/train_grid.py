@@ -1,13 +1,14 @@
-"""Prefect flow ``train-grid``: one task per (mode, fold, chunk of λ), run concurrently.
+"""Prefect flow ``train-grid``: one task per (mode, chunk of (fold, λ) units), run concurrently.
 
 Each mode trains its own grid: λ from ``--grid`` for l2 and decoupled, rates from
 ``--dropout-grid`` for dropout (``dropout p=0.2``).
 
-A chunk's λ values train together as one packed model (see ``wd_pipeline/ml/packed.py``);
-``chunk_size`` 1 gives one task per grid point, so a cluster can spread them. MLflow layout
-is the same either way: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent
-run, and with k > 1 folds a nested run per fold (``fold 2/5``) under it; the grid point's
-run holds the fold means, standard deviations and standard errors.
+A chunk's units, every fold of every λ by default, train together as one packed model
+(see ``wd_pipeline/ml/packed.py``); ``chunk_size`` n cuts a mode's units, fold by fold,
+into tasks of n, so a cluster can spread them (1: a task per unit). MLflow layout is the
+same either way: a run per grid point (``l2 λ=1e-03``) under the pipeline's parent run, and
+with k > 1 folds a nested run per fold (``fold 2/5``) under it; the grid point's run holds
+the fold means, standard deviations and standard errors.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from wd_pipeline.ml import modes, selection, training
 from wd_pipeline.tracking import runs
 
 Point = tuple[str, float]
+Unit = tuple[int, float]  # (fold, grid value) of one mode
 ARTIFACT_SECONDS = 5.0  # the Prefect UI's progress artifact is updated at most this often
 
 
@@ -48,7 +50,7 @@ def open_point_run(parent_run_id: str, mode: str, lam: float) -> str:
 
 @task(
     name="train-chunk",
-    task_run_name="train {mode} fold {fold} values={lams}",
+    task_run_name="train {mode} units={units}",
     cache_policy=NO_CACHE,
     **TRACKING_TASK,
 )
@@ -57,16 +59,17 @@ def train_and_record_chunk(
     config: PipelineConfig,
     *,
     mode: str,
-    lams: list[float],
-    fold: int,
+    units: list[Unit],
+    chunk: int,
     point_runs: dict[float, str],
 ) -> list[training.UnitSummary]:
-    """Train (or resume) a chunk and record each unit; a retry after a tracking error reuses the trained models.
+    """Train (or resume) a chunk's (fold, λ) units and record each; a retry after a tracking error reuses the models.
 
-    Returns the units' small summaries, not their per-epoch histories (see ``UnitSummary``).
+    ``chunk`` numbers the mode's chunks (it names the chunk's progress). Returns the units'
+    small summaries, not their per-epoch histories (see ``UnitSummary``).
     """
-    on_epoch = progress.epoch_callback(mode, fold, lams)
-    results = training.train_chunk(split_folder, config, mode, lams, fold, on_epoch=on_epoch)
+    on_epoch = progress.epoch_callback(mode, chunk, [lam for _, lam in units])
+    results = training.train_units(split_folder, config, mode, units, on_epoch=on_epoch)
     with timing.measure("tracking_units"):
         client = runs.get_client()
         for result in results:
@@ -103,10 +106,10 @@ def point_summary(fold_results: list[training.UnitSummary]) -> dict[str, float]:
     return {name: float(value) for name, value in row.items()}
 
 
-def chunks(grid: list[float], size: int) -> list[list[float]]:
-    """The grid cut into runs of ``size`` λ values (0 = one chunk)."""
-    size = size or len(grid)
-    return [grid[i : i + size] for i in range(0, len(grid), size)]
+def unit_chunks(units: list[Unit], size: int) -> list[list[Unit]]:
+    """A mode's (fold, λ) units, in the order given, cut into runs of ``size`` (0 = one chunk)."""
+    size = size or len(units)
+    return [units[i : i + size] for i in range(0, len(units), size)]
 
 
 @flow(name="train-grid")
@@ -158,28 +161,31 @@ def _train_all(
     logger: Any,
     tracker: progress.GridProgress,
 ) -> dict[Point, list[training.UnitSummary]]:
-    # Value 0 is one model in every mode: the first mode whose grid holds it trains it, and
-    # the chunks of later modes holding 0 wait for that chunk and load its model.
+    # Value 0 is one model in every mode: the first mode whose grid holds it trains it; a later
+    # mode's value-0 units go into chunks of their own that wait for the owner's chunks and
+    # load its models, so the rest of that mode need not wait.
     zero_owner = next((mode for mode in config.modes if 0.0 in modes.grid_of(config, mode)), None)
-    zero_chunks: dict[int, list[PrefectFuture]] = defaultdict(list)
+    zero_chunks: dict[int, PrefectFuture] = {}
     futures: list[PrefectFuture] = []
     chunk_of: dict[PrefectFuture, progress.ChunkKey] = {}
     rows = table_rows(split_folder)
     for mode in config.modes:
         grid = modes.grid_of(config, mode)
         mode_runs = {value: point_runs[(mode, value)] for value in grid}
-        for fold in range(config.folds):
-            for lams in chunks(grid, config.chunk_size):
-                wait = zero_chunks[fold] if mode != zero_owner and 0.0 in lams else []
-                bounded = train_and_record_chunk.with_options(timeout_seconds=training_seconds(config, rows, len(lams)))
-                future = bounded.submit(
-                    split_folder, config, mode=mode, lams=lams, fold=fold, point_runs=mode_runs, wait_for=wait
-                )
-                futures.append(future)
-                chunk_of[future] = progress.chunk_key(mode, fold, lams)
-                tracker.add_units(len(lams))
-                if mode == zero_owner and 0.0 in lams:
-                    zero_chunks[fold].append(future)
+        units = [(fold, value) for fold in range(config.folds) for value in grid]
+        shared = [unit for unit in units if unit[1] == 0.0] if mode != zero_owner else []
+        own = [unit for unit in units if unit not in shared]
+        for index, chunk in enumerate(unit_chunks(own, config.chunk_size) + unit_chunks(shared, config.chunk_size)):
+            wait = [zero_chunks[fold] for fold, value in chunk if value == 0.0 and mode != zero_owner]
+            bounded = train_and_record_chunk.with_options(timeout_seconds=training_seconds(config, rows, len(chunk)))
+            future = bounded.submit(
+                split_folder, config, mode=mode, units=chunk, chunk=index, point_runs=mode_runs, wait_for=wait
+            )
+            futures.append(future)
+            chunk_of[future] = progress.chunk_key(mode, index, [value for _, value in chunk])
+            tracker.add_units(len(chunk))
+            if mode == zero_owner:
+                zero_chunks.update({fold: future for fold, value in chunk if value == 0.0})
     done: dict[Point, list[training.UnitSummary]] = defaultdict(list)
     finished_points = 0
     for future in as_completed(futures):

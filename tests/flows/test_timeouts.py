@@ -63,7 +63,7 @@ def test_a_hung_training_task_fails_the_run_at_its_bound(prefect_api, workspace:
             time.sleep(0.1)
         raise AssertionError("the hung training task was never stopped")
 
-    monkeypatch.setattr("wd_pipeline.ml.training.train_chunk", hang)
+    monkeypatch.setattr("wd_pipeline.ml.training.train_units", hang)
     monkeypatch.setattr("flows.train_grid.training_seconds", lambda *args, **kwargs: 3.0)
     started = time.monotonic()
     state = weight_decay_pipeline(grid=[0.0], epochs=1, folds=1, model_name="wd-hung", return_state=True)

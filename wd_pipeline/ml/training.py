@@ -42,6 +42,7 @@ from wd_pipeline.ml.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from wd_pipeline.ml.packed import MemberFit
+    from wd_pipeline.ml.preprocessing import Encoded
 
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
@@ -188,19 +189,34 @@ def fold_data(
 
     With a group column in the splits, the folds keep each group on one side.
     """
+    return folds_data(split_folder, folds, [fold], seed)[fold]
+
+
+def folds_data(
+    split_folder: str | Path, folds: int, wanted: list[int], seed: int
+) -> dict[int, tuple[splits.LabeledData, splits.LabeledData | None]]:
+    """:func:`fold_data` of several folds, with the splits read and the folds cut once for all of them."""
     train = splits.load_split(split_folder, "train")
     validation = splits.load_split(split_folder, "validation")
-    if folds == 1 and fold != REFIT:
-        return train, validation
+    if folds == 1:
+        plain = {fold: (train, validation) for fold in wanted if fold != REFIT}
+        return {**plain, **({REFIT: (splits.concat([train, validation]), None)} if REFIT in wanted else {})}
     development = splits.concat([train, validation])
-    if fold == REFIT:
-        return development, None
-    from wd_pipeline.data.groups import fold_rows
+    parts: dict[int, tuple[splits.LabeledData, splits.LabeledData | None]] = {}
+    if REFIT in wanted:
+        parts[REFIT] = (development, None)
+    cross = [fold for fold in wanted if fold != REFIT]
+    if cross:
+        from wd_pipeline.data.groups import fold_rows
 
-    group_column = splits.read_manifest(split_folder).get("group_column") if len(development.carried.columns) else None
-    groups = development.carried[group_column].to_numpy() if group_column else None
-    train_rows, val_rows = fold_rows(development.label, groups, folds, seed)[fold]
-    return splits.take(development, train_rows), splits.take(development, val_rows)
+        manifest_group = splits.read_manifest(split_folder).get("group_column")
+        group_column = manifest_group if len(development.carried.columns) else None
+        groups = development.carried[group_column].to_numpy() if group_column else None
+        cuts = fold_rows(development.label, groups, folds, seed)
+        for fold in cross:
+            train_rows, val_rows = cuts[fold]
+            parts[fold] = (splits.take(development, train_rows), splits.take(development, val_rows))
+    return parts
 
 
 def train_chunk(
@@ -214,61 +230,133 @@ def train_chunk(
     work_dir: str | Path | None = None,
     on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> list[FitResult]:
-    """Train the λ values of one (mode, fold) together; units already trained are loaded instead.
+    """Train the λ values of one (mode, fold) together; units already trained are loaded instead."""
+    pairs = [(fold, lam) for lam in lams]
+    return train_units(split_folder, config, mode, pairs, epochs=epochs, work_dir=work_dir, on_epoch=on_epoch)
 
-    ``on_epoch`` is packed training's per-epoch callback (progress reporting)."""
+
+def train_units(
+    split_folder: str | Path,
+    config: PipelineConfig,
+    mode: str,
+    pairs: list[tuple[int, float]],
+    *,
+    epochs: int | None = None,
+    work_dir: str | Path | None = None,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> list[FitResult]:
+    """Train the (fold, λ) units of one mode together as one packed model; units already trained are loaded instead.
+
+    Each fold's rows are adapted and encoded once for all its units. Results come back in
+    the order of ``pairs``. ``on_epoch`` is packed training's per-epoch callback (progress
+    reporting).
+    """
     epochs = epochs or config.epochs
     units = []
-    for lam in lams:
+    for fold, lam in pairs:
         key = unit_key(split_folder, config, mode, lam, fold, epochs)
         units.append(
             _Unit(mode=mode, lam=lam, fold=fold, epochs=epochs, key=key, folder=unit_folder(config, key, work_dir))
         )
-    results: dict[float, FitResult] = {}
+    results: dict[tuple[int, float], FitResult] = {}
     for unit in units:
         finished = load_finished(unit.folder, mode)
         if finished is not None:
-            results[unit.lam] = with_validation_predictions(finished, split_folder, config)
-    missing = [unit for unit in units if unit.lam not in results]
+            results[(unit.fold, unit.lam)] = with_validation_predictions(finished, split_folder, config)
+    missing = [unit for unit in units if (unit.fold, unit.lam) not in results]
     if missing:
-        from wd_pipeline.ml.packed import train_packed
+        for unit, result in zip(missing, _train_missing(split_folder, config, missing, on_epoch), strict=True):
+            results[(unit.fold, unit.lam)] = result
+    return [results[pair] for pair in pairs]
 
-        with timing.measure("unit_load_data"):
-            train, validation = fold_data(split_folder, config.folds, fold, config.seed)
-        with timing.measure("unit_encode"):
-            prep = preprocessing.adapt(train.features, splits.read_schema(split_folder), one_hot_max=config.one_hot_max)
-            train_rows = (preprocessing.encode(prep, train.features), _labels(train))
-            val_rows = (preprocessing.encode(prep, validation.features), _labels(validation)) if validation else None
+
+@dataclass(frozen=True)
+class _FoldInputs:
+    """One fold's rows as read, what was adapted on them, and their encoding."""
+
+    train: splits.LabeledData
+    validation: splits.LabeledData | None
+    prep: Preprocessing
+    encoded_train: tuple[Encoded, np.ndarray]
+    encoded_validation: tuple[Encoded, np.ndarray] | None
+
+
+def _fold_inputs(split_folder: str | Path, config: PipelineConfig, folds: list[int]) -> dict[int, _FoldInputs]:
+    with timing.measure("unit_load_data"):
+        parts = folds_data(split_folder, config.folds, folds, config.seed)
+    schema = splits.read_schema(split_folder)
+    inputs = {}
+    with timing.measure("unit_encode"):
+        for fold, (train, validation) in parts.items():
+            prep = preprocessing.adapt(train.features, schema, one_hot_max=config.one_hot_max)
+            inputs[fold] = _FoldInputs(
+                train,
+                validation,
+                prep,
+                (preprocessing.encode(prep, train.features), _labels(train)),
+                (preprocessing.encode(prep, validation.features), _labels(validation)) if validation else None,
+            )
+    return inputs
+
+
+def _train_missing(
+    split_folder: str | Path,
+    config: PipelineConfig,
+    missing: list[_Unit],
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None,
+) -> list[FitResult]:
+    """Train the missing units, every fold with validation rows in one packed model (the refit, without, apart)."""
+    from wd_pipeline.ml.packed import FoldPack, train_folds_packed
+
+    mode, epochs = missing[0].mode, missing[0].epochs
+    folds = sorted({unit.fold for unit in missing}, key=lambda fold: (fold == REFIT, fold))
+    inputs = _fold_inputs(split_folder, config, folds)
+    by_fold = {fold: [unit for unit in missing if unit.fold == fold] for fold in folds}
+    trained: dict[int, FitResult] = {}
+    for group in ([f for f in folds if f != REFIT], [f for f in folds if f == REFIT]):
+        if not group:
+            continue
+        packs = [
+            FoldPack(
+                prep=inputs[fold].prep,
+                train=inputs[fold].encoded_train,
+                validation=inputs[fold].encoded_validation,
+                seed=config.seed + max(fold, 0) * 101,
+                lams=[modes.weight_decay(mode, unit.lam) for unit in by_fold[fold]],
+                dropout_rates=[modes.dropout_rate(mode, unit.lam) for unit in by_fold[fold]],
+                class_weights=class_weights.for_setting(config.class_weight, inputs[fold].train.label),
+            )
+            for fold in group
+        ]
         started = time.perf_counter()
         with timing.interval(timing.TRAINING):
-            members = train_packed(
-                prep,
-                train_rows,
-                val_rows,
-                lams=[modes.weight_decay(mode, unit.lam) for unit in missing],
-                dropout_rates=[modes.dropout_rate(mode, unit.lam) for unit in missing],
-                class_weights=class_weights.for_setting(config.class_weight, train.label),
+            fits = train_folds_packed(
+                packs,
                 mode=mode,
                 hidden_units=config.hidden_units,
                 learning_rate=config.learning_rate,
-                seed=config.seed + max(fold, 0) * 101,
                 batch_size=config.batch_size,
                 epochs=epochs,
                 patience=config.patience,
                 on_epoch=on_epoch,
             )
-        share = (time.perf_counter() - started) / len(members)  # packed members share the wall time
-        for unit, member in zip(missing, members, strict=True):
-            results[unit.lam] = _record(
-                member,
-                unit,
-                config,
-                prep,
-                seconds=share,
-                train_label=train.label,
-                val_label=validation_label(validation),
-            )
-    return [results[lam] for lam in lams]
+        share = (time.perf_counter() - started) / sum(len(members) for members in fits)  # members share the wall time
+        for fold, members in zip(group, fits, strict=True):
+            fold_in = inputs[fold]
+            train_metrics, val_metrics = _score(members, fold_in)
+            for unit, member, train_scores, val_scores in zip(
+                by_fold[fold], members, train_metrics, val_metrics, strict=True
+            ):
+                trained[id(unit)] = _record(
+                    member,
+                    unit,
+                    config,
+                    fold_in.prep,
+                    seconds=share,
+                    metrics=(train_scores, val_scores),
+                    val_label=validation_label(fold_in.validation),
+                )
+    return [trained[id(unit)] for unit in missing]
 
 
 def train_unit(
@@ -301,6 +389,18 @@ def validation_label(validation: splits.LabeledData | None) -> np.ndarray | None
     return validation.label if validation is not None else None
 
 
+def _score(members: list[MemberFit], fold: _FoldInputs) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Every member of a fold scored on its training and validation rows, all members in one pass per part."""
+    from wd_pipeline.ml.member_metrics import members_metrics
+
+    with timing.measure("unit_score"):
+        train = members_metrics(fold.train.label, np.stack([member.train_probability for member in members]))
+        if fold.validation is None:
+            return train, [{} for _ in members]
+        validation = np.stack([member.val_probability for member in members])
+        return train, members_metrics(fold.validation.label, validation)
+
+
 def _record(
     member: MemberFit,
     unit: _Unit,
@@ -308,20 +408,14 @@ def _record(
     prep: Preprocessing,
     *,
     seconds: float,
-    train_label: np.ndarray,
+    metrics: tuple[dict[str, float], dict[str, float]],
     val_label: np.ndarray | None,
 ) -> FitResult:
-    """Score a trained member, then save model, its preprocessing and result (result last: it marks completion)."""
+    """Save a trained member's model, its preprocessing and result (result last: it marks completion)."""
     from wd_pipeline.ml.network import keras_l2, penalty, weight_norm
 
     network = member.model
-    with timing.measure("unit_score"):
-        train_metrics = classification_metrics(train_label, member.train_probability)
-        val_metrics = (
-            classification_metrics(val_label, member.val_probability)
-            if val_label is not None and member.val_probability is not None
-            else {}
-        )
+    train_metrics, val_metrics = metrics
     mode, lam = unit.mode, unit.lam
     result = FitResult(
         mode=mode,
