@@ -14,13 +14,13 @@ def test_weights_come_from_the_fold_or_refit_training_rows(tmp_path, monkeypatch
     config = PipelineConfig(class_weight="balanced", folds=3, epochs=1, grid=[0.0], work_dir=str(tmp_path))
     folder = splits.prepare(config, tmp_path)
     seen = []
-    real = packed.train_packed
+    real = packed.train_folds_packed
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["class_weights"])
-        return real(*args, **kwargs)
+    def spy(folds, **kwargs):
+        seen.extend(fold.class_weights for fold in folds)
+        return real(folds, **kwargs)
 
-    monkeypatch.setattr(packed, "train_packed", spy)
+    monkeypatch.setattr(packed, "train_folds_packed", spy)
     (result,) = training.train_chunk(folder, config, "dropout", [0.2], fold)
     train_rows, _ = training.fold_data(folder, config.folds, fold, config.seed)
     n, positives = len(train_rows.label), int(train_rows.label.sum())
@@ -33,7 +33,9 @@ def test_without_class_weights_nothing_is_weighted(tmp_path, monkeypatch) -> Non
     config = PipelineConfig(folds=2, epochs=1, grid=[0.0], work_dir=str(tmp_path))
     folder = splits.prepare(config, tmp_path)
     seen = []
-    real = packed.train_packed
-    monkeypatch.setattr(packed, "train_packed", lambda *a, **k: seen.append(k["class_weights"]) or real(*a, **k))
+    real = packed.train_folds_packed
+    monkeypatch.setattr(
+        packed, "train_folds_packed", lambda folds, **k: seen.extend(f.class_weights for f in folds) or real(folds, **k)
+    )
     training.train_chunk(folder, config, "l2", [0.0], 0)
     assert seen == [None]

@@ -209,8 +209,8 @@ def folds_data(
     if cross:
         from wd_pipeline.data.groups import fold_rows
 
-        manifest_group = splits.read_manifest(split_folder).get("group_column")
-        group_column = manifest_group if len(development.carried.columns) else None
+        carried = len(development.carried.columns)
+        group_column = splits.read_manifest(split_folder).get("group_column") if carried else None
         groups = development.carried[group_column].to_numpy() if group_column else None
         cuts = fold_rows(development.label, groups, folds, seed)
         for fold in cross:
