@@ -1,4 +1,4 @@
-"""Packed grid training equals training each λ alone with Keras' own ``fit``.
+"""Packed grid training equals training each λ alone with Keras' own ``fit``, each fold's members on their fold.
 
 Dropout members: at rate 0 exactly; at a positive rate statistically, because the packed
 masks come from a per-step stateless generator that Keras' ``Dropout`` layers do not share
@@ -19,7 +19,15 @@ import pytest
 from tests.helpers.networks import MIXED_ONE_HOT_MAX, densify_gradients, mixed_table, numeric_frame, numeric_prep
 from wd_pipeline.ml import class_weights, preprocessing
 from wd_pipeline.ml.network import build_model, embeddings, kernels, predict_frame
-from wd_pipeline.ml.packed import _Dropout, _Stack, epoch_batches, epoch_order, train_packed
+from wd_pipeline.ml.packed import (
+    FoldPack,
+    _Dropout,
+    _Stack,
+    epoch_batches,
+    epoch_order,
+    train_folds_packed,
+    train_packed,
+)
 from wd_pipeline.ml.preprocessing import Encoded, Preprocessing
 
 LAMS = [0.0, 1e-2, 0.3]
@@ -76,12 +84,19 @@ def table(request) -> Table:
     return TABLES[request.param]()
 
 
-def independent_fit(table: Table, lam: float, mode: str, patience: int, class_weight: dict[int, float] | None = None):
+def independent_fit(
+    table: Table,
+    lam: float,
+    mode: str,
+    patience: int,
+    class_weight: dict[int, float] | None = None,
+    seed: int = SEED,
+):
     """The reference, as a user writes it: one model and one ``fit`` per λ on raw rows, Keras' EarlyStopping."""
     import keras
     import tensorflow as tf
 
-    model = build_model(table.prep, lam=lam, mode=mode, learning_rate=1e-2, seed=SEED)
+    model = build_model(table.prep, lam=lam, mode=mode, learning_rate=1e-2, seed=seed)
     densify_gradients(model)
     callbacks = (
         [keras.callbacks.EarlyStopping(monitor="val_bce", mode="min", patience=patience, restore_best_weights=True)]
@@ -90,7 +105,7 @@ def independent_fit(table: Table, lam: float, mode: str, patience: int, class_we
     )
     val_inputs = {k: tf.constant(v) for k, v in preprocessing.model_inputs(table.val, table.prep).items()}
     history = model.fit(
-        epoch_batches(preprocessing.model_inputs(table.train, table.prep), table.y_train, EPOCHS, SEED, BATCH),
+        epoch_batches(preprocessing.model_inputs(table.train, table.prep), table.y_train, EPOCHS, seed, BATCH),
         validation_data=tf.data.Dataset.from_tensors((val_inputs, tf.constant(table.y_val))),
         epochs=EPOCHS,
         steps_per_epoch=-(-len(table.train) // BATCH),
@@ -244,7 +259,7 @@ def test_dropout_member_at_rate_zero_matches_keras_fit_in_a_pack_of_rates(patien
 
 
 def test_dropout_masks_are_per_member_seeded_and_keep_one_minus_p() -> None:
-    dropout = _Dropout([0.0, 0.25, 0.3, 0.6], seed=7)
+    dropout = _Dropout([0.0, 0.25, 0.3, 0.6], seeds=[7] * 4)
     first, second = (np.asarray(m) for m in dropout.masks([10, 10], 512, epoch=0, step=3))
     again = np.asarray(dropout.masks([10, 10], 512, epoch=0, step=3)[0])
     np.testing.assert_array_equal(first, again)  # seeded
@@ -253,7 +268,7 @@ def test_dropout_masks_are_per_member_seeded_and_keep_one_minus_p() -> None:
     np.testing.assert_array_equal(first[0], 1.0)  # rate 0: nothing dropped, nothing scaled
     assert np.mean((first[1] > 0) == (first[2] > 0)) < 0.9  # members draw their own masks
     # A member's masks are its own, whoever shares the pack: a chunk of one trains the same point.
-    alone = np.asarray(_Dropout([0.3], seed=7).masks([10, 10], 512, epoch=0, step=3)[0])
+    alone = np.asarray(_Dropout([0.3], seeds=[7]).masks([10, 10], 512, epoch=0, step=3)[0])
     np.testing.assert_array_equal(alone[0], first[2])
     for g, rate in enumerate(dropout.rates):
         kept = first[g] > 0
@@ -266,12 +281,12 @@ def _training_mode_losses_packed(table: Table, rate: float, draws: int) -> np.nd
 
     (train, y), _ = table.encoded()
     reference = build_model(table.prep, lam=0.0, learning_rate=1e-2, seed=SEED)
-    stack = _Stack(reference, table.prep, 1)
-    dropout = _Dropout([rate], seed=SEED)
+    stack = _Stack([reference], [table.prep], [1])
+    dropout = _Dropout([rate], seeds=[SEED])
     dense, indices, labels = tf.constant(train.dense), tf.constant(train.indices), tf.constant(y)[None]
     losses = []
     for step in range(draws):  # a new mask every step, as in training
-        logits = stack.logits(dense, indices, dropout.masks(stack.hidden_widths, len(y), epoch=0, step=step))
+        logits = stack.logits([(dense, indices)], dropout.masks(stack.hidden_widths, len(y), epoch=0, step=step))
         losses.append(float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))))
     return np.array(losses)
 
@@ -341,3 +356,135 @@ def test_balanced_weights_raise_the_minority_class_recall() -> None:
     (plain,) = packed(table, [0.0], "l2", patience=0, epochs=20)
     (balanced,) = packed(table, [0.0], "l2", patience=0, epochs=20, class_weights=class_weights.balanced(table.y_train))
     assert _recall(table.y_val, balanced.val_probability) > _recall(table.y_val, plain.val_probability) + 0.1
+
+
+@functools.cache
+def folds() -> list[Table]:
+    """Three folds of a mixed table, each with its own preprocessing, as cross-validation gives them.
+
+    Their training rows differ in number (80, 79 and 63: the same five batches of 16 with
+    partial last batches of 16, 15 and none... and four batches) and their encodings in
+    width: the second fold never sees the colour grey (one one-hot slot fewer), the third
+    sees five cities only, so city is one-hot there (a wider matrix, no embedding at all).
+    """
+    table = mixed_table(rows=320, seed=2)
+    frame = table.frame
+    frame.loc[80:158, "colour"] = frame.loc[80:158, "colour"].replace("grey", "red")
+    frame.loc[160:222, "city"] = [f"city-0{i % 5}" for i in range(63)]
+    cuts = [((0, 80), (240, 280)), ((80, 159), (280, 317)), ((160, 223), (223, 240))]
+    tables = []
+    for (start, stop), (val_start, val_stop) in cuts:
+        train, val = table.rows(start, stop), table.rows(val_start, val_stop)
+        prep = preprocessing.adapt(train.features, table.schema, one_hot_max=MIXED_ONE_HOT_MAX)
+        tables.append(Table(prep, train.features, train.label, val.features, val.label))
+    return tables
+
+
+FOLD_SEEDS = [SEED, SEED + 101, SEED + 202]
+
+
+def test_the_folds_differ_in_rows_and_encoded_widths() -> None:
+    tables = folds()
+    assert [len(t.train) for t in tables] == [80, 79, 63]
+    assert [len(t.val) for t in tables] == [40, 37, 17]
+    assert len({t.prep.dense_width for t in tables}) == 3
+    assert [len(t.prep.embedded) for t in tables] == [1, 1, 0]
+
+
+def packed_folds(tables: list[Table], lams: list[float], mode: str, patience: int, rates=None):
+    return train_folds_packed(
+        [
+            FoldPack(t.prep, *t.encoded(), seed=seed, lams=lams, dropout_rates=rates)
+            for t, seed in zip(tables, FOLD_SEEDS, strict=True)
+        ],
+        mode=mode,
+        hidden_units=[10, 10],
+        learning_rate=1e-2,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        patience=patience,
+    )
+
+
+def assert_matches_fit(member, table: Table, lam: float, mode: str, patience: int, seed: int) -> None:
+    model, history, best_epoch = independent_fit(table, lam, mode, patience, seed=seed)
+    assert member.best_epoch == best_epoch
+    assert len(member.history["loss"]) == len(history["loss"])
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(member.history[key], history[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for packed_weight, alone in zip(
+        kernels(member.model) + embeddings(member.model), kernels(model) + embeddings(model), strict=True
+    ):
+        np.testing.assert_allclose(packed_weight, alone, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(member.val_probability, predict_frame(model, table.prep, table.val), atol=1e-5)
+    np.testing.assert_allclose(member.train_probability, predict_frame(model, table.prep, table.train), atol=1e-5)
+
+
+@pytest.mark.parametrize(("mode", "patience"), [("l2", 2), ("decoupled", 0)])
+def test_every_member_of_every_fold_matches_its_independent_training_on_its_fold(mode: str, patience: int) -> None:
+    tables = folds()
+    lams = [0.0, 0.3]
+    fits = packed_folds(tables, lams, mode, patience)
+    assert [len(members) for members in fits] == [2, 2, 2]
+    for table, seed, members in zip(tables, FOLD_SEEDS, fits, strict=True):
+        assert len(embeddings(members[0].model)) == len(table.prep.embedded)
+        for lam, member in zip(lams, members, strict=True):
+            assert_matches_fit(member, table, lam, mode, patience, seed)
+
+
+def test_a_fold_trains_the_same_packed_with_other_folds_or_alone() -> None:
+    """Padding to the widest fold and the other folds' longer epochs leave a fold's members untouched."""
+    tables = folds()
+    together = packed_folds(tables, [1e-2], "l2", patience=2)
+    alone = train_folds_packed(
+        [FoldPack(tables[2].prep, *tables[2].encoded(), seed=FOLD_SEEDS[2], lams=[1e-2])],
+        mode="l2",
+        hidden_units=[10, 10],
+        learning_rate=1e-2,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        patience=2,
+    )
+    (mine,), (reference,) = together[2], alone[0]
+    assert mine.best_epoch == reference.best_epoch
+    np.testing.assert_allclose(mine.history["val_loss"], reference.history["val_loss"], rtol=1e-5)
+    for a, b in zip(kernels(mine.model), kernels(reference.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dropout_member_at_rate_zero_matches_keras_fit_on_its_fold() -> None:
+    tables = folds()[1:]
+    rates = [0.0, 0.5]
+    fits = train_folds_packed(
+        [
+            FoldPack(t.prep, *t.encoded(), seed=seed, lams=[0.0, 0.0], dropout_rates=rates)
+            for t, seed in zip(tables, FOLD_SEEDS[1:], strict=True)
+        ],
+        mode="dropout",
+        hidden_units=[10, 10],
+        learning_rate=1e-2,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        patience=0,
+    )
+    for table, seed, (plain, dropped) in zip(tables, FOLD_SEEDS[1:], fits, strict=True):
+        assert_matches_fit(plain, table, 0.0, "l2", 0, seed)
+        assert not np.allclose(kernels(dropped.model)[0], kernels(plain.model)[0], atol=1e-3)
+
+
+def test_folds_with_and_without_validation_rows_cannot_share_a_pack() -> None:
+    first, second = folds()[:2]
+    (train, validation), (other_train, _) = first.encoded(), second.encoded()
+    with pytest.raises(ValueError, match="every fold of a packed training has validation rows or none"):
+        train_folds_packed(
+            [
+                FoldPack(first.prep, train, validation, seed=1, lams=[0.0]),
+                FoldPack(second.prep, other_train, None, seed=2, lams=[0.0]),
+            ],
+            mode="l2",
+            hidden_units=[10, 10],
+            learning_rate=1e-2,
+            batch_size=BATCH,
+            epochs=1,
+            patience=0,
+        )

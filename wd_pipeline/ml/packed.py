@@ -510,7 +510,7 @@ class _Stack:
         ]
         self.embedded = [len(fold_tables) for fold_tables in tables]
         self.table_rows = [[int(table.input_dim) for table in fold_tables] for fold_tables in tables]
-        self.offsets = [np.cumsum([0, *rows[:-1]]).astype(np.int32) for rows in self.table_rows]
+        self.offsets = [np.cumsum([0, *rows])[: len(rows)].astype(np.int32) for rows in self.table_rows]
         self.has_tables = max(self.embedded) > 0
         self.dim = EMBEDDING_DIM
         dense_layers = [[layer for layer in ref.layers if isinstance(layer, keras.layers.Dense)] for ref in references]
