@@ -108,7 +108,7 @@ def point_summary(fold_results: list[training.UnitSummary]) -> dict[str, float]:
 
 def unit_chunks(units: list[Unit], size: int) -> list[list[Unit]]:
     """A mode's (fold, λ) units, in the order given, cut into runs of ``size`` (0 = one chunk)."""
-    size = size or len(units)
+    size = size or max(len(units), 1)
     return [units[i : i + size] for i in range(0, len(units), size)]
 
 
