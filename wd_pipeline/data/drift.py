@@ -258,8 +258,7 @@ class DriftCounts:
         """Count one batch; ``label``: the 0/1 labels of its rows that have one (None when the file has no label)."""
         self.rows += batch.num_rows
         if label is not None:
-            self.labels += len(label)
-            self.positives += int(np.sum(label))
+            self.count_labels(label)
         for name, reference in self.compared.items():
             column = batch.column(name)
             if name in self.bins:
@@ -271,6 +270,11 @@ class DriftCounts:
                 seen = self.categories[name]
                 for value, count in _category_counts(column).items():
                     seen[value] = seen.get(value, 0) + count
+
+    def count_labels(self, label: np.ndarray) -> None:
+        """Count 0/1 labels of rows that have one (a file may carry them apart from its batches)."""
+        self.labels += len(label)
+        self.positives += int(np.sum(label))
 
     def report(self, *, warn: float, alert: float, reference_name: str, label: str | None = None) -> DriftReport:
         drifts = []
