@@ -332,7 +332,10 @@ def output_rows(batch: pa.Table, conformed: pa.Table, probability: np.ndarray, d
         conformed.column(name) if name in conformed.column_names else batch.column(name) for name in batch.column_names
     ]
     columns += [pa.array(probability, type=pa.float64()), pa.array(decided.astype(np.int8), type=pa.int8())]
-    return pa.table(columns, names=[*batch.column_names, *OUTPUT_COLUMNS])
+    # The file's own metadata (pandas' among it) goes along, so its columns read back as they were written.
+    return pa.table(columns, names=[*batch.column_names, *OUTPUT_COLUMNS]).replace_schema_metadata(
+        batch.schema.metadata
+    )
 
 
 def score_file(
