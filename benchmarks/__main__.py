@@ -35,13 +35,13 @@ def grid_of(size: int) -> list[float]:
     return sorted(FULL_GRID[:size])
 
 
-def synthetic(rows: int, features: int = 30) -> Path:
-    """A seeded logistic-model dataset, written once as Parquet."""
+def synthetic(rows: int, features: int = 30, folder: Path = CACHE) -> Path:
+    """A seeded logistic-model dataset, written once as Parquet (into ``folder``)."""
 
-    path = CACHE / f"synthetic_{rows}x{features}.parquet"
+    path = folder / f"synthetic_{rows}x{features}.parquet"
     if path.exists():
         return path
-    CACHE.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     x = rng.normal(size=(rows, features)).astype(np.float32) * rng.uniform(0.5, 20, size=features).astype(np.float32)
     weights = rng.normal(size=features) / np.abs(x).mean(axis=0)

@@ -216,36 +216,111 @@ def compare(
     ``current`` holds columns as ingest conforms them: numbers as floats or integers with
     nulls for gaps, categories as text (or dictionary-encoded text).
     """
-    drifts, skipped = [], []
-    for profile in reference.columns:
-        if profile.reference is None or profile.name not in current.column_names:
-            skipped.append(profile.name)
-            continue
-        column = current.column(profile.name)
-        buckets = _buckets(column, profile.role, profile.reference)
-        if buckets is None:
-            skipped.append(profile.name)
-            continue
-        drifts.append(_column_drift(profile.name, str(profile.role), *buckets, warn=warn, alert=alert))
-    known = {profile.name for profile in reference.columns}
-    skipped += [name for name in current.column_names if name not in known]
-    current_rate = None
-    if current_label is not None and len(current_label):
-        current_rate = float(np.mean(current_label))
-    if reference.positive_rate is not None and current_rate is not None:
-        rates = ([1 - reference.positive_rate, reference.positive_rate], [1 - current_rate, current_rate])
-        drifts.append(_column_drift(label or "label", LABEL_ROLE, ["0", "1"], *rates, warn=warn, alert=alert))
-    return DriftReport(
-        reference=reference_name,
-        reference_rows=reference.rows,
-        current_rows=current.num_rows,
-        warn=warn,
-        alert=alert,
-        columns=tuple(sorted(drifts, key=lambda drift: -drift.psi)),
-        reference_positive_rate=reference.positive_rate,
-        current_positive_rate=current_rate,
-        skipped=tuple(skipped),
-    )
+    counts = DriftCounts(reference, current.schema)
+    counts.add(current, current_label)
+    return counts.report(warn=warn, alert=alert, reference_name=reference_name, label=label)
+
+
+class DriftCounts:
+    """Rows counted into the reference's buckets batch by batch, so a file of any size is compared in
+    bounded memory; :meth:`report` gives what :func:`compare` gives for all the batches as one table.
+
+    Every batch has ``schema``: whether a column is compared at all is decided from its type once.
+    """
+
+    def __init__(self, reference: SplitProfile, schema: pa.Schema) -> None:
+        self.reference = reference
+        self.names = list(schema.names)
+        self.rows = 0
+        self.labels = 0
+        self.positives = 0
+        self.compared: dict[str, ColumnReference] = {}
+        self.roles: dict[str, Role] = {}
+        self.skipped: list[str] = []
+        for profile in reference.columns:
+            kind = schema.field(profile.name).type if profile.name in self.names else None
+            if profile.reference is None or kind is None or not _fits(kind, profile.role):
+                self.skipped.append(profile.name)
+                continue
+            self.compared[profile.name] = profile.reference
+            self.roles[profile.name] = profile.role
+        self.missing = dict.fromkeys(self.compared, 0)
+        self.bins = {
+            name: np.zeros(len(ref.edges) + 1, dtype=np.int64)
+            for name, ref in self.compared.items()
+            if self.roles[name] is Role.NUMERIC
+        }
+        self.categories: dict[str, dict[str, int]] = {
+            name: {} for name in self.compared if self.roles[name] is not Role.NUMERIC
+        }
+
+    def add(self, batch: pa.Table, label: np.ndarray | None = None) -> None:
+        """Count one batch; ``label``: the 0/1 labels of its rows that have one (None when the file has no label)."""
+        self.rows += batch.num_rows
+        if label is not None:
+            self.count_labels(label)
+        for name, reference in self.compared.items():
+            column = batch.column(name)
+            if name in self.bins:
+                values = present_values(column)
+                self.bins[name] += bin_counts(values, reference.edges)
+                self.missing[name] += len(column) - len(values)  # NaN counts as missing, as ingest makes it
+            else:
+                self.missing[name] += column.null_count
+                seen = self.categories[name]
+                for value, count in _category_counts(column).items():
+                    seen[value] = seen.get(value, 0) + count
+
+    def count_labels(self, label: np.ndarray) -> None:
+        """Count 0/1 labels of rows that have one (a file may carry them apart from its batches)."""
+        self.labels += len(label)
+        self.positives += int(np.sum(label))
+
+    def report(self, *, warn: float, alert: float, reference_name: str, label: str | None = None) -> DriftReport:
+        drifts = []
+        skipped = list(self.skipped)
+        for name, reference in self.compared.items():
+            if not self.rows:
+                skipped.append(name)
+                continue
+            drifts.append(
+                _column_drift(name, str(self.roles[name]), *self._buckets(name, reference), warn=warn, alert=alert)
+            )
+        known = {profile.name for profile in self.reference.columns}
+        skipped += [name for name in self.names if name not in known]
+        current_rate = self.positives / self.labels if self.labels else None
+        if self.reference.positive_rate is not None and current_rate is not None:
+            before = self.reference.positive_rate
+            rates = ([1 - before, before], [1 - current_rate, current_rate])
+            drifts.append(_column_drift(label or "label", LABEL_ROLE, ["0", "1"], *rates, warn=warn, alert=alert))
+        return DriftReport(
+            reference=reference_name,
+            reference_rows=self.reference.rows,
+            current_rows=self.rows,
+            warn=warn,
+            alert=alert,
+            columns=tuple(sorted(drifts, key=lambda drift: -drift.psi)),
+            reference_positive_rate=self.reference.positive_rate,
+            current_positive_rate=current_rate,
+            skipped=tuple(skipped),
+        )
+
+    def _buckets(self, name: str, reference: ColumnReference) -> tuple[list[str], list[float], list[float]]:
+        """(bucket names, expected shares, actual shares) over all rows counted."""
+        rows = self.rows
+        present_before = 1.0 - reference.missing
+        if name in self.bins:
+            names = _bin_names(reference.edges)
+            expected = [share * present_before for share in reference.shares]
+            actual = [int(count) / rows for count in self.bins[name]]
+        else:
+            counts = self.categories[name]
+            listed = set(reference.categories)
+            names = [*reference.categories, UNSEEN]
+            expected = [share * present_before for share in (*reference.shares, reference.other)]
+            unseen = sum(count for value, count in counts.items() if value not in listed)
+            actual = [counts.get(value, 0) / rows for value in reference.categories] + [unseen / rows]
+        return [*names, MISSING], [*expected, reference.missing], [*actual, self.missing[name] / rows]
 
 
 def _column_drift(
@@ -270,33 +345,9 @@ def _column_drift(
     return ColumnDrift(name, role, psi, level_of(psi, warn, alert), contributors)
 
 
-def _buckets(
-    column: pa.ChunkedArray, role: Role, reference: ColumnReference
-) -> tuple[list[str], list[float], list[float]] | None:
-    """(bucket names, expected shares, actual shares) over all rows, or None when the column's type does not fit
-    the reference's role."""
-    rows = len(column)
-    if rows == 0:
-        return None
-    missing_now = column.null_count / rows
-    present_before = 1.0 - reference.missing
-    if role is Role.NUMERIC:
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            return None
-        values = present_values(column)
-        counts = bin_counts(values, reference.edges)
-        missing_now = (rows - len(values)) / rows  # NaN counts as missing, as ingest makes it
-        names = _bin_names(reference.edges)
-        expected = [share * present_before for share in reference.shares]
-        actual = [count / rows for count in counts]
-    else:
-        counts = _category_counts(column)
-        listed = set(reference.categories)
-        names = [*reference.categories, UNSEEN]
-        expected = [share * present_before for share in (*reference.shares, reference.other)]
-        unseen = sum(count for value, count in counts.items() if value not in listed)
-        actual = [counts.get(value, 0) / rows for value in reference.categories] + [unseen / rows]
-    return [*names, MISSING], [*expected, reference.missing], [*actual, missing_now]
+def _fits(kind: pa.DataType, role: Role) -> bool:
+    """Whether a column of this type can be counted in the buckets of a reference with this role."""
+    return role is not Role.NUMERIC or pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
 def _category_counts(column: pa.ChunkedArray) -> dict[str, int]:

@@ -362,7 +362,7 @@ def parse_table(
             f"data file {source.uri} is neither Parquet nor readable CSV: {first_line(exc)}. "
             "Pass a comma-separated file with a header row, or a Parquet file"
         ) from None
-    _refuse_other_delimiters(table, source)
+    refuse_other_delimiters(table.schema, source)
     return table
 
 
@@ -567,11 +567,11 @@ class _MemoryFiles(pafs.FileSystemHandler):
 OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
-def _refuse_other_delimiters(table: pa.Table, source: Source) -> None:
+def refuse_other_delimiters(schema: pa.Schema, source: Source) -> None:
     """A ``;``-separated file parses as one column named ``a;b;y``: say so instead of 'label not found'."""
-    if table.num_columns != 1:
+    if len(schema) != 1:
         return
-    header = table.column_names[0]
+    header = schema.names[0]
     for delimiter, name in OTHER_DELIMITERS.items():
         if delimiter in header:
             raise DataError(

@@ -29,7 +29,7 @@ from wd_pipeline.data.profile import DataProfile, SplitProfile, profile_columns
 from wd_pipeline.data.schema import ColumnSpec, Role, TableSchema
 from wd_pipeline.data.sources import (
     Fingerprint,
-    SourceBytes,
+    Source,
     SourceTable,
     locate,
     missing_tokens,
@@ -209,7 +209,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def build_manifest(
-    read: SourceBytes,
+    source: Source,
     identity: Fingerprint,
     *,
     parsed: SourceTable,
@@ -220,7 +220,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """What a reader needs to trust the splits: provenance, sizes, balance, schema, profile, what was left out."""
     manifest = {
-        "source": read.source.uri,
+        "source": source.uri,
         "sha256": identity.sha256,
         "files": [file.to_dict() for file in identity.files],
         "rows": parsed.table.num_rows,
@@ -265,6 +265,7 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
         hashing = pool.submit(read.fingerprint)
         parsed = parse_source(read, config.na_values, text_as_dictionary=True)
         identity = hashing.result()
+    del read  # the file's bytes: the parsed table holds its own copy of the data from here on
     folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, identity.sha256)
     if not (folder / MANIFEST).exists():
         labelled = check_label(parsed.table, config)
@@ -276,7 +277,7 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
         profile = write_splits(data, rows, folder)
         write_manifest(
             folder,
-            build_manifest(read, identity, parsed=parsed, data=data, rows=rows, profile=profile, config=config),
+            build_manifest(source, identity, parsed=parsed, data=data, rows=rows, profile=profile, config=config),
         )
     check_folds(folder, config.folds)
     return folder
@@ -323,19 +324,44 @@ def _cached_split(split: Path, stamp: tuple[int, ...]) -> LabeledData:
 
 
 def _read_split(split: Path) -> LabeledData:
+    """One split file as :class:`LabeledData`, holding its feature columns only once at any moment.
+
+    Each numeric column becomes a pandas column of its own (consolidating them into one
+    block would hold a second copy of all of them), and each Arrow column is released as
+    soon as it is converted (``self_destruct``: nothing else refers to the table by then).
+    """
     schema = read_schema(split.parent)
     table = pq.read_table(split)
     label = table.column(schema.label).to_numpy().astype(np.int8)
-    frame = _frame(table, schema.columns)
     carried = _frame(table, schema.carried) if schema.carried else pd.DataFrame(index=pd.RangeIndex(len(label)))
-    return LabeledData(frame, label, carried)
+    text = _text(table, schema.columns)
+    numbers = table.select([spec.name for spec in schema.columns if spec.name not in text])
+    del table
+    features = numbers.to_pandas(split_blocks=True, self_destruct=True)
+    del numbers
+    return LabeledData(_with_text(features, text, schema.columns), label, carried)
 
 
 def _frame(table: pa.Table, columns: tuple[ColumnSpec, ...]) -> pd.DataFrame:
     """These columns of a split: numbers as floats (NaN where missing), categories as ``str`` or None."""
-    frame = table.select([spec.name for spec in columns]).to_pandas()
-    for spec in columns:
-        if spec.role is Role.CATEGORICAL:
-            # pandas' own string dtypes hold NaN or pd.NA; the model side takes str or None.
-            frame[spec.name] = pd.Series(table.column(spec.name).to_numpy(zero_copy_only=False), dtype=object)
+    text = _text(table, columns)
+    numbers = table.select([spec.name for spec in columns if spec.name not in text])
+    return _with_text(numbers.to_pandas(split_blocks=True), text, columns)
+
+
+def _text(table: pa.Table, columns: tuple[ColumnSpec, ...]) -> dict[str, pd.Series]:
+    """The categorical columns as object Series: pandas' own string dtypes hold NaN or pd.NA, the model side
+    takes ``str`` or None."""
+    return {
+        spec.name: pd.Series(table.column(spec.name).to_numpy(zero_copy_only=False), dtype=object)
+        for spec in columns
+        if spec.role is Role.CATEGORICAL
+    }
+
+
+def _with_text(frame: pd.DataFrame, text: dict[str, pd.Series], columns: tuple[ColumnSpec, ...]) -> pd.DataFrame:
+    """``frame`` (the numeric columns) with the categorical ones put in their places."""
+    for position, spec in enumerate(columns):
+        if spec.name in text:
+            frame.insert(position, spec.name, text[spec.name])
     return frame

@@ -22,7 +22,7 @@ the verdict and the alias move — by a lock in the registry itself (see ``promo
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -229,14 +229,23 @@ def model_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
     refuses int64 for a double column (it could lose precision), so the gate would fail on any
     table with an integer feature.
     """
+    return probability_function(model_uri)(features)
+
+
+def probability_function(model_uri: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    """:func:`model_probability` with the model loaded once, for callers that predict batch after batch."""
     import mlflow
     from mlflow.types import DataType
 
     model = mlflow.pyfunc.load_model(require_registry_uri(model_uri))
     schema = model.metadata.get_input_schema()
     doubles = [spec.name for spec in (schema.inputs if schema else []) if spec.type == DataType.double]
-    features = features.astype({name: "float64" for name in doubles if name in features.columns})
-    return model.predict(features)["probability"].to_numpy()
+
+    def probability(features: pd.DataFrame) -> np.ndarray:
+        features = features.astype({name: "float64" for name in doubles if name in features.columns})
+        return model.predict(features)["probability"].to_numpy()
+
+    return probability
 
 
 def model_threshold(model_uri: str) -> float:
