@@ -347,7 +347,7 @@ def supervise(home: Path, port: int, idle_seconds: float = IDLE_SECONDS) -> int:
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    while not stopping.wait(CHECK_SECONDS):
+    while not stopping.wait(min(CHECK_SECONDS, idle_seconds / 2)):
         if server.poll() is not None:
             return server.returncode
         if not busy(home) and time.time() - last_used(home) > idle_seconds:
