@@ -156,6 +156,8 @@ def status(home: Path | None = None) -> tuple[LocalApi | None, bool]:
 def stop(home: Path | None = None) -> LocalApi | None:
     """Stop the background API of ``home``; returns the one stopped, None when none was running."""
     home = home or prefect_home()
+    if not _state_path(home).exists():
+        return None
     with _locked(home):
         api = read(home)
         _state_path(home).unlink(missing_ok=True)
