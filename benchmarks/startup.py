@@ -4,9 +4,10 @@ Two targets of issue #14 in one measurement, on the bundled data, with one ``PRE
 shared by every run (as a user's is): the background API is started first and timed on
 its own, then
 
-- the default ``wd-pipeline run`` in a fresh work folder with a fresh MLflow store and
-  experiment (warm file caches): the share of its wall time outside training;
-- a small run twice in one folder: the second has nothing left to train, its wall time.
+- a small run twice in one folder: the second has nothing left to train, its wall time;
+- then the default ``wd-pipeline run`` in a fresh work folder with a fresh experiment (in the
+  MLflow store the small runs created; warm file caches): its share of wall time outside
+  training.
 
 Run with ``python -m benchmarks --parts startup``; the section of RESULTS.md it writes is
 replaced in place, the rest of the file is left as it is.
@@ -34,7 +35,7 @@ TARGET_RESUMED_SECONDS = 10.0
 def _env(folder: Path) -> dict[str, str]:
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{CACHE / 'mlflow.db'}",
         "WD_PIPELINE_WORK_DIR": str(folder / "w"),
         "PREFECT_HOME": str(CACHE / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -61,11 +62,11 @@ def _timed(arguments: list[str], folder: Path) -> float:
     return wall
 
 
-def _parent_steps(folder: Path, experiment: str) -> dict[str, float]:
+def _parent_steps(experiment: str) -> dict[str, float]:
     """The ``time_*_seconds`` metrics of the experiment's newest parent run."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{CACHE / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     parents = [
         run
@@ -83,7 +84,7 @@ def _parent_steps(folder: Path, experiment: str) -> dict[str, float]:
 def _run(name: str, arguments: list[str], folder: Path) -> dict[str, Any]:
     experiment = f"bench-startup-{name}"
     wall = _timed(["run", *arguments, "--experiment", experiment], folder)
-    steps = _parent_steps(folder, experiment)
+    steps = _parent_steps(experiment)
     training = steps.get("training", 0.0)
     return {
         "command": shlex.join(["wd-pipeline", "run", *arguments, "--experiment", experiment]),
@@ -101,9 +102,9 @@ def measure() -> dict[str, Any]:
     CACHE.mkdir(parents=True)
     api_start = _timed(["local-api", "start"], CACHE)
     try:
-        default = _run("default", [], CACHE / "default")
         first = _run("small", SMALL, CACHE / "small")
         resumed = _run("small", SMALL, CACHE / "small")
+        default = _run("default", [], CACHE / "default")  # a fresh work folder and experiment, the store exists
     finally:
         api_stop = _timed(["local-api", "stop"], CACHE)
     return {
