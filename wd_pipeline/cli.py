@@ -407,6 +407,8 @@ def local_api_command(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
         print(f"Prefect UI    {api.ui_url}  (API {api.api_url}, pid {api.pid}, home {home})")
+        if os.environ.get("PREFECT_API_URL"):
+            print(f"note          runs here use PREFECT_API_URL={os.environ['PREFECT_API_URL']}, not this API")
         return 0
     if args.local_api_command == "status":
         api, up = local_api.status(home)
