@@ -35,6 +35,22 @@ def allow_pytest_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     patch.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Prefect's home for the session, so a run without PREFECT_API_URL starts its background
+    API here and never in the user's; every background API started under the session's
+    folders (tests give subprocesses homes of their own) is stopped at its end."""
+    from wd_pipeline.ops import local_api
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PREFECT_HOME", str(home))
+    yield home
+    for state in tmp_path_factory.getbasetemp().rglob(local_api.STATE_FILE):
+        local_api.stop(state.parent)
+    patch.undo()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Iterator[Path]:
     """A fresh working directory holding its own MLflow SQLite store and work folder."""

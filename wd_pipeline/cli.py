@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from wd_pipeline.config import (
 )
 from wd_pipeline.errors import ConfigError, DataError, PipelineError, first_line
 from wd_pipeline.flags import Flag, add_flags, model_flags, parse_flags
-from wd_pipeline.ops import stack_commands
+from wd_pipeline.ops import local_api, stack_commands
 
 if TYPE_CHECKING:
     from flows.summary import PipelineSummary
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("name", metavar="NAME", help="registered model name, e.g. wd-classifier")
     rollback.add_argument("--reason", default="", help="why (recorded on the version)")
+    add_local_api_command(commands)
     ui.add_argument("--host", default=UI_HOST, help=f"address the UI listens on (default: {UI_HOST})")
     ui.add_argument("--port", type=int, default=UI_PORT, help=f"port the UI listens on (default: {UI_PORT})")
     return parser
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return open_ui(args.host, args.port)
     if args.command in ("promote", "rollback"):
         return move_champion(args)
+    if args.command == "local-api":
+        return local_api_command(args)
     if args.command == "deploy":
         return deploy_command(args)
     if args.command not in ("run", "score"):
@@ -130,9 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
         print(f"data          {check.source}: {check.rows} rows, {check.features} features", flush=True)
-    log_path = _configure_logging(Path(work_dir), verbose=args.verbose)
+    log_path, api = _configure_logging(Path(work_dir), verbose=args.verbose)
     try:
-        summary = _score(settings) if args.command == "score" else _run(settings)
+        with _prefect_api(api):
+            summary = _score(settings) if args.command == "score" else _run(settings)
     except PipelineError as exc:
         return _report_failure(args.command, str(exc), log_path)
     except Exception as exc:  # not the user's doing: still one line here, the trace in the log
@@ -340,20 +345,81 @@ def format_summary(summary: PipelineSummary) -> str:
     return "\n".join([*lines, f"model         {decision.model_uri}"])
 
 
-def _configure_logging(work_dir: Path, *, verbose: bool) -> Path:
-    """The story to the terminal, everything to the log file (see :mod:`wd_pipeline.logs`)."""
+def _configure_logging(work_dir: Path, *, verbose: bool) -> tuple[Path, local_api.Starting | None]:
+    """The story to the terminal, everything to the log file (see :mod:`wd_pipeline.logs`).
+
+    Also sets the background Prefect API starting (when the run is to use it), so that its
+    start overlaps TensorFlow's import.
+    """
     logs.quiet_environment(verbose=verbose)
     from wd_pipeline.tracking.runs import bound_http_requests
 
     bound_http_requests()  # before MLflow is imported: a dead server fails in seconds, not minutes
     from prefect.logging.configuration import ensure_logging_setup
+    from prefect.settings import PREFECT_API_URL
 
+    # Any PREFECT_API_URL (variable, profile, prefect.toml) means a server the user chose.
+    api = None if PREFECT_API_URL.value() else local_api.ensure_in_background()
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
     log_path = logs.configure(work_dir, verbose=verbose)
     if not verbose:
         logs.import_tensorflow(log_path)  # its C++ banners go to the log file, not the terminal
         progress.show_on_terminal(logs.TERMINAL, sys.stderr)
-    return log_path
+    return log_path, api
+
+
+@contextmanager
+def _prefect_api(starting: local_api.Starting | None) -> Iterator[None]:
+    """Point Prefect (and processes started from here, e.g. Dask workers) at the background API, if any."""
+    if starting is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = starting.result()
+    print(f"Prefect UI    {api.ui_url}  (background API; `wd-pipeline local-api stop` stops it)", flush=True)
+    os.environ["PREFECT_API_URL"] = api.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def add_local_api_command(commands: argparse._SubParsersAction) -> None:
+    local = commands.add_parser(
+        "local-api",
+        help="the background Prefect API (and UI) that runs without PREFECT_API_URL share: start, status, stop",
+    )
+    actions = local.add_subparsers(dest="local_api_command", required=True, metavar="ACTION")
+    actions.add_parser("start", help="start it (or find it running) and print the Prefect UI's URL")
+    actions.add_parser("status", help="show whether it runs and where")
+    actions.add_parser("stop", help="stop it; the next run starts it again")
+
+
+def local_api_command(args: argparse.Namespace) -> int:
+    """``local-api start|status|stop`` for the ``PREFECT_HOME`` of this environment."""
+    home = local_api.prefect_home()
+    if args.local_api_command == "start":
+        try:
+            api = local_api.ensure(home)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUN_FAILED
+        print(f"Prefect UI    {api.ui_url}  (API {api.api_url}, pid {api.pid}, home {home})")
+        if os.environ.get("PREFECT_API_URL"):
+            print(f"note          runs here use PREFECT_API_URL={os.environ['PREFECT_API_URL']}, not this API")
+        return 0
+    if args.local_api_command == "status":
+        api, up = local_api.status(home)
+        if api is None:
+            print(f"local API     none recorded in {home}")
+        else:
+            print(f"local API     {'running' if up else 'not running'}: {api.ui_url} (pid {api.pid}, home {home})")
+        return 0 if up else 1
+    stopped = local_api.stop(home)
+    print(f"local API     {'stopped ' + stopped.ui_url if stopped else 'none was running'} (home {home})")
+    return 0
 
 
 if __name__ == "__main__":
