@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -25,6 +27,7 @@ def log_splits(parent_run_id: str, split_folder: str) -> None:
         manifest = splits.read_manifest(split_folder)
         frames = {name: splits.load_split(split_folder, name).frame(manifest["label"]) for name in splits.SPLITS}
         client = runs.get_client()
+        runs.set_tags(client, parent_run_id, {runs.SPLITS_TAG: Path(split_folder).name})
         runs.log_dataset(client, parent_run_id, manifest, frames)
         runs.log_profile(client, parent_run_id, splits.read_profile(split_folder))
 

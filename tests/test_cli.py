@@ -276,6 +276,8 @@ def test_ui_refuses_a_port_out_of_range(capsys) -> None:
         (["deploy"], "deploy"),
         (["promote", "m", "3", "--reason", "x"], "promote m 3 --reason x"),
         (["rollback", "m"], "rollback m"),
+        (["gc", "--older-than", "30d"], "gc --older-than 30d"),
+        (["local-api", "status"], "local-api status"),
         ([], "run"),
     ],
 )

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("name", metavar="NAME", help="registered model name, e.g. wd-classifier")
     rollback.add_argument("--reason", default="", help="why (recorded on the version)")
     add_local_api_command(commands)
+    gc = commands.add_parser(
+        "gc", help="remove trained units, splits and run artifacts older than AGE that no alias or newer run needs"
+    )
+    gc.add_argument("--older-than", required=True, metavar="AGE", help="age cut-off, e.g. 30d (units s, m, h, d, w)")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed, with sizes")
+    gc.add_argument("--work-dir", default=None, help="work folder (path or URL; default: the runs' own)")
     ui.add_argument("--host", default=UI_HOST, help=f"address the UI listens on (default: {UI_HOST})")
     ui.add_argument("--port", type=int, default=UI_PORT, help=f"port the UI listens on (default: {UI_PORT})")
     return parser
@@ -114,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return local_api_command(args)
     if args.command == "deploy":
         return deploy_command(args)
+    if args.command == "gc":
+        return gc_command(args)
     if args.command not in ("run", "score"):
         return stack_command(args)
     try:
@@ -192,6 +200,35 @@ def deploy_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    """``gc``: list (``--dry-run``) or remove what no protected alias and no newer run needs."""
+    import datetime as dt
+
+    from wd_pipeline.ops import retention
+
+    try:
+        cutoff = dt.datetime.now(dt.UTC) - retention.parse_age(args.older_than)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    from wd_pipeline.tracking import runs
+
+    try:
+        client = runs.get_client()
+        plan = retention.make_plan(client, args.work_dir or default_work_dir(), cutoff)
+        done = plan.remove if args.dry_run else retention.apply(client, plan)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    verb = "would remove" if args.dry_run else "removed"
+    for item in done:
+        print(f"{verb:<12}  {item.line()}")
+    size = retention.human_size(sum(item.size for item in done))
+    outcome = "to remove" if args.dry_run else "removed"
+    print(f"{len(done)} item(s), {size} {outcome}; kept what {plan.kept_runs} run(s) need (aliases, newer runs)")
+    return 0
 
 
 def move_champion(args: argparse.Namespace) -> int:

@@ -695,3 +695,47 @@ def test_bad_deploy_setting(case: str, store: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.removeprefix("error: ") == expected
+
+
+# --- gc's age: refused before the store or the work folder is read, nothing removed ---------------------------
+
+AGE_HINT = "is not an age: give a positive whole number and a unit (s, m, h, d or w), e.g. --older-than 30d"
+GC_AGES = {
+    "gc age without a unit": ("30", f"--older-than '30' {AGE_HINT}"),
+    "gc negative age": ("-1d", f"--older-than '-1d' {AGE_HINT}"),
+    "gc age that is not a number": ("abc", f"--older-than 'abc' {AGE_HINT}"),
+}
+
+
+@pytest.mark.parametrize("case", list(GC_AGES))
+def test_bad_gc_age(case: str, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    age, expected = GC_AGES[case]
+    work = store / "work"
+    before = sorted(work.rglob("*")) if work.exists() else []
+    assert main(["gc", f"--older-than={age}"]) == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.removeprefix("error: ") == expected
+    assert (sorted(work.rglob("*")) if work.exists() else []) == before
+    assert registry_state() == UNCHANGED
+
+
+# --- the pipeline flow's ceiling from the environment of the process that runs it -------------------------------
+
+CEILING_HINT = "is not a number of seconds: give a positive number, e.g. 3600, or unset it for the default of 43200 s"
+FLOW_CEILINGS = {
+    "flow timeout that is not a number": ("abc", f"WD_PIPELINE_FLOW_TIMEOUT_SECONDS='abc' {CEILING_HINT}"),
+    "flow timeout of zero": ("0", f"WD_PIPELINE_FLOW_TIMEOUT_SECONDS='0' {CEILING_HINT}"),
+    "negative flow timeout": ("-5", f"WD_PIPELINE_FLOW_TIMEOUT_SECONDS='-5' {CEILING_HINT}"),
+}
+
+
+@pytest.mark.parametrize("case", list(FLOW_CEILINGS))
+def test_bad_flow_timeout(case: str) -> None:
+    from flows.timeouts import PIPELINE_CEILING_ENV, pipeline_ceiling
+    from wd_pipeline.errors import ConfigError
+
+    value, expected = FLOW_CEILINGS[case]
+    with pytest.raises(ConfigError) as refused:
+        pipeline_ceiling({PIPELINE_CEILING_ENV: value})
+    assert str(refused.value) == expected

@@ -53,6 +53,7 @@ UNREACHABLE_HINT = "Check MLFLOW_TRACKING_URI and that the server is running"
 CREDENTIALS_HINT = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
 OWNER_TAG = "wd.owner"
 CLOSED_TAG = "wd.closed_as_orphan"
+SPLITS_TAG = "wd.splits"  # the work folder's split folder a pipeline run trained on (retention keeps it)
 
 
 def tracking_uri() -> str:
