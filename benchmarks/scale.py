@@ -108,10 +108,12 @@ def run(sizes: list[int], epochs: int) -> dict[str, Any]:
             rows_out.append(
                 {"rows": rows, "file_mib": Path(data).stat().st_size / 2**20, "pipeline": pipeline, "score": scored}
             )
+            save({"epochs": epochs, "command": " ".join(PIPELINE), "sizes": rows_out, "target": TARGET})
             Path(data).unlink()
-            shutil.rmtree(CACHE / f"pipeline-scale-{rows}", ignore_errors=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        for rows in sizes:
+            shutil.rmtree(CACHE / f"pipeline-scale-{rows}", ignore_errors=True)
     return {"epochs": epochs, "command": " ".join(PIPELINE), "sizes": rows_out, "target": TARGET}
 
 
@@ -168,11 +170,15 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
     scale = run([int(size) for size in args.rows.split(",")], args.epochs)
+    print(markdown(scale))
+
+
+def save(scale: dict[str, Any]) -> None:
+    """Under ``"scale"`` in ``benchmarks/results.json``, after every size: a larger one that fails keeps the others."""
     saved = ROOT / "benchmarks" / "results.json"
     report = json.loads(saved.read_text()) if saved.exists() else {}
     report["scale"] = scale
     saved.write_text(json.dumps(report, indent=2))
-    print(markdown(scale))
 
 
 if __name__ == "__main__":
