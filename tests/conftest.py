@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,75 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
+
+# Modules that use the shared ``local_stack`` (tests/stack/conftest.py): one test process runs them
+# together, so the stack starts once. A module using it but not listed still works, on a stack of its own.
+SHARED_STACK_MODULES = frozenset({"tests/stack/test_dask.py", "tests/stack/test_stack.py"})
+
+
+def run_group(nodeid: str) -> str:
+    """The unit one test process runs whole: the test's module, or the modules sharing the local stack.
+
+    Keeping a module whole keeps its module fixtures (a trained pipeline, a stack) set up once.
+    """
+    module = nodeid.split("::", 1)[0]
+    return "shared local_stack" if module in SHARED_STACK_MODULES else module
+
+
+def estimated_seconds(item: pytest.Item) -> float:
+    """A rough cost from the markers: enough to hand out the long units first."""
+    stack, slow = item.get_closest_marker("stack"), item.get_closest_marker("slow")
+    if stack and slow:
+        return 60.0
+    if stack:
+        return 5.0
+    if slow:
+        return 10.0
+    return 0.5
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In pytest-xdist's test processes: each unit (``run_group``) in one piece, the longest units first.
+
+    The suite's wall time is the busier process's: handed out last, a long unit leaves one process
+    running it alone at the end. Every test process orders the same collection the same way, as
+    xdist requires; the scheduler below keeps this order.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    cost: defaultdict[str, float] = defaultdict(float)
+    first: dict[str, int] = {}
+    for position, item in enumerate(items):
+        cost[run_group(item.nodeid)] += estimated_seconds(item)
+        first.setdefault(run_group(item.nodeid), position)
+    items.sort(key=lambda item: (-cost[run_group(item.nodeid)], first[run_group(item.nodeid)]))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """For ``--dist loadscope``: units are ``run_group``s, handed out in collection order, one at a time.
+
+    A test process gets its next unit when it is on the last test of the current one (it needs to
+    know the next test before it runs that one), so a long unit waiting in the queue goes to
+    whichever process frees up first instead of being queued behind another.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return run_group(nodeid)
+
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+            elif self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
