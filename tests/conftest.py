@@ -47,22 +47,42 @@ def estimated_seconds(item: pytest.Item) -> float:
     return 0.5
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In pytest-xdist's test processes: each unit (``run_group``) in one piece, the longest units first.
+# Fixtures that start servers: a test using one is marked ``stack`` (and ``slow`` where it runs
+# pipelines or a Prefect API), so `-m "not stack"` and `-m "not slow"` never start them.
+STACK_FIXTURES = frozenset({"local_stack", "own_stack", "shared_stack_settings", "postgres"})
+SLOW_FIXTURES = frozenset({"local_stack", "own_stack", "prefect_api"})
+
+
+def mark_server_tests(items: list[pytest.Item]) -> None:
+    """Complete the markers from the fixtures a test uses, before ``-m`` selects."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & STACK_FIXTURES and item.get_closest_marker("stack") is None:
+            item.add_marker(pytest.mark.stack)
+        if fixtures & SLOW_FIXTURES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+def longest_units_first(items: list[pytest.Item]) -> None:
+    """Each unit (``run_group``) in one piece, the units by their estimated cost, longest first.
 
     The suite's wall time is the busier process's: handed out last, a long unit leaves one process
     running it alone at the end. Every test process orders the same collection the same way, as
     xdist requires; the scheduler below keeps this order.
     """
-    if not hasattr(config, "workerinput"):
-        return
     cost: defaultdict[str, float] = defaultdict(float)
     first: dict[str, int] = {}
     for position, item in enumerate(items):
         cost[run_group(item.nodeid)] += estimated_seconds(item)
         first.setdefault(run_group(item.nodeid), position)
     items.sort(key=lambda item: (-cost[run_group(item.nodeid)], first[run_group(item.nodeid)]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mark_server_tests(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist test process
+        longest_units_first(items)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
