@@ -35,16 +35,31 @@ def run_group(nodeid: str) -> str:
     return "shared local_stack" if module in SHARED_STACK_MODULES else module
 
 
-def estimated_seconds(item: pytest.Item) -> float:
-    """A rough cost from the markers: enough to hand out the long units first."""
-    stack, slow = item.get_closest_marker("stack"), item.get_closest_marker("slow")
-    if stack and slow:
-        return 60.0
-    if stack:
-        return 5.0
-    if slow:
-        return 10.0
-    return 0.5
+# Rough seconds, from the markers: a unit's first slow test pays for its module's shared
+# pipeline runs or servers, the tests after it mostly assert on them.
+FIRST_COST = {"stack": 120.0, "slow": 60.0}
+NEXT_COST = {"stack": 10.0, "slow": 2.0}
+FAST_COST = 0.5
+
+
+def kind(item: pytest.Item) -> str:
+    """``stack`` for a test that starts servers and runs pipelines on them, ``slow``, or ``fast``."""
+    if item.get_closest_marker("stack") and item.get_closest_marker("slow"):
+        return "stack"
+    return "slow" if item.get_closest_marker("slow") or item.get_closest_marker("stack") else "fast"
+
+
+def estimated_seconds(items: list[pytest.Item]) -> float:
+    """A unit's cost, good enough to hand out the long units first."""
+    seconds, seen = 0.0, set()
+    for item in items:
+        cost = kind(item)
+        if cost == "fast":
+            seconds += FAST_COST
+        else:
+            seconds += NEXT_COST[cost] if cost in seen else FIRST_COST[cost]
+            seen.add(cost)
+    return seconds
 
 
 # Fixtures that start servers: a test using one is marked ``stack`` (and ``slow`` where it runs
@@ -70,11 +85,11 @@ def longest_units_first(items: list[pytest.Item]) -> None:
     running it alone at the end. Every test process orders the same collection the same way, as
     xdist requires; the scheduler below keeps this order.
     """
-    cost: defaultdict[str, float] = defaultdict(float)
-    first: dict[str, int] = {}
-    for position, item in enumerate(items):
-        cost[run_group(item.nodeid)] += estimated_seconds(item)
-        first.setdefault(run_group(item.nodeid), position)
+    units: defaultdict[str, list[pytest.Item]] = defaultdict(list)
+    for item in items:
+        units[run_group(item.nodeid)].append(item)
+    cost = {name: estimated_seconds(members) for name, members in units.items()}
+    first = {name: position for position, name in enumerate(units)}
     items.sort(key=lambda item: (-cost[run_group(item.nodeid)], first[run_group(item.nodeid)]))
 
 
