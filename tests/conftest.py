@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,110 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
+
+# Modules that use the shared ``local_stack`` (tests/stack/conftest.py): one test process runs them
+# together, so the stack starts once. A module using it but not listed still works, on a stack of its own.
+SHARED_STACK_MODULES = frozenset({"tests/stack/test_dask.py", "tests/stack/test_stack.py"})
+
+
+def run_group(nodeid: str) -> str:
+    """The unit one test process runs whole: the test's module, or the modules sharing the local stack.
+
+    Keeping a module whole keeps its module fixtures (a trained pipeline, a stack) set up once.
+    """
+    module = nodeid.split("::", 1)[0]
+    return "shared local_stack" if module in SHARED_STACK_MODULES else module
+
+
+# Rough seconds, from the markers: a unit's first slow test pays for its module's shared
+# pipeline runs or servers, the tests after it mostly assert on them.
+FIRST_COST = {"stack": 120.0, "slow": 60.0}
+NEXT_COST = {"stack": 10.0, "slow": 2.0}
+FAST_COST = 0.5
+
+
+def kind(item: pytest.Item) -> str:
+    """``stack`` for a test that starts servers and runs pipelines on them, ``slow``, or ``fast``."""
+    if item.get_closest_marker("stack") and item.get_closest_marker("slow"):
+        return "stack"
+    return "slow" if item.get_closest_marker("slow") or item.get_closest_marker("stack") else "fast"
+
+
+def estimated_seconds(items: list[pytest.Item]) -> float:
+    """A unit's cost, good enough to hand out the long units first."""
+    seconds, seen = 0.0, set()
+    for item in items:
+        cost = kind(item)
+        if cost == "fast":
+            seconds += FAST_COST
+        else:
+            seconds += NEXT_COST[cost] if cost in seen else FIRST_COST[cost]
+            seen.add(cost)
+    return seconds
+
+
+# Fixtures that start servers: a test using one is marked ``stack`` (and ``slow`` where it runs
+# pipelines or a Prefect API), so `-m "not stack"` and `-m "not slow"` never start them.
+STACK_FIXTURES = frozenset({"local_stack", "own_stack", "shared_stack_settings", "postgres"})
+SLOW_FIXTURES = frozenset({"local_stack", "own_stack", "prefect_api"})
+
+
+def mark_server_tests(items: list[pytest.Item]) -> None:
+    """Complete the markers from the fixtures a test uses, before ``-m`` selects."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & STACK_FIXTURES and item.get_closest_marker("stack") is None:
+            item.add_marker(pytest.mark.stack)
+        if fixtures & SLOW_FIXTURES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+def longest_units_first(items: list[pytest.Item]) -> None:
+    """Each unit (``run_group``) in one piece, the units by their estimated cost, longest first.
+
+    The suite's wall time is the busier process's: handed out last, a long unit leaves one process
+    running it alone at the end. Every test process orders the same collection the same way, as
+    xdist requires; the scheduler below keeps this order.
+    """
+    units: defaultdict[str, list[pytest.Item]] = defaultdict(list)
+    for item in items:
+        units[run_group(item.nodeid)].append(item)
+    cost = {name: estimated_seconds(members) for name, members in units.items()}
+    first = {name: position for position, name in enumerate(units)}
+    items.sort(key=lambda item: (-cost[run_group(item.nodeid)], first[run_group(item.nodeid)]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mark_server_tests(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist test process
+        longest_units_first(items)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """For ``--dist loadscope``: units are ``run_group``s, handed out in collection order, one at a time.
+
+    A test process gets its next unit when it is on the last test of the current one (it needs to
+    know the next test before it runs that one), so a long unit waiting in the queue goes to
+    whichever process frees up first instead of being queued behind another.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return run_group(nodeid)
+
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+            elif self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

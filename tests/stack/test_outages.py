@@ -183,21 +183,21 @@ def check_survived_mlflow_outage(local_stack: LocalStack, final: Any, down: floa
     print(f"MLflow down {down:.1f} s; retried tasks: {retried}")
 
 
-def test_prefect_server_restart_during_training(local_stack: LocalStack) -> None:
+def test_prefect_server_restart_during_training(own_stack: LocalStack) -> None:
     """The run completes: the engine's client retries its calls and replays its state events.
 
     Measured behaviour, documented in the README: nothing is CRASHED or left RUNNING in
     Prefect or MLflow, and the worker is online again.
     """
     name = "outage-prefect"
-    final, down = run_through_outage(local_stack, name, 2, stack.PREFECT_SERVER, 0)
+    final, down = run_through_outage(own_stack, name, 2, stack.PREFECT_SERVER, 0)
     assert final.state.type.value == "COMPLETED", final.state
     assert unfinished(final.id) == []  # no task run stuck in Running or Pending
-    client = mlflow_client(local_stack)
+    client = mlflow_client(own_stack)
     experiment_id = client.get_experiment_by_name(name).experiment_id
     assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
-    assert_complete_record(client, name, final.id, local_stack.state_dir / "work")
-    assert [(h.name, h.healthy) for h in stack.status(local_stack.state_dir)] == [
+    assert_complete_record(client, name, final.id, own_stack.state_dir / "work")
+    assert [(h.name, h.healthy) for h in stack.status(own_stack.state_dir)] == [
         (stack.PREFECT_SERVER, True),
         (stack.MLFLOW_SERVER, True),
         (stack.PREFECT_WORKER, True),
