@@ -108,31 +108,31 @@ def _with_lams(fold: FoldRows, lams: list[float]) -> Any:
 
 
 def run_folds(folds: list[FoldRows], lams: list[float], epochs: int) -> dict[str, Any]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     fits = _train([_with_lams(fold, lams) for fold in folds], epochs)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     accuracy = [
         [_accuracy(m.val_probability, f.pack.validation[1]) for m in ms] for f, ms in zip(folds, fits, strict=True)
     ]
-    return {"seconds": seconds, "val_accuracy": accuracy}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "val_accuracy": accuracy}
 
 
 def run_per_fold(folds: list[FoldRows], lams: list[float], epochs: int, threads: int = 1) -> dict[str, Any]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(threads) as pool:
         fits = list(pool.map(lambda fold: _train([_with_lams(fold, lams)], epochs)[0], folds))
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     accuracy = [
         [_accuracy(m.val_probability, f.pack.validation[1]) for m in ms] for f, ms in zip(folds, fits, strict=True)
     ]
-    return {"seconds": seconds, "val_accuracy": accuracy}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "val_accuracy": accuracy}
 
 
 def run_plain(folds: list[FoldRows], lams: list[float], epochs: int, sample: list[list[int]]) -> dict[str, Any]:
     """``model.fit`` for the sampled (fold, λ index) pairs only; seconds per fit."""
     from wd_pipeline.ml.network import build_model, predict_probability
 
-    accuracy, started = [], time.perf_counter()
+    accuracy, started, cpu = [], time.perf_counter(), time.process_time()
     for fold_index, lam_index in sample:
         fold = folds[fold_index]
         model = build_model(fold.pack.prep, lam=lams[lam_index], seed=fold.pack.seed)
@@ -146,7 +146,11 @@ def run_plain(folds: list[FoldRows], lams: list[float], epochs: int, sample: lis
             verbose=0,
         )
         accuracy.append(_accuracy(predict_probability(model, fold.raw_validation), y_val))
-    return {"seconds_per_fit": (time.perf_counter() - started) / len(sample), "val_accuracy": accuracy}
+    return {
+        "seconds_per_fit": (time.perf_counter() - started) / len(sample),
+        "cpu_seconds_per_fit": (time.process_time() - cpu) / len(sample),
+        "val_accuracy": accuracy,
+    }
 
 
 def workload(name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -181,13 +185,13 @@ def _in_process(name: str, **args: Any) -> dict[str, Any]:
     return result
 
 
-def compare(rows: int, folds: int, grid: int, epochs: int, plain_fits: int) -> dict[str, Any]:
+def compare(rows: int, folds: int, grid: int, epochs: int, plain_fits: int, threads: bool) -> dict[str, Any]:
     lams = grid_of(grid)
     common = {"rows": rows, "folds": folds, "lams": lams, "epochs": epochs}
     load = [os.getloadavg()]
     packed = _in_process("folds", **common)
     per_fold = _in_process("per_fold", **common)
-    per_fold_threads = _in_process("per_fold", **common, threads=2)
+    per_fold_threads = _in_process("per_fold", **common, threads=2) if threads else None
     sample = [[i % folds, (i * 7) % grid] for i in range(plain_fits)]
     plain = _in_process("plain", **common, sample=sample)
     load.append(os.getloadavg())
@@ -208,12 +212,20 @@ def compare(rows: int, folds: int, grid: int, epochs: int, plain_fits: int) -> d
         "epochs": epochs,
         "fold_packed_seconds": packed["seconds"],
         "per_fold_seconds": per_fold["seconds"],
-        "per_fold_two_threads_seconds": per_fold_threads["seconds"],
+        "per_fold_two_threads_seconds": per_fold_threads["seconds"] if per_fold_threads else None,
         "plain_seconds": plain_seconds,
         "plain_extrapolated_from": plain_fits,
         "speedup_over_per_fold": per_fold["seconds"] / packed["seconds"],
-        "speedup_over_per_fold_two_threads": per_fold_threads["seconds"] / packed["seconds"],
+        "speedup_over_per_fold_two_threads": per_fold_threads["seconds"] / packed["seconds"]
+        if per_fold_threads
+        else None,
         "speedup_over_plain": plain_seconds / packed["seconds"],
+        "cpu_seconds": {
+            "fold_packed": packed["cpu_seconds"],
+            "per_fold": per_fold["cpu_seconds"],
+            "per_fold_two_threads": per_fold_threads["cpu_seconds"] if per_fold_threads else None,
+            "plain": plain["cpu_seconds_per_fit"] * folds * grid,
+        },
         "peak_rss_mib": {"fold_packed": packed["peak_rss_mib"], "per_fold": per_fold["peak_rss_mib"]},
         "max_accuracy_gap_per_fold": same_training,
         "max_accuracy_gap_plain": seed_noise,
@@ -224,18 +236,27 @@ def compare(rows: int, folds: int, grid: int, epochs: int, plain_fits: int) -> d
 
 def markdown(result: dict[str, Any]) -> str:
     r = result
+    cpu = r["cpu_seconds"]
     return "\n".join(
         [
-            "| path | seconds | fold-packed speed-up | peak RSS MiB |",
-            "|---|---|---|---|",
+            "| path | wall s | fold-packed speed-up (wall) | CPU s | speed-up (CPU) | peak RSS MiB |",
+            "|---|---|---|---|---|---|",
             f"| all {r['folds'] * r['grid']} (fold, λ) in one packed model | {r['fold_packed_seconds']:.1f} | – | "
-            f"{r['peak_rss_mib']['fold_packed']:.0f} |",
+            f"{cpu['fold_packed']:.1f} | – | {r['peak_rss_mib']['fold_packed']:.0f} |",
             f"| one packed model per fold, in turn | {r['per_fold_seconds']:.1f} | ×{r['speedup_over_per_fold']:.1f} | "
-            f"{r['peak_rss_mib']['per_fold']:.0f} |",
-            f"| one packed model per fold, two threads | {r['per_fold_two_threads_seconds']:.1f} | "
-            f"×{r['speedup_over_per_fold_two_threads']:.1f} | |",
+            f"{cpu['per_fold']:.1f} | ×{cpu['per_fold'] / cpu['fold_packed']:.1f} | {r['peak_rss_mib']['per_fold']:.0f} |",
+            *(
+                [
+                    f"| one packed model per fold, two threads | {r['per_fold_two_threads_seconds']:.1f} | "
+                    f"×{r['speedup_over_per_fold_two_threads']:.1f} | {cpu['per_fold_two_threads']:.1f} | "
+                    f"×{cpu['per_fold_two_threads'] / cpu['fold_packed']:.1f} | |"
+                ]
+                if r["per_fold_two_threads_seconds"]
+                else []
+            ),
             f"| one `fit` per (fold, λ) (×{r['folds'] * r['grid']} from {r['plain_extrapolated_from']}) | "
-            f"{r['plain_seconds']:.1f} | ×{r['speedup_over_plain']:.1f} | |",
+            f"{r['plain_seconds']:.1f} | ×{r['speedup_over_plain']:.1f} | {cpu['plain']:.1f} | "
+            f"×{cpu['plain'] / cpu['fold_packed']:.1f} | |",
             "",
             f"Max Δ val accuracy: fold-packed vs per-fold packed {r['max_accuracy_gap_per_fold']:.4f}, vs the plain fits "
             f"{r['max_accuracy_gap_plain']:.4f} (tolerance {TOLERANCE['synthetic']}): "
@@ -249,8 +270,9 @@ def main() -> None:
     parser.add_argument("--workload", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=ROWS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--plain-fits", type=int, default=2, help="sampled one-fit-per-(fold, λ) fits")
+    parser.add_argument("--plain-fits", type=int, default=1, help="sampled one-fit-per-(fold, λ) fits")
     parser.add_argument("--pipeline-1m", action="store_true", help="also the 1M-row pipeline run at 20 epochs")
+    parser.add_argument("--threads", action="store_true", help="also the per-fold path on two threads")
     parser.add_argument("--skip-grid", action="store_true", help="only the 1M-row pipeline run")
     args = parser.parse_args()
     if args.workload:
@@ -262,7 +284,7 @@ def main() -> None:
     folds_report = report.get("folds", {})
     folds_report["machine"] = machine()
     if not args.skip_grid:
-        folds_report["grid"] = compare(args.rows, FOLDS, GRID, args.epochs, args.plain_fits)
+        folds_report["grid"] = compare(args.rows, FOLDS, GRID, args.epochs, args.plain_fits, args.threads)
         print(markdown(folds_report["grid"]), flush=True)
     if args.pipeline_1m:
         arguments = [*LARGE_PIPELINE[: LARGE_PIPELINE.index("--epochs")], "--epochs", "20", "--patience", "0"]

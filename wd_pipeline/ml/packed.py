@@ -1,17 +1,21 @@
-"""Train many λ of one (mode, fold) at once: the grid packed into one set of stacked weights.
+"""Train many (fold, λ) of one mode at once: the grid and its folds packed into one set of stacked weights.
 
 The reference network has about 400 weights, so Keras' ``fit`` spends nearly all its time
-in per-step Python overhead. Here G members (one per λ) share each batch: every kernel gets
-a leading member axis, the loss is the *sum* of the members' losses, and a whole epoch (its
-steps, then the validation pass) runs inside one XLA-compiled ``tf.function``, compiled
-once per training (:func:`_compiled_epoch`). Because the members share no weights, each
-member's gradient is exactly the gradient of its own loss, and Adam is elementwise, so every
-member follows the same trajectory as the model trained alone with the same seed and
+in per-step Python overhead. Here G members share each step: every kernel gets a leading
+member axis, the loss is the *sum* of the members' losses, and a whole epoch (its steps,
+then the validation pass) runs inside one XLA-compiled ``tf.function``, compiled once per
+training (:func:`_compiled_epoch`). Members of one fold (one per λ) share that fold's
+batch; each fold brings its own rows, preprocessing, seed and batch order
+(:class:`FoldPack`), so a member sees exactly the batches of its own fold. Because the
+members share no weights, each member's gradient is exactly the gradient of its own loss,
+and Adam is elementwise (with a step count per member, :class:`_Adam`), so every member
+follows the same trajectory as the model trained alone on its fold with the same seed and
 batches, up to float rounding. ``tests/ml/test_packed.py`` checks that against
-independent ``model.fit`` runs. One exception: for an embedding's sparse gradient, Keras'
-Adam adds each looked-up row's squared gradients separately (Σg² instead of (Σg)² when a row
-occurs twice in a batch); the packed grid applies textbook Adam to the dense gradient, which
-is what the test's reference fit is made to use.
+independent ``model.fit`` runs, with folds of unequal sizes and encoded widths. One
+exception: for an embedding's sparse gradient, Keras' Adam adds each looked-up row's
+squared gradients separately (Σg² instead of (Σg)² when a row occurs twice in a batch);
+the packed grid applies textbook Adam to the dense gradient, which is what the test's
+reference fit is made to use.
 
 Early stopping is per member: the epoch loop runs until every member has run out of
 patience, and each member keeps the weights of its own best epoch, as
@@ -20,7 +24,7 @@ reference models, so saving, serving and the registry never see the packing.
 
 Dropout (mode ``dropout``) is per member too: each member has its own rate, and each step
 draws an independent mask for every member, row and hidden unit from a stateless generator
-seeded by (seed, hidden layer, rate, epoch, step), so a training is reproducible and does not
+seeded by (its fold's seed, hidden layer, rate, epoch, step), so a training is reproducible and does not
 depend on which other members share its pack. Survivors are
 scaled by 1 / (1 − p), as Keras' ``Dropout`` does; the validation pass and the final
 probabilities run without dropout. A member at rate 0 skips nothing and matches the

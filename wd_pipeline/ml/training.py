@@ -3,8 +3,10 @@
 A unit's ``lam`` is its grid value: λ for the weight-decay modes, the dropout rate for
 mode ``dropout`` (``modes.py``).
 
-The λ values of one (mode, fold) train together as one packed model (``packed.py``); each
-is still saved, keyed and reported as its own unit.
+The (fold, λ) units of one mode (or of one chunk of it) train together as one packed model
+(``packed.py``), each fold on its own rows with its own adapted preprocessing; each unit is
+still saved, keyed and reported as its own unit, and the members of a fold are scored in one
+pass (``member_metrics.py``).
 
 A unit's result is stored under a key made of the split folder (itself keyed by the data's
 sha256 and split settings), the training settings, the mode, λ and the fold. The result
