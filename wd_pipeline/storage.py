@@ -130,12 +130,12 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
-def _retrying(operation: Callable[[], T], what: str) -> T:
-    """Run a remote operation, waiting out a store that does not answer for up to :data:`OUTAGE_SECONDS`.
+def _retrying(operation: Callable[[], T], what: str, patience: float = OUTAGE_SECONDS) -> T:
+    """Run a remote operation, waiting out a store that does not answer for up to ``patience`` seconds.
 
     Each operation here is idempotent (a put of the same bytes, a read), so repeating it is safe.
     """
-    deadline = time.monotonic() + OUTAGE_SECONDS
+    deadline = time.monotonic() + patience
     attempt = 0
     while True:
         try:
@@ -276,44 +276,46 @@ def publish_file(local: Path, location: Location) -> None:
 # ---------------------------------------------------------------- checks
 
 
-def check_writable(location: str) -> None:
-    """Prove an ``s3://`` work folder usable before a run starts: credentials, bucket, a write, a delete.
+def check_writable(location: str, *, purpose: str = "work folder", flag: str = "--work-dir") -> None:
+    """Prove an ``s3://`` location usable before anything starts: credentials, bucket, a write, a delete.
 
-    Each way it can fail is one :class:`ConfigError` line saying what to fix.
+    Each way it can fail is one :class:`ConfigError` line naming ``purpose`` and what to fix.
     """
     import botocore.exceptions
 
     bucket, key = _bucket_key(location)
     if not bucket:
-        raise ConfigError(f"work folder {location} names no bucket: pass --work-dir s3://BUCKET/PREFIX")
+        raise ConfigError(f"{purpose} {location} names no bucket: pass {flag} s3://BUCKET/PREFIX")
     if not _has_credentials():
-        raise ConfigError(f"no S3 credentials for work folder {location}: {CREDENTIALS_FIX}")
+        raise ConfigError(f"no S3 credentials for {purpose} {location}: {CREDENTIALS_FIX}")
     probe = "/".join(part for part in (key, f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}") if part)
     client = _client()
     where = endpoint() or "AWS"
     try:
-        _retrying(lambda: client.put_object(Bucket=bucket, Key=probe, Body=b""), f"write {location}")
-        _retrying(lambda: client.delete_object(Bucket=bucket, Key=probe), f"delete in {location}")
+        # No waiting here: a store that is not there before the run starts is a setting to fix.
+        client.put_object(Bucket=bucket, Key=probe, Body=b"")
+        client.delete_object(Bucket=bucket, Key=probe)
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
             raise ConfigError(
-                f"S3 bucket {bucket!r} does not exist at {where}: create it or pass --work-dir with an existing bucket"
+                f"S3 bucket {bucket!r} of {purpose} {location} does not exist at {where}: "
+                f"create it or pass {flag} with an existing bucket"
             ) from None
         if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}:
             raise ConfigError(
-                f"the S3 store at {where} refused the credentials for {location} ({code}): "
+                f"the S3 store at {where} refused the credentials for {purpose} {location} ({code}): "
                 "set the right AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             ) from None
-        raise ConfigError(f"work folder {location} is not writable ({code or exc}): {CREDENTIALS_FIX}") from None
+        raise ConfigError(f"{purpose} {location} is not writable ({code or exc}): {CREDENTIALS_FIX}") from None
     except (botocore.exceptions.BotoCoreError, OSError) as exc:
         if _transient(exc):
             raise ConfigError(
-                f"the S3 store at {where} does not answer (for work folder {location}): "
+                f"the S3 store at {where} does not answer (for {purpose} {location}): "
                 "start it or set AWS_ENDPOINT_URL to where it runs"
             ) from None
         raise ConfigError(
-            f"work folder {location} is not usable ({type(exc).__name__}: {exc}): {CREDENTIALS_FIX}"
+            f"{purpose} {location} is not usable ({type(exc).__name__}: {exc}): {CREDENTIALS_FIX}"
         ) from None
 
 
@@ -333,8 +335,9 @@ def _client() -> Any:
     import boto3
     from botocore.config import Config
 
-    # botocore's own retries are short; _retrying waits out a longer outage.
-    return boto3.client("s3", endpoint_url=endpoint(), config=Config(retries={"max_attempts": 2, "mode": "standard"}))
+    # A new session each time: boto3's default one keeps the credentials it found first.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint(), config=Config(retries={"max_attempts": 2, "mode": "standard"}))
 
 
 def keep_log(log_path: Path, work_dir: Location) -> None:
