@@ -109,7 +109,8 @@ def _filesystem(pid: int, endpoint_url: str | None, key: str | None, secret: str
 
 
 def _transient(exc: BaseException) -> bool:
-    """The store did not answer (down, restarting, connection cut), as opposed to answering with an error."""
+    """The store did not answer (down, restarting, connection cut) or answered that it is unwell (5xx),
+    as opposed to refusing the request (no bucket, access denied)."""
     import aiohttp
     import botocore.exceptions
 
@@ -126,6 +127,8 @@ def _transient(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, kinds):
             return True
+        if isinstance(seen, botocore.exceptions.ClientError):
+            return seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
         seen = seen.__cause__ or seen.__context__
     return False
 

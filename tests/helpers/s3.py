@@ -185,6 +185,16 @@ class SeaweedS3:
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` free ports, no two alike (the OS may hand the same free port to two probes in a row)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = stack.free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @contextlib.contextmanager
 def running_seaweedfs() -> Iterator[SeaweedS3]:
     """SeaweedFS on free ports of 127.0.0.1 in a temporary folder, with bucket :data:`BUCKET`; stopped and removed after."""
@@ -194,7 +204,7 @@ def running_seaweedfs() -> Iterator[SeaweedS3]:
     (folder / "data").mkdir()
     server = SeaweedS3(
         folder=folder,
-        ports={flag: stack.free_port() for flag in PORT_FLAGS},
+        ports=dict(zip(PORT_FLAGS, distinct_free_ports(len(PORT_FLAGS)), strict=True)),
         access_key=f"wd{secrets.token_hex(8)}",
         secret_key=secrets.token_urlsafe(24),
     )
