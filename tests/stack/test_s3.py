@@ -92,10 +92,13 @@ def test_model_artifacts_are_in_the_bucket_and_the_registered_model_predicts(
     client = MlflowClient(tracking_uri=s3_stack.mlflow_url, registry_uri=s3_stack.mlflow_url)
     (version,) = client.search_model_versions("name = 's3-artifacts'")
     keys = s3_server.keys(BUCKET, f"{ARTIFACTS}/")
-    # mlflow-artifacts:/<experiment>/models/m-<id>/artifacts: proxied by the server into its destination
-    location = client.get_logged_model(version.model_id).artifact_location if version.model_id else version.source
-    relative = location.split(":/", 1)[-1].strip("/")
-    assert f"{ARTIFACTS}/{relative}/MLmodel" in keys, (location, [key for key in keys if key.endswith("MLmodel")])
+    # The version's source is models:/m-<id>; the server proxies the logged model's files into
+    # <destination>/<experiment id>/models/m-<id>/artifacts/.
+    model_id = version.model_id or version.source.removeprefix("models:/")
+    experiment_id = client.get_logged_model(model_id).experiment_id
+    model_files = f"{ARTIFACTS}/{experiment_id}/models/{model_id}/artifacts/"
+    assert f"{model_files}MLmodel" in keys, (version.source, [key for key in keys if key.endswith("MLmodel")])
+    assert any(key.startswith(model_files) and key.endswith(".keras") for key in keys), model_files
     assert not list((s3_stack.state_dir / "mlartifacts").iterdir()), "artifacts landed in the state dir"
 
     mlflow.set_tracking_uri(s3_stack.mlflow_url)
