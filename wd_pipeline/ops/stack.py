@@ -22,14 +22,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 
-from wd_pipeline import processes
+from wd_pipeline import processes, storage
 from wd_pipeline.config import PROJECT_ROOT, Port, described
 from wd_pipeline.errors import ConfigError, PortInUseError, ServiceStartError, StackNotRunningError
 from wd_pipeline.ops import databases
@@ -84,6 +84,20 @@ class StackSettings(BaseModel):
     ] = None
     prefect_database_url: Annotated[
         str | None, described("Prefect database, e.g. postgresql+asyncpg://…; SQLite in the state dir when empty")
+    ] = None
+    mlflow_artifacts_destination: Annotated[
+        str | None,
+        described(
+            "where the MLflow server stores artifacts, e.g. s3://bucket/prefix (credentials from AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, endpoint from MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL); "
+            "mlartifacts/ in the state dir when empty"
+        ),
+    ] = None
+    work_dir: Annotated[
+        str | None,
+        described(
+            "work folder of the worker's flow runs, a folder or s3://bucket/prefix; work/ in the state dir when empty"
+        ),
     ] = None
     work_pool: Annotated[str, described("process work pool the worker polls", min_length=1)] = DEFAULT_WORK_POOL
     timeout: Annotated[
@@ -163,7 +177,7 @@ def up(settings: StackSettings, echo: Callable[[str], None] = lambda _: None) ->
     state_dir = _prepare(
         settings,
         (("Prefect server", settings.prefect_port), ("MLflow server", settings.mlflow_port)),
-        (PREFECT_SERVER, MLFLOW_SERVER),
+        (PREFECT_SERVER, MLFLOW_SERVER, PREFECT_WORKER),
     )
     state = StackState(settings.prefect_api_url, settings.mlflow_url, settings.work_pool)
     checks = _health_checks(state, _auth(settings).prefect_auth_string)
@@ -251,12 +265,37 @@ def _prepare(settings: StackSettings, ports: Iterable[tuple[str, int]], servers:
 
 
 def check_databases(settings: StackSettings, servers: Iterable[str]) -> None:
-    """Connect once to the database each of ``servers`` is given, so a wrong URL or password is one line, at once."""
+    """Connect once to the database and S3 bucket each of ``servers`` is given, so a wrong URL, password,
+    bucket or key is one line, at once."""
     servers = set(servers)
+    if MLFLOW_SERVER in servers and storage.is_remote(settings.mlflow_artifacts_destination or ""):
+        with _mlflow_s3_endpoint():
+            storage.check_writable(
+                str(settings.mlflow_artifacts_destination),
+                purpose="MLflow artifacts destination",
+                flag="--mlflow-artifacts-destination",
+            )
+    if PREFECT_WORKER in servers and storage.is_remote(settings.work_dir or ""):
+        storage.check_writable(str(settings.work_dir), flag="--work-dir")
     if PREFECT_SERVER in servers and settings.prefect_database_url:
         databases.check_prefect_database(settings.prefect_database_url)
     if MLFLOW_SERVER in servers and settings.mlflow_backend_uri:
         databases.check_mlflow_database(settings.mlflow_backend_uri)
+
+
+@contextlib.contextmanager
+def _mlflow_s3_endpoint() -> Iterator[None]:
+    """The check of MLflow's bucket goes where MLflow will: to MLFLOW_S3_ENDPOINT_URL when that is set."""
+    saved = os.environ.get("AWS_ENDPOINT_URL_S3")
+    if os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        os.environ["AWS_ENDPOINT_URL_S3"] = os.environ["MLFLOW_S3_ENDPOINT_URL"]
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL_S3"] = saved
 
 
 def _abort(state: StackState, state_dir: Path) -> None:
@@ -396,7 +435,7 @@ def _mlflow_command(settings: StackSettings, state_dir: Path, auth: StackAuth) -
         "1",
         "--serve-artifacts",
         "--artifacts-destination",
-        str(state_dir / "mlartifacts"),
+        settings.mlflow_artifacts_destination or str(state_dir / "mlartifacts"),
     ]
 
 
@@ -408,6 +447,11 @@ def _mlflow_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> di
         # password stays out of the process list and out of stack.json, which records commands.
         MLFLOW_BACKEND_STORE_URI=settings.mlflow_backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}",
     )
+    if storage.is_remote(settings.mlflow_artifacts_destination or ""):
+        # MLflow's S3 client reads its own variable; the generic one names the same store.
+        endpoint = env.get("MLFLOW_S3_ENDPOINT_URL") or storage.endpoint()
+        if endpoint:
+            env["MLFLOW_S3_ENDPOINT_URL"] = endpoint
     if auth.mlflow:
         # The admin is created on the first start only: the users live in the state dir after that.
         env["MLFLOW_AUTH_ADMIN_USERNAME"] = auth.mlflow_username or ""
@@ -445,7 +489,7 @@ def _worker_env(settings: StackSettings, state_dir: Path, auth: StackAuth) -> di
         PREFECT_API_URL=settings.prefect_api_url,
         MLFLOW_TRACKING_URI=settings.mlflow_url,
         WD_PROJECT_ROOT=str(PROJECT_ROOT),
-        WD_PIPELINE_WORK_DIR=str(state_dir / "work"),
+        WD_PIPELINE_WORK_DIR=settings.work_dir or str(state_dir / "work"),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
 
