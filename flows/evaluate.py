@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 
 from flows.retry import TRACKING_TASK
 from flows.timeouts import table_rows, training_seconds
-from wd_pipeline import timing
+from wd_pipeline import storage, timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
 from wd_pipeline.ml import bootstrap, importance, modes, preprocessing, report, slices, training
@@ -248,7 +248,7 @@ def decision_threshold(
 def log_input_schema(parent_run_id: str, split_folder: str, model_path: str) -> list[dict[str, Any]]:
     """The chosen model's inputs (roles, types, vocabularies, imputation values): MLflow JSON and a Prefect table."""
     schema = splits.read_schema(split_folder)
-    prep = Preprocessing.load(Path(model_path).parent)
+    prep = Preprocessing.load(storage.local_file(model_path).parent)
     rows = preprocessing.schema_rows(schema, prep)
     client = runs.get_client()
     runs.log_text(

@@ -10,7 +10,6 @@ descriptions identical to the config's.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -27,7 +26,7 @@ from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
 from flows.summary import PipelineSummary, summary_markdown
 from flows.timeouts import PIPELINE_CEILING_SECONDS
 from flows.train_grid import train_grid
-from wd_pipeline import timing
+from wd_pipeline import storage, timing
 from wd_pipeline.config import (
     DEFAULT_DATA,
     DEFAULT_DROPOUT_GRID,
@@ -222,7 +221,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
     if config.dask_address or config.dask_workers:
         # Dask workers need not share this process's working directory (or machine): hand
         # them absolute paths for the splits and the trained units.
-        config = config.model_copy(update={"work_dir": str(Path(config.work_dir).resolve())})
+        config = config.model_copy(update={"work_dir": str(storage.absolute(config.work_dir))})
     with timing.measure("tracking_start"):
         experiment_id, parent_run_id = start_tracking(config)
     client = runs.get_client()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import TRACKING_TASK
-from wd_pipeline import timing
+from wd_pipeline import storage, timing
 from wd_pipeline.config import DEFAULT_THRESHOLD, PipelineConfig
 from wd_pipeline.data import drift, splits
 from wd_pipeline.ml import report
@@ -26,10 +24,11 @@ def log_chosen_model(
 ) -> str:
     with timing.measure("register_log_model"):
         example = splits.load_split(split_folder, "train").features.head(5)
-        prep = Preprocessing.load(Path(model_path).parent)
+        local = storage.local_file(model_path)
+        prep = Preprocessing.load(local.parent)
         model_uri, _ = registry.log_model(
             parent_run_id,
-            model_path,
+            str(local),
             prep,
             splits.read_schema(split_folder),
             example,

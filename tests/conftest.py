@@ -12,6 +12,9 @@ import pytest
 
 from tests.helpers.stores import isolated_store
 
+# The S3 store's fixtures (s3_server, s3_env, s3_work_dir), for any test that asks for them.
+pytest_plugins = ["tests.helpers.s3"]
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

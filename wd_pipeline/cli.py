@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wd_pipeline import logs, preflight, progress
+from wd_pipeline import logs, preflight, progress, storage
 from wd_pipeline.config import (
     PipelineConfig,
     ScoreSettings,
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = config_from_args(args)
             work_dir = settings.work_dir
-        check_work_dir(work_dir)
+        log_folder = check_work_dir(work_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
         print(f"data          {check.source}: {check.rows} rows, {check.features} features", flush=True)
-    log_path = _configure_logging(Path(work_dir), verbose=args.verbose)
+    log_path = _configure_logging(log_folder, verbose=args.verbose)
     try:
         summary = _score(settings) if args.command == "score" else _run(settings)
     except PipelineError as exc:
@@ -142,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         return _report_failure(args.command, f"unexpected {type(exc).__name__}: {first_line(exc)}", log_path)
+    finally:
+        storage.keep_log(log_path, work_dir)
     if args.command == "score":
         print(format_score_summary(summary))
     else:

@@ -413,7 +413,7 @@ ThresholdMetric = Annotated[
     described(title="Threshold metric", text="what --threshold auto maximises (youden: sensitivity + specificity - 1)"),
     Changes.NOTHING,
 ]
-WORK_DIR_HELP = f"folder for the splits and trained grid points, keyed by content; when not given, {WORK_DIR_ENV} or else {DEFAULT_WORK_DIR}"
+WORK_DIR_HELP = f"folder or s3://bucket/prefix for the splits and trained grid points, keyed by content; when not given, {WORK_DIR_ENV} or else {DEFAULT_WORK_DIR}"
 WorkDir = Annotated[str, described(title="Work folder", text=WORK_DIR_HELP, min_length=1), Changes.NOTHING]
 # The flow leaves an empty work folder to the config, so that the environment of the process
 # that runs the flow decides it, not the one that deployed it.
@@ -740,9 +740,17 @@ WORK_DIR_FIX = "pass --work-dir (or set WD_PIPELINE_WORK_DIR) to a folder you ca
 def check_work_dir(path: str | Path) -> Path:
     """Create the work folder if needed and prove it writable, or raise a :class:`ConfigError`.
 
+    Returns the local folder for the run's log file: the work folder itself, or for an
+    ``s3://`` one this machine's copy of it (the log is uploaded when the command ends).
+
     Checked up front because a read-only or mistyped work folder would otherwise surface as
     an ``OSError`` traceback from deep inside ingest, after the tracking run was opened.
     """
+    from wd_pipeline import storage
+
+    if storage.is_remote(path):
+        storage.check_writable(str(path))
+        return Path(storage.cache_path(str(path)))
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)

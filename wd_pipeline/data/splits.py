@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from wd_pipeline import storage
 from wd_pipeline.config import Changes, PipelineConfig, check_work_dir
 from wd_pipeline.data import groups as grouped
 from wd_pipeline.data.profile import DataProfile, SplitProfile, profile_columns
@@ -250,7 +251,7 @@ def build_manifest(
     return manifest
 
 
-def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
+def prepare(config: PipelineConfig, work_dir: storage.Location | None = None) -> storage.Location:
     """Read, validate, split and write; returns the folder of the splits and manifest.
 
     Splits already written for the same bytes and settings are reused, which is what lets
@@ -265,25 +266,26 @@ def prepare(config: PipelineConfig, work_dir: Path | None = None) -> Path:
         hashing = pool.submit(read.fingerprint)
         parsed = parse_source(read, config.na_values, text_as_dictionary=True)
         identity = hashing.result()
-    folder = Path(work_dir or config.work_dir) / "splits" / split_key(config, identity.sha256)
-    if not (folder / MANIFEST).exists():
+    folder = storage.join(work_dir or config.work_dir, "splits", split_key(config, identity.sha256))
+    if not storage.exists(storage.join(folder, MANIFEST)):
         labelled = check_label(parsed.table, config)
         # The split needs only the label: it runs while the feature columns are checked.
         with ThreadPoolExecutor(max_workers=1) as pool:
             split = pool.submit(split_rows, labelled.label, config, labelled.groups)
             data = check_features(parsed.table, config, labelled, where=parsed.where, declared=parsed.declared)
             rows = split.result()
-        profile = write_splits(data, rows, folder)
-        write_manifest(
-            folder,
-            build_manifest(read, identity, parsed=parsed, data=data, rows=rows, profile=profile, config=config),
-        )
+        with storage.writing_folder(folder, last=MANIFEST) as local:
+            profile = write_splits(data, rows, local)
+            write_manifest(
+                local,
+                build_manifest(read, identity, parsed=parsed, data=data, rows=rows, profile=profile, config=config),
+            )
     check_folds(folder, config.folds)
     return folder
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / MANIFEST).read_text())
+    return json.loads((storage.local_copy(folder) / MANIFEST).read_text())
 
 
 def read_schema(folder: str | Path) -> TableSchema:
@@ -303,7 +305,7 @@ def load_split(folder: str | Path, name: str) -> LabeledData:
     modification time of the split and its manifest: a rewritten split is read again. Each
     caller gets its own label array and a copy-on-write view of the features.
     """
-    split = Path(folder).resolve() / f"{name}.parquet"
+    split = storage.local_copy(folder).resolve() / f"{name}.parquet"
     try:
         stamp = tuple(value for path in (split, split.parent / MANIFEST) for value in _stamp(path))
     except OSError:  # let the uncached read raise its usual error

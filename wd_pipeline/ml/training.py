@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wd_pipeline import timing
+from wd_pipeline import storage, timing
 from wd_pipeline.config import PipelineConfig
 from wd_pipeline.data import splits
 from wd_pipeline.ml import class_weights, modes, preprocessing
@@ -84,7 +84,7 @@ class FitResult:
     @property
     def result_path(self) -> str:
         """Where this unit's result lives: what flows pass around instead of the (large) result."""
-        return str(Path(self.model_path).with_name(RESULT_FILE))
+        return str(storage.sibling(self.model_path, RESULT_FILE))
 
     def summary(self) -> UnitSummary:
         return UnitSummary(
@@ -129,7 +129,7 @@ class UnitSummary:
 
     @property
     def result_path(self) -> str:
-        return str(Path(self.model_path).with_name(RESULT_FILE))
+        return str(storage.sibling(self.model_path, RESULT_FILE))
 
     def load(self) -> FitResult:
         """The full stored result, labelled with this summary's mode."""
@@ -138,7 +138,7 @@ class UnitSummary:
 
 def load_result(path: str | Path, mode: str | None = None) -> FitResult:
     """A stored unit result, relabelled with ``mode`` (value 0 units are shared between modes)."""
-    result = FitResult.from_dict(json.loads(Path(path).read_text()))
+    result = FitResult.from_dict(json.loads(storage.read_text(path)))
     if mode is not None:
         result.mode = mode
         if "mode" in result.settings:
@@ -167,14 +167,14 @@ def unit_key(split_folder: str | Path, config: PipelineConfig, mode: str, lam: f
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def unit_folder(config: PipelineConfig, key: str, work_dir: str | Path | None = None) -> Path:
-    return Path(work_dir or config.work_dir) / "points" / key
+def unit_folder(config: PipelineConfig, key: str, work_dir: str | Path | None = None) -> storage.Location:
+    return storage.join(work_dir or config.work_dir, "points", key)
 
 
-def load_finished(folder: Path, mode: str) -> FitResult | None:
+def load_finished(folder: storage.Location, mode: str) -> FitResult | None:
     """The stored result of a completed unit, or None if it never finished."""
-    result_file = folder / RESULT_FILE
-    if not (result_file.exists() and (folder / MODEL_FILE).exists()):
+    result_file = storage.join(folder, RESULT_FILE)
+    if not (storage.exists(result_file) and storage.exists(storage.join(folder, MODEL_FILE))):
         return None
     result = load_result(result_file, mode)  # a λ = 0 unit may have been trained under the other mode's name
     result.resumed = True
@@ -294,7 +294,7 @@ class _Unit:
     fold: int
     epochs: int
     key: str
-    folder: Path
+    folder: storage.Location
 
 
 def validation_label(validation: splits.LabeledData | None) -> np.ndarray | None:
@@ -328,7 +328,7 @@ def _record(
         lam=float(lam),
         fold=unit.fold,
         key=unit.key,
-        model_path=str((unit.folder / MODEL_FILE).resolve()),
+        model_path=str(storage.absolute(storage.join(unit.folder, MODEL_FILE))),
         history=member.history,
         train_metrics=train_metrics,
         val_metrics=val_metrics,
@@ -363,35 +363,50 @@ def load_model(model_path: str | Path) -> tuple[Any, Preprocessing]:
     """A saved unit's network and the preprocessing it was adapted with (saved beside it)."""
     from wd_pipeline.ml.network import load
 
-    return load(str(model_path)), Preprocessing.load(Path(model_path).parent)
+    local = storage.local_file(model_path)
+    return load(str(local)), Preprocessing.load(local.parent)
 
 
 def _save(
     network: Any,
     prep: Preprocessing,
     result: FitResult,
-    folder: Path,
+    folder: storage.Location,
     validation: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> None:
     """Write into a private folder, then rename it into place: a unit appears whole or not at all.
 
     Two workers may train the same unit (λ = 0 of two modes); the second rename finds the
-    folder present and its copy is dropped.
+    folder present and its copy is dropped. On S3 the folder is uploaded, its result last.
     """
-
+    if storage.is_remote(folder):
+        with storage.writing_folder(folder, last=RESULT_FILE) as staging:
+            _write_unit(network, prep, result, staging, validation)
+        return
+    folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
-    network.save(staging / MODEL_FILE)
-    prep.save(staging)
-    if validation is not None and validation[1] is not None:
-        save_validation_predictions(staging / VALIDATION_FILE, *validation)
-    (staging / RESULT_FILE).write_text(json.dumps(result.to_dict()))
+    _write_unit(network, prep, result, staging, validation)
     try:
         staging.rename(folder)
     except OSError:
         if not (folder / RESULT_FILE).exists():
             raise
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_unit(
+    network: Any,
+    prep: Preprocessing,
+    result: FitResult,
+    staging: Path,
+    validation: tuple[np.ndarray, np.ndarray | None] | None,
+) -> None:
+    network.save(staging / MODEL_FILE)
+    prep.save(staging)
+    if validation is not None and validation[1] is not None:
+        save_validation_predictions(staging / VALIDATION_FILE, *validation)
+    (staging / RESULT_FILE).write_text(json.dumps(result.to_dict()))
 
 
 def save_validation_predictions(path: Path, label: np.ndarray, probability: np.ndarray) -> None:
@@ -403,7 +418,7 @@ def save_validation_predictions(path: Path, label: np.ndarray, probability: np.n
 
 def validation_predictions(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities) of a unit's validation rows, as stored beside its model."""
-    with np.load(Path(model_path).with_name(VALIDATION_FILE)) as stored:
+    with np.load(storage.local_file(storage.sibling(model_path, VALIDATION_FILE))) as stored:
         return stored["label"], stored["probability"]
 
 
@@ -414,9 +429,9 @@ def with_validation_predictions(result: FitResult, split_folder: str | Path, con
     fold's rows; its stored metrics are kept, the missing ones added, and the result file
     rewritten (whole, after the predictions: it still marks completion).
     """
-    stored = Path(result.model_path).with_name(VALIDATION_FILE)
+    stored = storage.sibling(result.model_path, VALIDATION_FILE)
     missing = [m for m in METRICS if m not in result.val_metrics or m not in result.train_metrics]
-    if result.fold == REFIT or (stored.exists() and not missing):
+    if result.fold == REFIT or (storage.exists(stored) and not missing):
         return result
     from wd_pipeline.ml.network import predict_frame
 
@@ -424,14 +439,14 @@ def with_validation_predictions(result: FitResult, split_folder: str | Path, con
     assert validation is not None  # every fold but the refit has validation rows
     network, prep = load_model(result.model_path)
     probability = predict_frame(network, prep, validation.features)
-    save_validation_predictions(stored, validation.label, probability)
+    local = storage.local_file(stored)
+    save_validation_predictions(local, validation.label, probability)
+    storage.publish_file(local, stored)
     if missing:
         train_probability = predict_frame(network, prep, train.features)
         result.train_metrics = {**classification_metrics(train.label, train_probability), **result.train_metrics}
         result.val_metrics = {**classification_metrics(validation.label, probability), **result.val_metrics}
         resumed, result.resumed = result.resumed, False
-        tmp = stored.with_name(f".{RESULT_FILE}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(result.to_dict()))
-        tmp.replace(stored.with_name(RESULT_FILE))
+        storage.write_text(storage.sibling(stored, RESULT_FILE), json.dumps(result.to_dict()))
         result.resumed = resumed
     return result
