@@ -48,9 +48,17 @@ class DaskWorker:
     def log(self) -> Path:
         return self.folder / "worker.log"
 
-    def finished_tasks(self) -> dict[str, str]:
-        """Task runs this worker finished, by name: their end state."""
-        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+    def log_size(self) -> int:
+        """Where the log ends now: :meth:`finished_tasks` from here on leaves out what came before."""
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def finished_tasks(self, since: int = 0) -> dict[str, str]:
+        """Task runs this worker finished (logged after byte ``since``), by name: their end state."""
+        if not self.log.exists():
+            return {}
+        with self.log.open("rb") as log:
+            log.seek(since)
+            text = log.read().decode("utf-8", errors="replace")
         return {match["name"]: match["state"] for match in FINISHED_LINE.finditer(text)}
 
     def kill(self) -> None:
