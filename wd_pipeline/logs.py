@@ -163,8 +163,18 @@ def _quiet_dask_workers() -> None:
 
 
 def dask_setup(worker: object) -> None:
-    """Dask's preload hook: a worker loads TensorFlow with its banners sent to the run's log file."""
-    import_tensorflow(os.environ.get(LOG_FILE_ENV))
+    """Dask's preload hook: a worker loads TensorFlow as it starts, not in its first task.
+
+    A worker of a local cluster inherits the run's log file and sends TensorFlow's banners
+    there. A worker started on a host of its own (``dask worker ADDRESS --preload
+    wd_pipeline.logs``) knows no such file: its own log, where its operator looks, keeps them.
+    """
+    log_path = os.environ.get(LOG_FILE_ENV)
+    if log_path:
+        import_tensorflow(log_path)
+        return
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
 
 
 @contextmanager
