@@ -358,8 +358,20 @@ def main() -> None:
             )
     report["help_seconds"] = help_seconds()
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(report, indent=2))
-    (ROOT / "benchmarks" / "RESULTS.md").write_text(markdown(report))
+    write_generated(ROOT / "benchmarks" / "RESULTS.md", markdown(report))
     print(markdown(report))
+
+
+# Everything below this line in RESULTS.md is written by hand (or by another part's own writer) and kept.
+KEPT_BELOW = "<!-- generated above; sections below are kept when the benchmark rewrites the part above -->"
+
+
+def write_generated(results_md: Path, generated: str) -> None:
+    """Replace the generated head of RESULTS.md, keeping the sections after :data:`KEPT_BELOW`."""
+    text = results_md.read_text(encoding="utf-8") if results_md.exists() else ""
+    at = text.find(KEPT_BELOW)
+    kept = text[at:] if at >= 0 else KEPT_BELOW + "\n"
+    results_md.write_text(generated.rstrip("\n") + "\n\n" + kept, encoding="utf-8")
 
 
 def markdown(report: dict[str, Any]) -> str:
