@@ -1,10 +1,12 @@
-"""The grid trained on a Dask cluster whose workers share no folder with the flow.
+"""The grid trained on a Dask cluster whose workers share no folder with the flow, on the production stores.
 
 The cluster is started the way it is on other hosts: ``dask scheduler`` and two
 ``dask worker`` commands, each worker in its own folder (working directory, HOME, TMPDIR)
 and given only the servers' URLs and the S3 endpoint (see ``tests/helpers/dask_cluster.py``).
 The flow runs as the command line does, in a folder of its own, with its work folder on S3:
-splits and trained units reach the workers through the bucket and nothing else.
+splits and trained units reach the workers through the bucket and nothing else. The servers
+are the production shape (``infra/docker-compose.yml``): Prefect and MLflow on PostgreSQL, in
+databases of this module's own, and MLflow's artifacts in the same S3 store.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from mlflow import MlflowClient
 
 from tests.helpers.dask_cluster import DaskCluster, DaskWorker, running_cluster
 from tests.helpers.local_stack import LocalStack
+from tests.helpers.postgres import Postgres
 from tests.helpers.s3 import BUCKET, SeaweedS3
+from tests.stack.conftest import deployed
 from wd_pipeline.data import splits
 from wd_pipeline.ml import training
 from wd_pipeline.ops import stack
@@ -49,6 +53,7 @@ SETTINGS = [
     "0",
 ]
 RUN_SECONDS = 900
+ARTIFACTS_PREFIX = "artifacts-dask"
 CACHE_FOLDER = "wd-pipeline-s3-cache"  # where wd_pipeline.storage keeps a host's copies, under its TMPDIR
 
 
@@ -69,23 +74,66 @@ class FlowHost:
     env: dict[str, str]
 
 
+@pytest.fixture(scope="module")
+def production_stack(
+    postgres: Postgres, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """``stack up`` as production runs it: both servers on PostgreSQL, MLflow's artifacts in the bucket."""
+    token = secrets.token_hex(4)
+    databases = {"prefect": f"prefect_dask_{token}", "mlflow": f"mlflow_dask_{token}"}
+    for name in databases.values():
+        postgres.create_database(name)
+    patch = pytest.MonkeyPatch()
+    for key, value in s3_server.env().items():
+        patch.setenv(key, value)
+    patch.delenv("MLFLOW_S3_ENDPOINT_URL")  # `stack up` gives MLflow the generic endpoint
+    settings = stack.StackSettings(
+        state_dir=tmp_path_factory.mktemp("production-stack"),
+        prefect_port=stack.free_port(),
+        mlflow_port=stack.free_port(),
+        prefect_database_url=postgres.url(databases["prefect"], "asyncpg"),
+        mlflow_backend_uri=postgres.url(databases["mlflow"]),
+        mlflow_artifacts_destination=f"s3://{BUCKET}/{ARTIFACTS_PREFIX}-{token}",
+        timeout=180,
+    )
+    try:
+        stack.up(settings)
+        with deployed(settings) as started:
+            yield started
+    finally:
+        patch.undo()
+
+
+def artifacts_prefix(started: LocalStack) -> str:
+    """The bucket prefix the stack's MLflow server stores artifacts under."""
+    assert started.settings is not None
+    destination = str(started.settings.mlflow_artifacts_destination)
+    return destination.removeprefix(f"s3://{BUCKET}/")
+
+
+def database_of(started: LocalStack) -> str:
+    """The PostgreSQL database the stack's MLflow server keeps its runs in."""
+    assert started.settings is not None and started.settings.mlflow_backend_uri is not None
+    return started.settings.mlflow_backend_uri.rsplit("/", 1)[-1]
+
+
 def s3_work_folder(name: str) -> str:
     return f"s3://{BUCKET}/{name}-{secrets.token_hex(4)}"
 
 
 @pytest.fixture(scope="module")
 def cluster(
-    local_stack: LocalStack, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+    production_stack: LocalStack, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaskCluster]:
     """Two workers that know the servers and the S3 endpoint, and nothing of the flow's folders."""
-    env = {**stack.StackState.load(local_stack.state_dir).exports(), **s3_server.env()}
+    env = {**stack.StackState.load(production_stack.state_dir).exports(), **s3_server.env()}
     with running_cluster(tmp_path_factory.mktemp("hosts"), env) as started:
         yield started
 
 
-def flow_host(local_stack: LocalStack, s3_server: SeaweedS3, folder: Path) -> FlowHost:
+def flow_host(started: LocalStack, s3_server: SeaweedS3, folder: Path) -> FlowHost:
     (folder / "tmp").mkdir(parents=True)
-    return FlowHost(folder, {**local_stack.env, **s3_server.env(), "TMPDIR": str(folder / "tmp")})
+    return FlowHost(folder, {**started.env, **s3_server.env(), "TMPDIR": str(folder / "tmp")})
 
 
 def pipeline(host: FlowHost, argv: Sequence[str]) -> subprocess.Popen[str]:
@@ -123,8 +171,8 @@ def point_runs(client: MlflowClient, parent: Any) -> dict[str, Any]:
 
 
 def train_tasks() -> list[str]:
-    """The Prefect task-run names of the grid's chunks (one λ each)."""
-    return [f"train l2 fold 0 values=[{float(value)}]" for value in GRID]
+    """The Prefect task-run names of the grid's chunks (one (fold, λ) unit each)."""
+    return [f"train l2 units=[(0, {float(value)})]" for value in GRID]
 
 
 def cached_copy(folder: Path, work_dir: str) -> Path:
@@ -155,14 +203,14 @@ def val_metrics(run: Any) -> dict[str, float]:
 
 
 def test_the_grid_spreads_over_two_workers_that_share_no_folder(
-    local_stack: LocalStack, s3_server: SeaweedS3, cluster: DaskCluster, tmp_path: Path
+    production_stack: LocalStack, postgres: Postgres, s3_server: SeaweedS3, cluster: DaskCluster, tmp_path: Path
 ) -> None:
     work_dir = s3_work_folder("dask-hosts")
     before = {worker.name: worker.log_size() for worker in cluster.workers.values()}
-    host = flow_host(local_stack, s3_server, tmp_path / "flow-host")
+    host = flow_host(production_stack, s3_server, tmp_path / "flow-host")
     on_dask = run(host, ["--experiment", "dask-hosts", "--work-dir", work_dir, "--dask-address", cluster.address])
     assert on_dask.returncode == 0, on_dask.output
-    single = flow_host(local_stack, s3_server, tmp_path / "single-host")
+    single = flow_host(production_stack, s3_server, tmp_path / "single-host")
     local = run(single, ["--experiment", "single-host", "--work-dir", str(single.folder / "work")])
     assert local.returncode == 0, local.output
     print(
@@ -187,7 +235,7 @@ def test_the_grid_spreads_over_two_workers_that_share_no_folder(
     # The flow's TMPDIR holds its S3 cache and what MLflow stages while logging the model.
     assert stray_files(host.folder, host.folder / "tmp") == [], "the flow kept work data outside its TMPDIR"
 
-    client = MlflowClient(tracking_uri=local_stack.mlflow_url)
+    client = MlflowClient(tracking_uri=production_stack.mlflow_url)
     dask_parent, local_parent = parent_run(client, "dask-hosts"), parent_run(client, "single-host")
     assert dask_parent.info.status == "FINISHED"
     assert dask_parent.data.params["work_dir"] == work_dir
@@ -198,6 +246,12 @@ def test_the_grid_spreads_over_two_workers_that_share_no_folder(
         assert point.info.status == "FINISHED"
         assert point.data.tags["resumed"] == "false"  # trained on a worker, not found trained
         assert val_metrics(point) == pytest.approx(val_metrics(local_points[name]), abs=1e-6), name
+
+    # The production stores hold it: the runs in PostgreSQL, the registered model's files in the bucket.
+    stored = {row[0] for row in postgres.query(database_of(production_stack), "SELECT run_uuid FROM runs")}
+    assert {dask_parent.info.run_id, local_parent.info.run_id} <= stored
+    artifacts = s3_server.keys(BUCKET, artifacts_prefix(production_stack))
+    assert any(key.endswith("/MLmodel") for key in artifacts) and any(key.endswith(".keras") for key in artifacts)
 
 
 def running_train_tasks() -> list[str]:
@@ -235,12 +289,12 @@ def kill_mid_task(cluster: DaskCluster, timeout: float = 300.0) -> tuple[DaskWor
 
 
 def test_a_worker_killed_mid_task_loses_nothing(
-    local_stack: LocalStack, s3_server: SeaweedS3, cluster: DaskCluster, tmp_path: Path
+    production_stack: LocalStack, s3_server: SeaweedS3, cluster: DaskCluster, tmp_path: Path
 ) -> None:
     """Last in the module: it leaves the cluster one worker short."""
     before = {worker.name: worker.log_size() for worker in cluster.workers.values()}
     work_dir = s3_work_folder("dask-kill")
-    host = flow_host(local_stack, s3_server, tmp_path / "flow-host")
+    host = flow_host(production_stack, s3_server, tmp_path / "flow-host")
     argv = ["--experiment", "dask-kill", "--epochs", "60", "--patience", "60", "--work-dir", work_dir]
     started = time.monotonic()
     process = pipeline(host, [*argv, "--dask-address", cluster.address])
@@ -259,7 +313,7 @@ def test_a_worker_killed_mid_task_loses_nothing(
     trained = units(cached_copy(victim.folder, work_dir)) | units(cached_copy(survivor.folder, work_dir))
     assert len(trained) == len(GRID) and trained < units_in_bucket(s3_server, work_dir)
 
-    client = MlflowClient(tracking_uri=local_stack.mlflow_url)
+    client = MlflowClient(tracking_uri=production_stack.mlflow_url)
     parent = parent_run(client, "dask-kill")
     assert parent.info.status == "FINISHED"
     points = point_runs(client, parent)
