@@ -13,6 +13,7 @@ the fold means, standard deviations and standard errors.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from typing import Any
 
@@ -192,8 +193,10 @@ def _train_all(
         units = future.result()
         losses = [unit.row[f"val_{LOSS}"] for unit in units if f"val_{LOSS}" in unit.row]
         snapshot = tracker.chunk_done(chunk_of[future], min(losses) if losses else None)
-        for unit in units:
-            _log_unit(config, unit, snapshot, logger)
+        # A packed chunk finishes its units together; its lines still count them one by one.
+        first = snapshot.units_done - len(units)
+        for counted, unit in enumerate(units, start=first + 1):
+            _log_unit(config, unit, dataclasses.replace(snapshot, units_done=counted), logger)
         for unit in units:
             point = (unit.mode, unit.lam)
             done[point].append(unit)

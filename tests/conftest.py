@@ -182,6 +182,24 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+        drain_prefect_workers(DRAIN_SECONDS)
+
+
+DRAIN_SECONDS = 30.0
+
+
+def drain_prefect_workers(seconds: float) -> None:
+    """Let Prefect's log and event workers send what they hold, for at most ``seconds``.
+
+    The harness drains them on exit without a bound; a worker left holding events for an API
+    that has gone away (a test's own background API, stopped) then waits for ever and the test
+    process never ends. A drained worker is stopped, so the harness finds nothing left to wait on.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=seconds)
+    EventsWorker.drain_all(timeout=seconds)
 
 
 @pytest.fixture
