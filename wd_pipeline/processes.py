@@ -14,8 +14,11 @@ the boot time and moves whenever the system clock is stepped. Owner tags in MLfl
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import time
 from collections.abc import Collection, Iterable
 
 import psutil
@@ -98,6 +101,34 @@ def process_groups(pids: Iterable[int]) -> set[int]:
         except (ProcessLookupError, PermissionError):
             continue
     return groups
+
+
+def stop_groups(groups: Collection[int], *, leader: int, grace: float, poll: float) -> None:
+    """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds.
+
+    ``leader`` is reaped along the way when this very process started it, so it does not
+    linger as a zombie that :func:`groups_alive` would have to skip.
+    """
+    _signal_groups(groups, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and groups_alive(groups):
+        _reap(leader)
+        time.sleep(poll)
+    if groups_alive(groups):
+        _signal_groups(groups, signal.SIGKILL)
+        time.sleep(0.2)
+    _reap(leader)
+
+
+def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def groups_alive(groups: Collection[int]) -> bool:

@@ -233,27 +233,7 @@ def _stop_process(api: LocalApi) -> None:
     if not processes.same_process(api.pid, api.start_ticks):
         return
     groups = processes.process_groups([api.pid])
-    _signal(groups, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while time.monotonic() < deadline and processes.groups_alive(groups):
-        _reap(api.pid)
-        time.sleep(0.1)
-    if processes.groups_alive(groups):
-        _signal(groups, signal.SIGKILL)
-        time.sleep(0.2)
-    _reap(api.pid)
-
-
-def _signal(groups: set[int], sig: signal.Signals) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when this very process started it (a run that also stops it, tests)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    processes.stop_groups(groups, leader=api.pid, grace=STOP_GRACE_SECONDS, poll=0.1)
 
 
 def server_env(home: Path, port: int) -> dict[str, str]:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -611,27 +610,7 @@ def _stop_records(records: Iterable[ServiceRecord]) -> None:
         # Prefect starts each flow run in a session of its own: signalling the worker's group
         # alone would orphan a running flow.
         groups = processes.process_groups([record.pid, *processes.descendants(record.pid)])
-        _signal_groups(groups, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline and processes.groups_alive(groups):
-            _reap(record.pid)
-            time.sleep(0.2)
-        if processes.groups_alive(groups):
-            _signal_groups(groups, signal.SIGKILL)
-            time.sleep(0.2)
-        _reap(record.pid)
-
-
-def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the stack was started by this very process (tests)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        processes.stop_groups(groups, leader=record.pid, grace=STOP_GRACE_SECONDS, poll=0.2)
 
 
 def _is_same_process(record: ServiceRecord) -> bool:
