@@ -86,18 +86,18 @@ def synthetic_categorical(rows: int, numeric: int = 20) -> Path:
 
 
 def run_workload(name: str, **args: Any) -> dict[str, Any]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return result_of(["benchmarks.workloads", name, json.dumps(args)], f"workload {name}", quiet_tensorflow=True)
+
+
+def result_of(module_args: list[str], what: str, *, quiet_tensorflow: bool = False) -> dict[str, Any]:
+    """Run ``python -m <module_args>`` in a fresh process (its own peak RSS) and read its last ``RESULT`` line."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"} if quiet_tensorflow else None
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.workloads", name, json.dumps(args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+        [sys.executable, "-m", *module_args], cwd=ROOT, capture_output=True, text=True, env=env, check=False
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise RuntimeError(f"workload {name} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 

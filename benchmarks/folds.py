@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from benchmarks.__main__ import (
     grid_of,
     machine,
     pipeline_breakdown,
+    result_of,
     synthetic,
 )
 
@@ -168,19 +167,9 @@ def workload(name: str, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _in_process(name: str, **args: Any) -> dict[str, Any]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.folds", "--workload", name, json.dumps(args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    result = result_of(
+        ["benchmarks.folds", "--workload", name, json.dumps(args)], f"workload {name}", quiet_tensorflow=True
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise RuntimeError(f"workload {name} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(lines[-1].removeprefix("RESULT "))
     print(f"{name}: {json.dumps({k: v for k, v in result.items() if k != 'val_accuracy'})}", flush=True)
     return result
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.__main__ import CACHE, ROOT, pipeline_breakdown, synthetic
+from benchmarks.__main__ import CACHE, ROOT, pipeline_breakdown, result_of, synthetic
 
 # Per-row time and peak RSS at 10M rows may be at most this many times those at 1M.
 TARGET = 1.5
@@ -37,17 +37,7 @@ PIPELINE = ["--label", "y", "--positive-class", "", "--folds", "1", "--patience"
 
 def measured(kind: str, **args: Any) -> dict[str, Any]:
     """Run ``kind`` (pipeline or score) in a fresh measuring process; its result with the peak RSS."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scale", "--one", kind, json.dumps(args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise RuntimeError(f"{kind} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return result_of(["benchmarks.scale", "--one", kind, json.dumps(args)], kind)
 
 
 def children() -> dict[str, float]:
