@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 import urllib.request
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from wd_pipeline import processes
 from wd_pipeline.ops import stack
 
 
@@ -51,8 +51,7 @@ def served_model(model_uri: str, *, env: dict[str, str], cwd: Path, log: Path, t
             time.sleep(1)
         yield url
     finally:
-        stack._signal_groups([server.pid], signal.SIGTERM)
-        server.wait(timeout=30)
+        processes.stop_groups([server.pid], leader=server.pid, grace=30, poll=0.2)
 
 
 def invoke(url: str, columns: list[str], rows: list[list[Any]]) -> list[dict[str, Any]]:
