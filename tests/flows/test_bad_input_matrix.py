@@ -23,14 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.pipeline import weight_decay_pipeline
-from tests.helpers.registry_models import labelled_frame, log_pyfunc, train_keras
+from tests.helpers.registry_models import labelled_frame, log_pyfunc, register_champion, train_keras
 from tests.helpers.s3 import BUCKET as S3_BUCKET
 from tests.helpers.s3 import SeaweedS3
 from wd_pipeline.cli import EXIT_BAD_SETTINGS, EXIT_RUN_FAILED, main
-from wd_pipeline.config import make_config
 from wd_pipeline.ops import stack
 from wd_pipeline.ops.stack import free_port
-from wd_pipeline.tracking import registry, runs
+from wd_pipeline.tracking import runs
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +44,10 @@ def store(module_store: Path, prefect_api) -> Path:
     frame = labelled_frame(rows=120)
     keras_path = train_keras(frame, module_store / "seed", epochs=0)
     model_uri, run_id = log_pyfunc(keras_path, frame, ["a", "b", "c"], experiment="matrix-seed")
-    decision = registry.register(
-        runs.get_client(),
-        name=MODEL,
-        model_uri=model_uri,
-        run_id=run_id,
-        test_features=frame[["a", "b", "c"]],
-        test_label=frame["y"].to_numpy(),
-        policy=registry.GatePolicy.from_config(make_config(min_test_roc_auc=0.0)),
+    decision = register_champion(
+        MODEL, model_uri, run_id, frame[["a", "b", "c"]], frame["y"].to_numpy(), min_test_roc_auc=0.0
     )
-    assert (decision.version, decision.alias) == ("1", "champion")
+    assert decision.version == "1"
     return module_store
 
 

@@ -9,14 +9,13 @@ import pandas as pd
 import pytest
 
 from tests.helpers.networks import LABEL, MIXED_FEATURES, MIXED_ONE_HOT_MAX, MixedTable, mixed_table
-from tests.helpers.registry_models import log_pyfunc, train_keras
-from wd_pipeline.config import make_config
+from tests.helpers.registry_models import log_pyfunc, register_champion, train_keras
 from wd_pipeline.errors import DataError, TrackingError
 from wd_pipeline.ml.metrics import METRICS, classification_metrics
 from wd_pipeline.ml.network import predict_frame
 from wd_pipeline.ml.training import load_model
 from wd_pipeline.serving.scoring import make_score_settings, score_file
-from wd_pipeline.tracking import registry, runs
+from wd_pipeline.tracking import runs
 
 NAME = "score-model"
 ROWS = 30
@@ -43,17 +42,7 @@ def keras_file(tmp_path_factory, table: MixedTable) -> str:
 def champion(module_store: Path, keras_file: str, table: MixedTable) -> str:
     train = table.rows(0, 200).frame
     model_uri, run_id = log_pyfunc(keras_file, train, MIXED_FEATURES)
-    decision = registry.register(
-        runs.get_client(),
-        name=NAME,
-        model_uri=model_uri,
-        run_id=run_id,
-        test_features=train[MIXED_FEATURES],
-        test_label=train[LABEL].to_numpy(),
-        policy=registry.GatePolicy.from_config(make_config()),
-    )
-    assert decision.alias == "champion"
-    return decision.version
+    return register_champion(NAME, model_uri, run_id, train[MIXED_FEATURES], train[LABEL].to_numpy()).version
 
 
 def new_rows(table: MixedTable) -> pd.DataFrame:

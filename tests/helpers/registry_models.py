@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tests.helpers.networks import LABEL, fit_full_batch, frame_schema
+
+if TYPE_CHECKING:
+    from wd_pipeline.tracking.registry import RegistryDecision
 
 COLUMNS = ["a", "b", "c", "d"]
 SIGNAL = ["a", "b", "c"]
@@ -65,3 +69,24 @@ def log_pyfunc(
     schema = frame_schema(frame, features)
     model_uri, _ = registry.log_model(run_id, keras_path, prep, schema, frame.head(5), positive_class=positive_class)
     return model_uri, run_id
+
+
+def register_champion(
+    name: str, model_uri: str, run_id: str, features: pd.DataFrame, label: np.ndarray, **settings: object
+) -> RegistryDecision:
+    """Register a logged model through the pipeline's gate (its default policy, ``settings`` changing it) on
+    ``features``/``label``, as the first version of ``name``: the decision, checked to be @champion."""
+    from wd_pipeline.config import make_config
+    from wd_pipeline.tracking import registry, runs
+
+    decision = registry.register(
+        runs.get_client(),
+        name=name,
+        model_uri=model_uri,
+        run_id=run_id,
+        test_features=features,
+        test_label=label,
+        policy=registry.GatePolicy.from_config(make_config(**settings)),
+    )
+    assert decision.alias == "champion", decision
+    return decision

@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.networks import LABEL, MIXED_FEATURES, MIXED_ONE_HOT_MAX, MixedTable, frame_schema, mixed_table
-from tests.helpers.registry_models import train_keras
-from wd_pipeline.config import make_config
+from tests.helpers.registry_models import register_champion, train_keras
 from wd_pipeline.data import sources
 from wd_pipeline.data.drift import compare
 from wd_pipeline.data.profile import SplitProfile, profile_columns
@@ -55,17 +54,7 @@ def champion(module_store: Path, tmp_path_factory, table: MixedTable) -> str:
     run_id = client.create_run(runs.ensure_experiment(client, "batch-gate")).info.run_id
     prep = Preprocessing.load(Path(keras_file).parent)
     model_uri, _ = registry.log_model(run_id, keras_file, prep, schema, train.head(5), reference=reference)
-    decision = registry.register(
-        client,
-        name=NAME,
-        model_uri=model_uri,
-        run_id=run_id,
-        test_features=train[MIXED_FEATURES],
-        test_label=train[LABEL].to_numpy(),
-        policy=registry.GatePolicy.from_config(make_config()),
-    )
-    assert decision.alias == "champion"
-    return decision.version
+    return register_champion(NAME, model_uri, run_id, train[MIXED_FEATURES], train[LABEL].to_numpy()).version
 
 
 def new_rows(table: MixedTable) -> pd.DataFrame:

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.networks import MIXED_FEATURES, MIXED_ONE_HOT_MAX, MixedTable, mixed_table
-from tests.helpers.registry_models import log_pyfunc, train_keras
-from wd_pipeline.config import make_config
+from tests.helpers.registry_models import log_pyfunc, register_champion, train_keras
 from wd_pipeline.data.schema import ColumnSpec, Role
 from wd_pipeline.ml.network import predict_frame
 from wd_pipeline.ml.preprocessing import MISSING
@@ -35,14 +34,8 @@ def logged(module_store: Path, table: MixedTable) -> tuple[str, str]:
         train, module_store / "mixed", features=MIXED_FEATURES, epochs=30, one_hot_max=MIXED_ONE_HOT_MAX
     )
     model_uri, run_id = log_pyfunc(keras_path, train, MIXED_FEATURES, experiment="served")
-    decision = registry.register(
-        runs.get_client(),
-        name="served-mixed",
-        model_uri=model_uri,
-        run_id=run_id,
-        test_features=test.features,
-        test_label=test.frame["y"].to_numpy(),
-        policy=registry.GatePolicy.from_config(make_config(min_test_roc_auc=0.0)),
+    decision = register_champion(
+        "served-mixed", model_uri, run_id, test.features, test.frame["y"].to_numpy(), min_test_roc_auc=0.0
     )
     return decision.model_uri, keras_path
 
