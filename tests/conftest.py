@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers.stores import isolated_store
+from tests.helpers.templates import seed_prefect_home
 
 # The S3 store's fixtures (s3_server, s3_env, s3_work_dir), for any test that asks for them.
 pytest_plugins = ["tests.helpers.s3"]
@@ -151,7 +152,7 @@ def session_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     folders (tests give subprocesses homes of their own) is stopped at its end."""
     from wd_pipeline.ops import local_api
 
-    home = tmp_path_factory.mktemp("prefect-home")
+    home = seed_prefect_home(tmp_path_factory.mktemp("prefect-home"))
     patch = pytest.MonkeyPatch()
     patch.setenv("PREFECT_HOME", str(home))
     yield home

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.pipeline import weight_decay_pipeline
+from tests.helpers.templates import seed_prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def test_bad_parameters_fail_before_anything_runs(params: dict, message: str, is
 
 def test_cli_prints_one_line_and_exits_1(isolated: Path) -> None:
     """The real command: the message and no traceback wall, before anything (Prefect, the log) starts."""
-    env = {**os.environ, "PREFECT_HOME": str(isolated / "prefect")}
+    env = {**os.environ, "PREFECT_HOME": str(seed_prefect_home(isolated / "prefect"))}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "wd_pipeline.cli", "run", "--data", "nowhere.csv", "--grid", "0", "--model-name", MODEL],

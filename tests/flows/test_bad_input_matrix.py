@@ -26,6 +26,7 @@ from flows.pipeline import weight_decay_pipeline
 from tests.helpers.registry_models import labelled_frame, log_pyfunc, register_champion, train_keras
 from tests.helpers.s3 import BUCKET as S3_BUCKET
 from tests.helpers.s3 import SeaweedS3
+from tests.helpers.templates import seed_prefect_home
 from wd_pipeline.cli import EXIT_BAD_SETTINGS, EXIT_RUN_FAILED, main
 from wd_pipeline.ops import stack
 from wd_pipeline.ops.stack import free_port
@@ -549,7 +550,7 @@ def test_read_only_work_folder_cli(store: Path, capsys: pytest.CaptureFixture[st
 
 
 def cli(store: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_HOME": str(store / "prefect-cli")}
+    env = {**os.environ, "PREFECT_HOME": str(seed_prefect_home(store / "prefect-cli"))}
     # a busy two-core machine can take longer than Prefect's default 20 s to start the temporary API
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.pop("PREFECT_API_URL", None)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers.templates import seed_mlflow_store, seed_prefect_home
 from wd_pipeline.tracking import runs
 
 pytestmark = pytest.mark.slow
@@ -69,9 +70,9 @@ def test_kill_9_then_rerun_resumes_and_leaves_nothing_running(tmp_path: Path) ->
     work = tmp_path / "work"
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect")),
         "WD_PIPELINE_WORK_DIR": str(work),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{seed_mlflow_store(tmp_path / 'mlflow.db')}",
     }
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "first.log").open("w")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers.templates import seed_mlflow_store, seed_prefect_home
 from wd_pipeline.ops import local_api
 
 pytestmark = pytest.mark.slow
@@ -44,8 +45,8 @@ def test_a_rerun_reuses_the_api_trains_nothing_and_records_the_same(tmp_path: Pa
     home = tmp_path / "prefect"
     env = {
         **os.environ,
-        "PREFECT_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PREFECT_HOME": str(seed_prefect_home(home)),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{seed_mlflow_store(tmp_path / 'mlflow.db')}",
         "WD_PIPELINE_WORK_DIR": str(tmp_path / "work"),
     }
     env.pop("PREFECT_API_URL", None)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.templates import seed_mlflow_store, seed_prefect_home
 from wd_pipeline.cli import LOG_FILE
 
 pytestmark = pytest.mark.slow
@@ -34,8 +35,8 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     folder = tmp_path_factory.mktemp("terminal")
     env = {
         **os.environ,
-        "PREFECT_HOME": str(folder / "prefect"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "PREFECT_HOME": str(seed_prefect_home(folder / "prefect")),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{seed_mlflow_store(folder / 'mlflow.db')}",
         "WD_PIPELINE_WORK_DIR": str(folder / "work"),
     }
     for name in ("PREFECT_API_URL", "TF_CPP_MIN_LOG_LEVEL"):  # as a new user's shell has them: unset

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.templates import seed_prefect_home
+
 pytestmark = pytest.mark.slow
 
 # Documented bounds (docs/reliability.md): from the flow run's start, a refused connection fails in
@@ -32,7 +34,7 @@ def closed_port() -> int:
 def run_cli(folder: Path, uri: str, *argv: str) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {
         **os.environ,
-        "PREFECT_HOME": str(folder / "prefect"),
+        "PREFECT_HOME": str(seed_prefect_home(folder / "prefect")),
         "MLFLOW_TRACKING_URI": uri,
         "WD_PIPELINE_WORK_DIR": str(folder / "work"),
     }

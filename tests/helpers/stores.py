@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.templates import seed_mlflow_store
+
 
 @contextmanager
 def isolated_store(folder: Path) -> Iterator[Path]:
@@ -15,7 +17,7 @@ def isolated_store(folder: Path) -> Iterator[Path]:
     patch = pytest.MonkeyPatch()
     forget_process_uris()  # before the variables: it unsets MLFLOW_TRACKING_URI
     patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{seed_mlflow_store(folder / 'mlflow.db')}")
     patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     patch.setenv("WD_PIPELINE_WORK_DIR", str(folder / "work"))
     try:

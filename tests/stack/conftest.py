@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers.local_stack import LocalStack
 from tests.helpers.postgres import NOT_INSTALLED, Postgres, binaries, running_postgres
+from tests.helpers.templates import seed_stack_folder
 from wd_pipeline import processes
 from wd_pipeline.ops import stack
 from wd_pipeline.ops.deploy import deploy
@@ -63,7 +64,7 @@ def deployed(settings: stack.StackSettings) -> Iterator[LocalStack]:
 def started_stack(tmp_path_factory: pytest.TempPathFactory, name: str) -> stack.StackSettings:
     """A stack started through the same code as `wd-pipeline stack up`, on free ports."""
     settings = stack.StackSettings(
-        state_dir=tmp_path_factory.mktemp(name),
+        state_dir=seed_stack_folder(tmp_path_factory.mktemp(name)),
         prefect_port=stack.free_port(),
         mlflow_port=stack.free_port(),
         timeout=180,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.local_stack import ADHOC, TINY
+from tests.helpers.templates import seed_stack_folder
 from wd_pipeline import processes
 from wd_pipeline.config import DEFAULT_MODEL_NAME
 from wd_pipeline.errors import TrackingError
@@ -45,7 +46,7 @@ class SecuredStack:
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
     auth = stack.StackAuth(f"wd:{secrets.token_urlsafe(16)}", "wd-admin", secrets.token_urlsafe(16))
-    state_dir = tmp_path_factory.mktemp("secured")
+    state_dir = seed_stack_folder(tmp_path_factory.mktemp("secured"))
     settings = stack.StackSettings(
         state_dir=state_dir, prefect_port=stack.free_port(), mlflow_port=stack.free_port(), timeout=180, auth=auth
     )

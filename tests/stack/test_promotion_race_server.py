@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers.lock_contender import race
+from tests.helpers.templates import seed_prefect_home
 from wd_pipeline import processes
 from wd_pipeline.ops import stack
 from wd_pipeline.tracking.promotion_lock import lock_name
@@ -48,7 +49,7 @@ def test_creating_the_lock_is_atomic_through_the_tracking_server(mlflow_url: str
 def start_run(kind: str, mlflow_url: str, folder: Path) -> subprocess.Popen:
     env = stack.base_env(
         MLFLOW_TRACKING_URI=mlflow_url,
-        PREFECT_HOME=str(folder / f"prefect-{kind}"),
+        PREFECT_HOME=str(seed_prefect_home(folder / f"prefect-{kind}")),
         WD_PIPELINE_WORK_DIR=str(folder / f"work-{kind}"),
         TF_CPP_MIN_LOG_LEVEL="2",
     )

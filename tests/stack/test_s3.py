@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from tests.flows import test_crash_resume as crash
 from tests.helpers.local_stack import ADHOC, TINY, LocalStack
 from tests.helpers.s3 import BUCKET, SeaweedS3
+from tests.helpers.templates import seed_mlflow_store, seed_prefect_home
 from tests.stack import test_outages as outages
 from tests.stack.conftest import deployed
 from wd_pipeline import storage
@@ -174,10 +175,10 @@ def test_kill_9_then_rerun_resumes_from_the_bucket(
     env = {
         **os.environ,
         **s3_server.env(),
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect")),
         "WD_PIPELINE_WORK_DIR": f"s3://{BUCKET}/{prefix}",
         "WD_PIPELINE_S3_CACHE": str(tmp_path / "cache"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{seed_mlflow_store(tmp_path / 'mlflow.db')}",
     }
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "first.log").open("w")
