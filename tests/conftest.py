@@ -27,7 +27,9 @@ BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
 
 # Modules that use the shared ``local_stack`` (tests/stack/conftest.py): one test process runs them
 # together, so the stack starts once. A module using it but not listed still works, on a stack of its own.
-SHARED_STACK_MODULES = frozenset({"tests/stack/test_dask.py", "tests/stack/test_stack.py"})
+SHARED_STACK_MODULES = frozenset(
+    {"tests/stack/test_dask.py", "tests/stack/test_deployment_runs.py", "tests/stack/test_stack.py"}
+)
 
 
 def run_group(nodeid: str) -> str:

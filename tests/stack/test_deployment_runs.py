@@ -109,6 +109,16 @@ def wait_for(flow_run_id, done, timeout: float = 300):
         time.sleep(1)
 
 
+def run_log(flow_run_id) -> str:
+    """The flow run's log as the Prefect UI shows it, to say why a run ended as it did."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return "\n".join(f"{log.timestamp:%H:%M:%S.%f} {log.level} {log.message[:300]}" for log in logs)
+
+
 def fired_for(flow_run_id) -> list:
     """The alert automation's ``triggered`` events whose triggering event is this flow run's."""
     from prefect.client.orchestration import get_client
@@ -200,7 +210,7 @@ def test_a_timed_out_nightly_run_fires_the_alert(deployed_by_cli: LocalStack, we
         poll_interval=1,
         _sync=True,
     )
-    assert run.state.name == "TimedOut", run.state
+    assert run.state.name == "TimedOut", f"{run.state}\n{run_log(run.id)}"
     assert run.state.is_failed()
     assert_alerted(run, webhook, "TimedOut")
 
