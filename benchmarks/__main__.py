@@ -385,7 +385,7 @@ def markdown(report: dict[str, Any]) -> str:
         "to rerun only those sections, `--only synthetic:16` for one row, printed only).",
         "",
         "Baseline: one `model.fit` per λ, one after the other, Keras defaults (batch 32, its own shuffling).",
-        "Packed: the pipeline's grid training (all λ in one stacked model, one XLA-compiled function per epoch).",
+        "Packed: the pipeline's grid training (all λ in one stacked model, one function per epoch, XLA-compiled for long trainings).",
         f"Accuracy tolerance (seed noise): {report['tolerance']}.",
         "",
         "| data | train rows | epochs | grid | baseline s | packed s | speed-up | packed ex·λ/s | peak RSS base / packed MiB | max Δ val acc | ok |",

@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers.networks import MIXED_ONE_HOT_MAX, densify_gradients, mixed_table, numeric_frame, numeric_prep
 from wd_pipeline.ml import class_weights, preprocessing
+from wd_pipeline.ml import packed as packed_module
 from wd_pipeline.ml.network import build_model, embeddings, kernels, predict_frame
 from wd_pipeline.ml.packed import (
     FoldPack,
@@ -218,7 +219,28 @@ def test_epoch_function_is_compiled_once_not_per_epoch(rows: int, caplog) -> Non
             epochs=3,
             patience=0,
         )
-    assert "packed training: 3 epoch(s), epoch function traced 1 time(s)" in caplog.messages
+    assert "packed training: 3 epoch(s), epoch function traced 1 time(s), as a plain graph" in caplog.messages
+
+
+@pytest.mark.parametrize(("mode", "patience"), [("l2", 2), ("decoupled", 0)])
+def test_an_xla_compiled_training_matches_the_plain_graph(mode: str, patience: int, monkeypatch, caplog) -> None:
+    """Long trainings are XLA-compiled, short ones not: both give the same members, up to float rounding."""
+    tables = folds()
+    plain = packed_folds(tables, LAMS, mode, patience)
+    monkeypatch.setattr(packed_module, "XLA_MIN_STEPS", 0)
+    with caplog.at_level(logging.DEBUG, logger="wd_pipeline.ml.packed"):
+        compiled = packed_folds(tables, LAMS, mode, patience)
+    assert any(message.endswith("XLA-compiled") for message in caplog.messages)
+    for plain_members, compiled_members in zip(plain, compiled, strict=True):
+        for a, b in zip(plain_members, compiled_members, strict=True):
+            assert a.best_epoch == b.best_epoch
+            for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+                np.testing.assert_allclose(a.history[key], b.history[key], rtol=1e-4, atol=1e-6, err_msg=key)
+            for x, y in zip(
+                kernels(a.model) + embeddings(a.model), kernels(b.model) + embeddings(b.model), strict=True
+            ):
+                np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a.val_probability, b.val_probability, atol=1e-5)
 
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch() -> None:

@@ -1,21 +1,21 @@
 """Train many (fold, λ) of one mode at once: the grid and its folds packed into one set of stacked weights.
 
-The reference network has about 400 weights, so Keras' ``fit`` spends nearly all its time
-in per-step Python overhead. Here G members share each step: every kernel gets a leading
-member axis, the loss is the *sum* of the members' losses, and a whole epoch (its steps,
-then the validation pass) runs inside one XLA-compiled ``tf.function``, compiled once per
-training (:func:`_compiled_epoch`). Members of one fold (one per λ) share that fold's
-batch; each fold brings its own rows, preprocessing, seed and batch order
-(:class:`FoldPack`), so a member sees exactly the batches of its own fold. Because the
-members share no weights, each member's gradient is exactly the gradient of its own loss,
-and Adam is elementwise (with a step count per member, :class:`_Adam`), so every member
-follows the same trajectory as the model trained alone on its fold with the same seed and
-batches, up to float rounding. ``tests/ml/test_packed.py`` checks that against
-independent ``model.fit`` runs, with folds of unequal sizes and encoded widths. One
-exception: for an embedding's sparse gradient, Keras' Adam adds each looked-up row's
-squared gradients separately (Σg² instead of (Σg)² when a row occurs twice in a batch);
-the packed grid applies textbook Adam to the dense gradient, which is what the test's
-reference fit is made to use.
+The reference network has about 400 weights, so Keras' ``fit`` spends nearly all its time in
+per-step Python overhead. Here G members share each step: every kernel gets a leading member
+axis, the loss is the *sum* of the members' losses, and a whole epoch (its steps, then the
+validation pass) runs inside one ``tf.function``, traced once per training
+(:func:`_compiled_epoch`) and XLA-compiled when the training is long enough to repay it.
+Members of one fold (one per λ) share that fold's batch; each fold brings its own rows,
+preprocessing, seed and batch order (:class:`FoldPack`), so a member sees exactly the
+batches of its own fold. Because the members share no weights, each member's gradient is
+exactly the gradient of its own loss, and Adam is elementwise (with a step count per member,
+:class:`_Adam`), so every member follows the same trajectory as the model trained alone on
+its fold with the same seed and batches, up to float rounding. ``tests/ml/test_packed.py``
+checks that against independent ``model.fit`` runs, with folds of unequal sizes and encoded
+widths. One exception: for an embedding's sparse gradient, Keras' Adam adds each looked-up
+row's squared gradients separately (Σg² instead of (Σg)² when a row occurs twice in a
+batch); the packed grid applies textbook Adam to the dense gradient, which is what the
+test's reference fit is made to use.
 
 Early stopping is per member: the epoch loop runs until every member has run out of
 patience, and each member keeps the weights of its own best epoch, as
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 HIDDEN = "hidden"
+# Below this many optimiser steps (epochs × the longest fold's batches) the epoch function runs
+# as a plain graph: XLA's compilation costs more CPU than it saves on so few steps.
+XLA_MIN_STEPS = 2_000
 
 
 @dataclass
@@ -176,6 +179,8 @@ def train_folds_packed(
     decay_coef = learning_rate * lam_vector if mode == "decoupled" else tf.zeros_like(lam_vector)
     seeds = [fold.seed for fold in folds for _ in fold.lams]
     orders = _padded_orders(folds, epochs, batch_size)
+    steps = epochs * -(-max(len(fold.train[0]) for fold in folds) // batch_size)
+    xla = steps >= XLA_MIN_STEPS
     run_epoch = _compiled_epoch(
         stack,
         _Adam(stack, learning_rate),
@@ -184,6 +189,7 @@ def train_folds_packed(
         decay_coef=decay_coef,
         batch_size=batch_size,
         dropout=_Dropout(rates, seeds) if any(rates) else None,
+        xla=xla,
     )
 
     validated = folds[0].validation is not None
@@ -199,9 +205,10 @@ def train_folds_packed(
         if validated and tracker.update(epoch, metrics["val_bce"]):
             break
     _log.debug(
-        "packed training: %d epoch(s), epoch function traced %d time(s)",
+        "packed training: %d epoch(s), epoch function traced %d time(s), %s",
         len(history["loss"]),
         run_epoch.experimental_get_tracing_count(),
+        "XLA-compiled" if xla else "as a plain graph",
     )
     tracker.restore()
     fits: list[list[MemberFit]] = []
@@ -385,18 +392,19 @@ def _compiled_epoch(
     decay_coef: Any,
     batch_size: int,
     dropout: _Dropout | None = None,
+    xla: bool = True,
 ) -> Any:
-    """One epoch, every training step and then the validation pass, as one XLA-compiled function.
+    """One epoch, every training step and then the validation pass, as one function, XLA-compiled if ``xla``.
 
-    A step of this tiny network costs far less arithmetic than graph-executor dispatch (about
-    1.5 ms a step in a plain ``tf.function``); inside an XLA while-loop that dispatch is gone.
-    XLA needs static shapes, so every step takes ``batch_size`` row indices per fold, and a
-    row mask per fold keeps what that fold really has: its partial last batch, or nothing
-    once its epoch is over (its members then skip the step: no decay, no Adam update). The
-    losses are means over the kept rows, so each member sees the batches ``model.fit`` over
-    :func:`epoch_batches` gives its fold. Rows are gathered inside, from each fold's arrays
-    held once as constants. The orders' shape is the same every epoch, so the function is
-    traced and compiled once.
+    A step of this tiny network costs far less arithmetic than graph-executor dispatch; inside
+    an XLA while-loop that dispatch is gone, but compiling costs seconds of CPU, which a short
+    training (a small table, few epochs) never earns back. XLA needs static shapes, so every
+    step takes ``batch_size`` row indices per fold, and a row mask per fold keeps what that fold
+    really has: its partial last batch, or nothing once its epoch is over (its members then skip
+    the step: no decay, no Adam update). The losses are means over the kept rows, so each member
+    sees the batches ``model.fit`` over :func:`epoch_batches` gives its fold. Rows are gathered
+    inside, from each fold's arrays held once as constants. The orders' shape is the same every
+    epoch, so the function is traced (and compiled) once.
     """
     import tensorflow as tf
 
@@ -430,7 +438,7 @@ def _compiled_epoch(
         hits = _per_member(_hit_sums, labels, logits, row_mask, stack.counts)
         return tf.stack([(bce + penalty) * counts, bce * counts, hits])
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=xla)
     def run_epoch(orders: Any, epoch: Any) -> dict[str, Any]:
         steps = int(orders.shape[1]) // batch_size
         batches = tf.reshape(orders, [len(train), steps, batch_size])
