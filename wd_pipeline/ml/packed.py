@@ -57,7 +57,7 @@ _log = logging.getLogger(__name__)
 HIDDEN = "hidden"
 # Below this many optimiser steps (epochs × the longest fold's batches) the epoch function runs
 # as a plain graph: XLA's compilation costs more CPU than it saves on so few steps.
-XLA_MIN_STEPS = 2_000
+XLA_MIN_STEPS = 500
 
 
 @dataclass
