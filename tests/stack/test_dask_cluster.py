@@ -5,8 +5,9 @@ The cluster is started the way it is on other hosts: ``dask scheduler`` and two
 and given only the servers' URLs and the S3 endpoint (see ``tests/helpers/dask_cluster.py``).
 The flow runs as the command line does, in a folder of its own, with its work folder on S3:
 splits and trained units reach the workers through the bucket and nothing else. The servers
-are the production shape (``infra/docker-compose.yml``): Prefect and MLflow on PostgreSQL, in
-databases of this module's own, and MLflow's artifacts in the same S3 store.
+are the production shape (``infra/docker-compose.yml``): the shared ``production_stack``
+(tests/stack/conftest.py), Prefect and MLflow on PostgreSQL and MLflow's artifacts in the same
+S3 store. Each run keeps to an experiment and a work prefix of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from tests.helpers.dask_cluster import DaskCluster, DaskWorker, running_cluster
 from tests.helpers.local_stack import LocalStack
 from tests.helpers.postgres import Postgres
 from tests.helpers.s3 import BUCKET, SeaweedS3
-from tests.stack.conftest import deployed
 from wd_pipeline.data import splits
 from wd_pipeline.ml import training
 from wd_pipeline.ops import stack
@@ -53,7 +53,6 @@ SETTINGS = [
     "0",
 ]
 RUN_SECONDS = 900
-ARTIFACTS_PREFIX = "artifacts-dask"
 CACHE_FOLDER = "wd-pipeline-s3-cache"  # where wd_pipeline.storage keeps a host's copies, under its TMPDIR
 
 
@@ -72,36 +71,6 @@ class FlowHost:
 
     folder: Path
     env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def production_stack(
-    postgres: Postgres, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalStack]:
-    """``stack up`` as production runs it: both servers on PostgreSQL, MLflow's artifacts in the bucket."""
-    token = secrets.token_hex(4)
-    databases = {"prefect": f"prefect_dask_{token}", "mlflow": f"mlflow_dask_{token}"}
-    for name in databases.values():
-        postgres.create_database(name)
-    patch = pytest.MonkeyPatch()
-    for key, value in s3_server.env().items():
-        patch.setenv(key, value)
-    patch.delenv("MLFLOW_S3_ENDPOINT_URL")  # `stack up` gives MLflow the generic endpoint
-    settings = stack.StackSettings(
-        state_dir=tmp_path_factory.mktemp("production-stack"),
-        prefect_port=stack.free_port(),
-        mlflow_port=stack.free_port(),
-        prefect_database_url=postgres.url(databases["prefect"], "asyncpg"),
-        mlflow_backend_uri=postgres.url(databases["mlflow"]),
-        mlflow_artifacts_destination=f"s3://{BUCKET}/{ARTIFACTS_PREFIX}-{token}",
-        timeout=180,
-    )
-    try:
-        stack.up(settings)
-        with deployed(settings) as started:
-            yield started
-    finally:
-        patch.undo()
 
 
 def artifacts_prefix(started: LocalStack) -> str:
@@ -247,10 +216,11 @@ def test_the_grid_spreads_over_two_workers_that_share_no_folder(
         assert point.data.tags["resumed"] == "false"  # trained on a worker, not found trained
         assert val_metrics(point) == pytest.approx(val_metrics(local_points[name]), abs=1e-6), name
 
-    # The production stores hold it: the runs in PostgreSQL, the registered model's files in the bucket.
+    # The production stores hold it: the runs in PostgreSQL, the registered model's files in the bucket
+    # (under the experiment's own prefix: other modules' runs log to the same stack).
     stored = {row[0] for row in postgres.query(database_of(production_stack), "SELECT run_uuid FROM runs")}
     assert {dask_parent.info.run_id, local_parent.info.run_id} <= stored
-    artifacts = s3_server.keys(BUCKET, artifacts_prefix(production_stack))
+    artifacts = s3_server.keys(BUCKET, f"{artifacts_prefix(production_stack)}/{dask_parent.info.experiment_id}/")
     assert any(key.endswith("/MLmodel") for key in artifacts) and any(key.endswith(".keras") for key in artifacts)
 
 
