@@ -224,8 +224,11 @@ def test_the_grid_spreads_over_two_workers_that_share_no_folder(
     assert any(key.endswith("/MLmodel") for key in artifacts) and any(key.endswith(".keras") for key in artifacts)
 
 
-def running_train_tasks() -> list[str]:
-    """Names of the grid's task runs the Prefect server holds RUNNING."""
+def running_train_tasks() -> dict[Any, str]:
+    """The grid's task runs the Prefect server holds RUNNING: their names by id.
+
+    The server is shared: a run killed by another module's test leaves its task runs RUNNING for good.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         TaskRunFilter,
@@ -242,14 +245,17 @@ def running_train_tasks() -> list[str]:
                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
             )
         )
-    return [task_run.name for task_run in found]
+    return {task_run.id: task_run.name for task_run in found}
 
 
-def kill_mid_task(cluster: DaskCluster, timeout: float = 300.0) -> tuple[DaskWorker, set[str]]:
-    """Once every worker is in the middle of a training task, kill one; returns it and the tasks then running."""
+def kill_mid_task(cluster: DaskCluster, stale: set[Any], timeout: float = 300.0) -> tuple[DaskWorker, set[str]]:
+    """Once every worker is in the middle of a training task, kill one; returns it and the tasks then running.
+
+    ``stale``: ids of task runs that were RUNNING before the run started, not counted.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = running_train_tasks()
+        running = [name for task_run_id, name in running_train_tasks().items() if task_run_id not in stale]
         if len(running) == len(cluster.workers):
             victim = cluster.busy_worker(timeout=5)
             victim.kill()
@@ -266,10 +272,11 @@ def test_a_worker_killed_mid_task_loses_nothing(
     work_dir = s3_work_folder("dask-kill")
     host = flow_host(production_stack, s3_server, tmp_path / "flow-host")
     argv = ["--experiment", "dask-kill", "--epochs", "60", "--patience", "60", "--work-dir", work_dir]
+    stale = set(running_train_tasks())
     started = time.monotonic()
     process = pipeline(host, [*argv, "--dask-address", cluster.address])
     try:
-        victim, running = kill_mid_task(cluster)
+        victim, running = kill_mid_task(cluster, stale)
     finally:
         done = finish(process, started)
     del cluster.workers[victim.name]
