@@ -25,20 +25,29 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
 
-# Modules that use the shared ``local_stack`` (tests/stack/conftest.py): one test process runs them
-# together, so the stack starts once. A module using it but not listed still works, on a stack of its own.
-SHARED_STACK_MODULES = frozenset(
-    {"tests/stack/test_dask.py", "tests/stack/test_deployment_runs.py", "tests/stack/test_stack.py"}
-)
+# Modules that share one of the stacks of tests/stack/conftest.py, by group: one test process runs a
+# group together, so its stack starts once. A module using one but not listed still works, on a
+# stack started again in its own process.
+SHARED_STACK_GROUPS = {
+    # ``local_stack``: SQLite, artifacts and work folder in the state dir.
+    "shared local_stack": frozenset(
+        {"tests/stack/test_dask.py", "tests/stack/test_deployment_runs.py", "tests/stack/test_stack.py"}
+    ),
+    # ``production_stack``: both servers on PostgreSQL, artifacts and work folder in S3.
+    "shared production stack": frozenset(
+        {"tests/stack/test_dask_cluster.py", "tests/stack/test_postgres.py", "tests/stack/test_s3.py"}
+    ),
+}
+GROUP_OF_MODULE = {module: group for group, modules in SHARED_STACK_GROUPS.items() for module in modules}
 
 
 def run_group(nodeid: str) -> str:
-    """The unit one test process runs whole: the test's module, or the modules sharing the local stack.
+    """The unit one test process runs whole: the test's module, or the group of modules sharing a stack.
 
     Keeping a module whole keeps its module fixtures (a trained pipeline, a stack) set up once.
     """
     module = nodeid.split("::", 1)[0]
-    return "shared local_stack" if module in SHARED_STACK_MODULES else module
+    return GROUP_OF_MODULE.get(module, module)
 
 
 # Rough seconds, from the markers: a unit's first slow test pays for its module's shared
@@ -70,8 +79,10 @@ def estimated_seconds(items: list[pytest.Item]) -> float:
 
 # Fixtures that start servers: a test using one is marked ``stack`` (and ``slow`` where it runs
 # pipelines or a Prefect API), so `-m "not stack"` and `-m "not slow"` never start them.
-STACK_FIXTURES = frozenset({"local_stack", "own_stack", "shared_stack_settings", "postgres"})
-SLOW_FIXTURES = frozenset({"local_stack", "own_stack", "prefect_api"})
+STACK_FIXTURES = frozenset(
+    {"local_stack", "own_stack", "shared_stack_settings", "production_stack", "production_stack_settings", "postgres"}
+)
+SLOW_FIXTURES = frozenset({"local_stack", "own_stack", "production_stack", "prefect_api"})
 
 
 def mark_server_tests(items: list[pytest.Item]) -> None:

@@ -5,8 +5,9 @@ The cluster is started the way it is on other hosts: ``dask scheduler`` and two
 and given only the servers' URLs and the S3 endpoint (see ``tests/helpers/dask_cluster.py``).
 The flow runs as the command line does, in a folder of its own, with its work folder on S3:
 splits and trained units reach the workers through the bucket and nothing else. The servers
-are the production shape (``infra/docker-compose.yml``): Prefect and MLflow on PostgreSQL, in
-databases of this module's own, and MLflow's artifacts in the same S3 store.
+are the production shape (``infra/docker-compose.yml``): the shared ``production_stack``
+(tests/stack/conftest.py), Prefect and MLflow on PostgreSQL and MLflow's artifacts in the same
+S3 store. Each run keeps to an experiment and a work prefix of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from tests.helpers.dask_cluster import DaskCluster, DaskWorker, running_cluster
 from tests.helpers.local_stack import LocalStack
 from tests.helpers.postgres import Postgres
 from tests.helpers.s3 import BUCKET, SeaweedS3
-from tests.stack.conftest import deployed
 from wd_pipeline.data import splits
 from wd_pipeline.ml import training
 from wd_pipeline.ops import stack
@@ -53,7 +53,6 @@ SETTINGS = [
     "0",
 ]
 RUN_SECONDS = 900
-ARTIFACTS_PREFIX = "artifacts-dask"
 CACHE_FOLDER = "wd-pipeline-s3-cache"  # where wd_pipeline.storage keeps a host's copies, under its TMPDIR
 
 
@@ -72,36 +71,6 @@ class FlowHost:
 
     folder: Path
     env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def production_stack(
-    postgres: Postgres, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalStack]:
-    """``stack up`` as production runs it: both servers on PostgreSQL, MLflow's artifacts in the bucket."""
-    token = secrets.token_hex(4)
-    databases = {"prefect": f"prefect_dask_{token}", "mlflow": f"mlflow_dask_{token}"}
-    for name in databases.values():
-        postgres.create_database(name)
-    patch = pytest.MonkeyPatch()
-    for key, value in s3_server.env().items():
-        patch.setenv(key, value)
-    patch.delenv("MLFLOW_S3_ENDPOINT_URL")  # `stack up` gives MLflow the generic endpoint
-    settings = stack.StackSettings(
-        state_dir=tmp_path_factory.mktemp("production-stack"),
-        prefect_port=stack.free_port(),
-        mlflow_port=stack.free_port(),
-        prefect_database_url=postgres.url(databases["prefect"], "asyncpg"),
-        mlflow_backend_uri=postgres.url(databases["mlflow"]),
-        mlflow_artifacts_destination=f"s3://{BUCKET}/{ARTIFACTS_PREFIX}-{token}",
-        timeout=180,
-    )
-    try:
-        stack.up(settings)
-        with deployed(settings) as started:
-            yield started
-    finally:
-        patch.undo()
 
 
 def artifacts_prefix(started: LocalStack) -> str:
@@ -247,15 +216,19 @@ def test_the_grid_spreads_over_two_workers_that_share_no_folder(
         assert point.data.tags["resumed"] == "false"  # trained on a worker, not found trained
         assert val_metrics(point) == pytest.approx(val_metrics(local_points[name]), abs=1e-6), name
 
-    # The production stores hold it: the runs in PostgreSQL, the registered model's files in the bucket.
+    # The production stores hold it: the runs in PostgreSQL, the registered model's files in the bucket
+    # (under the experiment's own prefix: other modules' runs log to the same stack).
     stored = {row[0] for row in postgres.query(database_of(production_stack), "SELECT run_uuid FROM runs")}
     assert {dask_parent.info.run_id, local_parent.info.run_id} <= stored
-    artifacts = s3_server.keys(BUCKET, artifacts_prefix(production_stack))
+    artifacts = s3_server.keys(BUCKET, f"{artifacts_prefix(production_stack)}/{dask_parent.info.experiment_id}/")
     assert any(key.endswith("/MLmodel") for key in artifacts) and any(key.endswith(".keras") for key in artifacts)
 
 
-def running_train_tasks() -> list[str]:
-    """Names of the grid's task runs the Prefect server holds RUNNING."""
+def running_train_tasks() -> dict[Any, str]:
+    """The grid's task runs the Prefect server holds RUNNING: their names by id.
+
+    The server is shared: a run killed by another module's test leaves its task runs RUNNING for good.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         TaskRunFilter,
@@ -272,14 +245,17 @@ def running_train_tasks() -> list[str]:
                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
             )
         )
-    return [task_run.name for task_run in found]
+    return {task_run.id: task_run.name for task_run in found}
 
 
-def kill_mid_task(cluster: DaskCluster, timeout: float = 300.0) -> tuple[DaskWorker, set[str]]:
-    """Once every worker is in the middle of a training task, kill one; returns it and the tasks then running."""
+def kill_mid_task(cluster: DaskCluster, stale: set[Any], timeout: float = 300.0) -> tuple[DaskWorker, set[str]]:
+    """Once every worker is in the middle of a training task, kill one; returns it and the tasks then running.
+
+    ``stale``: ids of task runs that were RUNNING before the run started, not counted.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = running_train_tasks()
+        running = [name for task_run_id, name in running_train_tasks().items() if task_run_id not in stale]
         if len(running) == len(cluster.workers):
             victim = cluster.busy_worker(timeout=5)
             victim.kill()
@@ -296,10 +272,11 @@ def test_a_worker_killed_mid_task_loses_nothing(
     work_dir = s3_work_folder("dask-kill")
     host = flow_host(production_stack, s3_server, tmp_path / "flow-host")
     argv = ["--experiment", "dask-kill", "--epochs", "60", "--patience", "60", "--work-dir", work_dir]
+    stale = set(running_train_tasks())
     started = time.monotonic()
     process = pipeline(host, [*argv, "--dask-address", cluster.address])
     try:
-        victim, running = kill_mid_task(cluster)
+        victim, running = kill_mid_task(cluster, stale)
     finally:
         done = finish(process, started)
     del cluster.workers[victim.name]

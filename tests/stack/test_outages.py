@@ -16,8 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers.local_stack import ADHOC, LocalStack
-from wd_pipeline.ml.training import HISTORY_KEYS
+from wd_pipeline import storage
+from wd_pipeline.ml.training import HISTORY_KEYS, RESULT_FILE
 from wd_pipeline.ops import stack
+from wd_pipeline.storage import Location
 from wd_pipeline.tracking import runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -44,9 +46,20 @@ def parameters(name: str, seed: int) -> dict[str, Any]:
     }
 
 
-def finished_units(work: Path) -> set[Path]:
-    """Result files of trained units (the result is written last, after the model)."""
-    return set(work.glob("points/*/result.json"))
+def work_folder(local_stack: LocalStack) -> Location:
+    """Where the stack's worker keeps flow runs' work: its ``--work-dir`` (a folder or s3://…), else the state dir's."""
+    settings = local_stack.settings
+    if settings is not None and settings.work_dir:
+        return storage.absolute(settings.work_dir)
+    return local_stack.state_dir / "work"
+
+
+def finished_units(work: Location) -> set[str]:
+    """Keys of the trained units (the result is written last, after the model), in a folder or in S3."""
+    if storage.is_remote(work):
+        found = storage.filesystem().glob(f"{str(work).removeprefix('s3://')}/points/*/{RESULT_FILE}")
+        return {path.split("/")[-2] for path in found}
+    return {path.parent.name for path in Path(work).glob(f"points/*/{RESULT_FILE}")}
 
 
 def read_flow_run(flow_run_id: Any) -> Any:
@@ -62,10 +75,10 @@ def start_run(name: str, seed: int) -> Any:
     return run_deployment(ADHOC, parameters=parameters(name, seed), timeout=0)
 
 
-def wait_until_training(local_stack: LocalStack, flow_run_id: Any, before: set[Path], timeout: float = 180) -> None:
-    """Until a new unit of this run is on disk: the flow runs and the grid is half-way."""
+def wait_until_training(local_stack: LocalStack, flow_run_id: Any, before: set[str], timeout: float = 180) -> None:
+    """Until a new unit of this run is in the work folder: the flow runs and the grid is half-way."""
     deadline = time.monotonic() + timeout
-    while not finished_units(local_stack.state_dir / "work") - before:
+    while not finished_units(work_folder(local_stack)) - before:
         state = read_flow_run(flow_run_id).state
         assert state.type.value not in TERMINAL, f"ended before training: {state}"
         assert time.monotonic() < deadline, f"no unit trained within {timeout} s; state {state.name}"
@@ -124,7 +137,7 @@ def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> li
     return client.search_runs([experiment_id], f"tags.`{runs.PARENT_RUN_TAG}` = '{parent_run_id}'")
 
 
-def assert_complete_record(client: MlflowClient, experiment: str, flow_run_id: Any, work: Path) -> None:
+def assert_complete_record(client: MlflowClient, experiment: str, flow_run_id: Any, work: Location) -> None:
     """One FINISHED run per grid point and fold, every epoch's value once and equal to the trained unit's."""
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     (parent,) = client.search_runs(
@@ -139,7 +152,8 @@ def assert_complete_record(client: MlflowClient, experiment: str, flow_run_id: A
         assert sorted(run.info.run_name for run in folds) == [f"fold {k + 1}/{FOLDS}" for k in range(FOLDS)]
         for fold in folds:
             assert fold.info.status == "FINISHED", (point.info.run_name, fold.info.run_name)
-            trained = json.loads((work / "points" / fold.data.tags["unit_key"] / "result.json").read_text())["history"]
+            result = storage.join(work, "points", fold.data.tags["unit_key"], RESULT_FILE)
+            trained = json.loads(storage.read_text(result))["history"]
             for key in HISTORY_KEYS:
                 logged = sorted((m.step, m.value) for m in client.get_metric_history(fold.info.run_id, key))
                 assert logged == list(enumerate(trained[key])), (point.info.run_name, fold.info.run_name, key)
@@ -157,7 +171,7 @@ def run_through_outage(local_stack: LocalStack, name: str, seed: int, service: s
     Returns the final flow run and how long the service was away (stop and restart included).
     """
     flow_run = start_run(name, seed)
-    wait_until_training(local_stack, flow_run.id, finished_units(local_stack.state_dir / "work"))
+    wait_until_training(local_stack, flow_run.id, finished_units(work_folder(local_stack)))
     stack.stop_service(local_stack.state_dir, service)
     stopped = time.monotonic()
     time.sleep(pause)
@@ -179,7 +193,7 @@ def check_survived_mlflow_outage(local_stack: LocalStack, final: Any, down: floa
     assert final.state.type.value == "COMPLETED", final.state
     retried = retried_tasks(final.id)
     assert retried, "no task hit the outage: it fell outside training"
-    assert_complete_record(mlflow_client(local_stack), MLFLOW_OUTAGE, final.id, local_stack.state_dir / "work")
+    assert_complete_record(mlflow_client(local_stack), MLFLOW_OUTAGE, final.id, work_folder(local_stack))
     print(f"MLflow down {down:.1f} s; retried tasks: {retried}")
 
 
@@ -196,7 +210,7 @@ def test_prefect_server_restart_during_training(own_stack: LocalStack) -> None:
     client = mlflow_client(own_stack)
     experiment_id = client.get_experiment_by_name(name).experiment_id
     assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
-    assert_complete_record(client, name, final.id, own_stack.state_dir / "work")
+    assert_complete_record(client, name, final.id, work_folder(own_stack))
     assert [(h.name, h.healthy) for h in stack.status(own_stack.state_dir)] == [
         (stack.PREFECT_SERVER, True),
         (stack.MLFLOW_SERVER, True),

@@ -1,15 +1,16 @@
 """The local stack on PostgreSQL: Prefect on asyncpg, MLflow on psycopg2, one server for both.
 
-Started through the real command (`wd-pipeline stack up --prefect-database-url …
---mlflow-backend-uri …`) against Debian's PostgreSQL, set up with compose's own init script
+The shared ``production_stack`` (tests/stack/conftest.py), started through the real command
+(`wd-pipeline stack up --prefect-database-url … --mlflow-backend-uri …`, its artifacts and
+work folder in S3) against Debian's PostgreSQL, set up with compose's own init script
 (``tests/helpers/postgres.py``). The checks of ``test_outages.py`` (a deployment run through a
 20 s MLflow outage) and ``test_promotion_race_server.py`` (the registry race) run again on
 this stack, and what the servers' APIs report (what their UIs show) is read back from the two
-databases with SQL. One PostgreSQL server and one stack serve the whole module."""
+databases with SQL. One PostgreSQL server and one stack serve this module and the other
+modules on the production stores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,7 @@ from tests.helpers.local_stack import ADHOC, LocalStack
 from tests.helpers.postgres import Postgres
 from tests.stack import test_outages as outages
 from tests.stack import test_promotion_race_server as race
-from tests.stack.conftest import deployed
 from wd_pipeline import processes
-from wd_pipeline.cli import main
 from wd_pipeline.ops import stack
 from wd_pipeline.tracking import runs
 
@@ -30,31 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 @pytest.fixture(scope="module")
-def postgres_stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack.StackSettings(
-        state_dir=tmp_path_factory.mktemp("pg-stack"),
-        prefect_port=stack.free_port(),
-        mlflow_port=stack.free_port(),
-        prefect_database_url=postgres.prefect_url(),
-        mlflow_backend_uri=postgres.mlflow_url(),
-        timeout=180,
-    )
-    argv = [
-        *("stack", "up", "--state-dir", str(settings.state_dir)),
-        *("--prefect-port", str(settings.prefect_port), "--mlflow-port", str(settings.mlflow_port)),
-        *("--prefect-database-url", str(settings.prefect_database_url)),
-        *("--mlflow-backend-uri", str(settings.mlflow_backend_uri)),
-        *("--timeout", str(settings.timeout)),
-    ]
-    assert main(argv) == 0
-    with deployed(settings) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def outage_run(postgres_stack: LocalStack) -> tuple[Any, float]:
+def outage_run(production_stack: LocalStack) -> tuple[Any, float]:
     """The deployment run of ``test_outages``: the MLflow server (on PostgreSQL) away for 20 s mid-grid."""
-    return outages.run_through_mlflow_outage(postgres_stack)
+    return outages.run_through_mlflow_outage(production_stack)
 
 
 def read_deployment(name: str) -> Any:
@@ -78,43 +55,43 @@ def command_lines(state_dir: Path) -> list[str]:
     return lines
 
 
-def test_both_servers_keep_their_state_in_postgresql_only(postgres_stack: LocalStack, postgres: Postgres) -> None:
-    assert [(h.name, h.healthy) for h in stack.status(postgres_stack.state_dir)] == [
+def test_both_servers_keep_their_state_in_postgresql_only(production_stack: LocalStack, postgres: Postgres) -> None:
+    assert [(h.name, h.healthy) for h in stack.status(production_stack.state_dir)] == [
         (stack.PREFECT_SERVER, True),
         (stack.MLFLOW_SERVER, True),
         (stack.PREFECT_WORKER, True),
     ]
     for database in ("prefect", "mlflow"):  # both schemas migrated by their server
         assert len(postgres.query(database, "SELECT version_num FROM alembic_version")) == 1, database
-    assert sorted(postgres_stack.state_dir.rglob("*.db")) == []  # no SQLite fallback anywhere
+    assert sorted(production_stack.state_dir.rglob("*.db")) == []  # no SQLite fallback anywhere
     assert postgres.query("prefect", "SELECT name FROM work_pool") == [(stack.DEFAULT_WORK_POOL,)]
 
 
 def test_the_database_password_is_in_no_command_line_and_not_in_the_state_file(
-    postgres_stack: LocalStack, postgres: Postgres
+    production_stack: LocalStack, postgres: Postgres
 ) -> None:
-    lines = command_lines(postgres_stack.state_dir)
+    lines = command_lines(production_stack.state_dir)
     assert any("mlflow" in line for line in lines) and any("prefect" in line for line in lines)
     assert [line for line in lines if postgres.password in line] == []
-    assert postgres.password not in (postgres_stack.state_dir / stack.STATE_FILE).read_text()
+    assert postgres.password not in (production_stack.state_dir / stack.STATE_FILE).read_text()
 
 
 def test_a_deployment_run_completes_through_an_mlflow_outage(
-    postgres_stack: LocalStack, outage_run: tuple[Any, float]
+    production_stack: LocalStack, outage_run: tuple[Any, float]
 ) -> None:
     final, down = outage_run
     assert final.deployment_id == read_deployment(ADHOC).id
-    outages.check_survived_mlflow_outage(postgres_stack, final, down)
+    outages.check_survived_mlflow_outage(production_stack, final, down)
 
 
-def test_creating_the_lock_is_atomic_through_the_tracking_server(postgres_stack: LocalStack, tmp_path: Path) -> None:
-    race.test_creating_the_lock_is_atomic_through_the_tracking_server(postgres_stack.mlflow_url, tmp_path)
+def test_creating_the_lock_is_atomic_through_the_tracking_server(production_stack: LocalStack, tmp_path: Path) -> None:
+    race.test_creating_the_lock_is_atomic_through_the_tracking_server(production_stack.mlflow_url, tmp_path)
 
 
 def test_two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(
-    postgres_stack: LocalStack, tmp_path: Path
+    production_stack: LocalStack, tmp_path: Path
 ) -> None:
-    race.two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(postgres_stack.mlflow_url, tmp_path)
+    race.two_runs_at_once_keep_both_versions_and_the_better_one_is_champion(production_stack.mlflow_url, tmp_path)
 
 
 # ---------------------------------------------------------------- what the UIs show, in the tables
@@ -148,12 +125,13 @@ def mlflow_as_stored(postgres: Postgres) -> dict[str, set[tuple[str, ...]]]:
 
 
 def test_postgresql_holds_what_the_servers_show(
-    outage_run: tuple[Any, float], postgres_stack: LocalStack, postgres: Postgres
+    outage_run: tuple[Any, float], production_stack: LocalStack, postgres: Postgres
 ) -> None:
-    """Everything on both servers (this module's runs so far) equals the rows in their databases."""
+    """Everything on both servers (the runs of this module and of the others on the stack so far) equals
+    the rows in their databases."""
     from prefect.client.orchestration import get_client
 
-    client = MlflowClient(tracking_uri=postgres_stack.mlflow_url, registry_uri=postgres_stack.mlflow_url)
+    client = MlflowClient(tracking_uri=production_stack.mlflow_url, registry_uri=production_stack.mlflow_url)
     served, stored = mlflow_as_served(client), mlflow_as_stored(postgres)
     for kind in served:
         assert served[kind] == stored[kind], kind

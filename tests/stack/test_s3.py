@@ -1,21 +1,21 @@
 """The stack on an S3 store (SeaweedFS, tests/helpers/s3.py): MLflow's artifacts and the work folder in buckets.
 
-Started through the real command (`wd-pipeline stack up --mlflow-artifacts-destination s3://…
---work-dir s3://…`): the MLflow server proxies artifacts into the bucket, the worker's flow
-runs keep splits and trained units under the work prefix, and nothing of either lands in the
-state dir. Then the S3 store goes away for 20 s in the middle of a deployment run's grid
-and the run completes with every unit logged once; and a CLI run killed mid-grid resumes
-from the units it left in the bucket.
+The shared ``production_stack`` (tests/stack/conftest.py), started through the real command
+(`wd-pipeline stack up --mlflow-artifacts-destination s3://… --work-dir s3://…`, its servers on
+PostgreSQL): the MLflow server proxies artifacts into the bucket, the worker's flow runs keep
+splits and trained units under the work prefix, and nothing of either lands in the state dir.
+Then the S3 store goes away for 20 s in the middle of a deployment run's grid and the run
+completes with every unit logged once; and a CLI run against the stack's servers, killed
+mid-grid, resumes from the units it left in the bucket.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,19 +24,13 @@ from mlflow import MlflowClient
 from tests.flows import test_crash_resume as crash
 from tests.helpers.local_stack import ADHOC, TINY, LocalStack
 from tests.helpers.s3 import BUCKET, SeaweedS3
-from tests.helpers.templates import seed_mlflow_store, seed_prefect_home
 from tests.stack import test_outages as outages
-from tests.stack.conftest import deployed
-from wd_pipeline import storage
-from wd_pipeline.cli import main
-from wd_pipeline.ml.training import HISTORY_KEYS
-from wd_pipeline.ops import stack
-from wd_pipeline.tracking import runs
+from tests.stack.conftest import PRODUCTION_ARTIFACTS, PRODUCTION_WORK
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
-ARTIFACTS = "stack-artifacts"  # prefixes of the session's bucket, one per purpose
-WORK = "stack-work"
+ARTIFACTS = PRODUCTION_ARTIFACTS  # the stack's prefixes of the session's bucket
+WORK = PRODUCTION_WORK
 S3_DOWN_SECONDS = 20
 
 
@@ -46,36 +40,7 @@ def result_keys(server: SeaweedS3, prefix: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def s3_stack(s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    patch = pytest.MonkeyPatch()
-    for key, value in s3_server.env().items():
-        patch.setenv(key, value)
-    patch.delenv("MLFLOW_S3_ENDPOINT_URL")  # `stack up` gives MLflow the generic endpoint
-    settings = stack.StackSettings(
-        state_dir=tmp_path_factory.mktemp("s3-stack"),
-        prefect_port=stack.free_port(),
-        mlflow_port=stack.free_port(),
-        mlflow_artifacts_destination=f"s3://{BUCKET}/{ARTIFACTS}",
-        work_dir=f"s3://{BUCKET}/{WORK}",
-        timeout=180,
-    )
-    argv = [
-        *("stack", "up", "--state-dir", str(settings.state_dir)),
-        *("--prefect-port", str(settings.prefect_port), "--mlflow-port", str(settings.mlflow_port)),
-        *("--mlflow-artifacts-destination", str(settings.mlflow_artifacts_destination)),
-        *("--work-dir", str(settings.work_dir)),
-        *("--timeout", str(settings.timeout)),
-    ]
-    try:
-        assert main(argv) == 0
-        with deployed(settings) as started:
-            yield started
-    finally:
-        patch.undo()
-
-
-@pytest.fixture(scope="module")
-def s3_run(s3_stack: LocalStack) -> Any:
+def s3_run(production_stack: LocalStack) -> Any:
     from prefect.deployments import run_deployment
 
     name = "s3-artifacts"
@@ -85,12 +50,12 @@ def s3_run(s3_stack: LocalStack) -> Any:
 
 
 def test_model_artifacts_are_in_the_bucket_and_the_registered_model_predicts(
-    s3_run: Any, s3_stack: LocalStack, s3_server: SeaweedS3, bundled
+    s3_run: Any, production_stack: LocalStack, s3_server: SeaweedS3, bundled
 ) -> None:
     import mlflow
 
     assert s3_run.state.type.value == "COMPLETED", s3_run.state
-    client = MlflowClient(tracking_uri=s3_stack.mlflow_url, registry_uri=s3_stack.mlflow_url)
+    client = MlflowClient(tracking_uri=production_stack.mlflow_url, registry_uri=production_stack.mlflow_url)
     (version,) = client.search_model_versions("name = 's3-artifacts'")
     keys = s3_server.keys(BUCKET, f"{ARTIFACTS}/")
     # The version's source is models:/m-<id>; the server proxies the logged model's files into
@@ -100,51 +65,26 @@ def test_model_artifacts_are_in_the_bucket_and_the_registered_model_predicts(
     model_files = f"{ARTIFACTS}/{experiment_id}/models/{model_id}/artifacts/"
     assert f"{model_files}MLmodel" in keys, (version.source, [key for key in keys if key.endswith("MLmodel")])
     assert any(key.startswith(model_files) and key.endswith(".keras") for key in keys), model_files
-    assert not list((s3_stack.state_dir / "mlartifacts").iterdir()), "artifacts landed in the state dir"
+    assert not list((production_stack.state_dir / "mlartifacts").iterdir()), "artifacts landed in the state dir"
 
-    mlflow.set_tracking_uri(s3_stack.mlflow_url)
-    mlflow.set_registry_uri(s3_stack.mlflow_url)
+    mlflow.set_tracking_uri(production_stack.mlflow_url)
+    mlflow.set_registry_uri(production_stack.mlflow_url)
     model = mlflow.pyfunc.load_model(f"models:/s3-artifacts/{version.version}")
     features = bundled.drop(columns=["diagnosis"]).head(20)
     probability = model.predict(features)["probability"].to_numpy()
     assert probability.shape == (20,) and ((probability >= 0) & (probability <= 1)).all()
 
 
-def test_the_work_folder_is_in_the_bucket_only(s3_run: Any, s3_stack: LocalStack, s3_server: SeaweedS3) -> None:
+def test_the_work_folder_is_in_the_bucket_only(s3_run: Any, production_stack: LocalStack, s3_server: SeaweedS3) -> None:
     keys = s3_server.keys(BUCKET, f"{WORK}/")
     assert any(key.startswith(f"{WORK}/splits/") and key.endswith("/manifest.json") for key in keys)
     assert len(result_keys(s3_server, WORK)) >= len(TINY["grid"])
-    assert not (s3_stack.state_dir / "work").exists() or not any((s3_stack.state_dir / "work").iterdir())
-
-
-def assert_every_unit_logged_once(client: MlflowClient, experiment: str, flow_run_id: Any) -> None:
-    """One FINISHED run per grid point and fold, each epoch's value once and equal to the unit in the bucket."""
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    (parent,) = client.search_runs(
-        [experiment_id], f"tags.`{runs.PREFECT_RUN_TAG}` = '{flow_run_id}' and tags.`{runs.OWNER_TAG}` != ''"
+    assert not (production_stack.state_dir / "work").exists() or not any(
+        (production_stack.state_dir / "work").iterdir()
     )
-    assert parent.info.status == "FINISHED"
-    points = [
-        run
-        for run in outages.children(client, experiment_id, parent.info.run_id)
-        if run.info.run_name.startswith("l2 ")
-    ]
-    assert len(points) == len(outages.GRID)
-    for point in points:
-        folds = outages.children(client, experiment_id, point.info.run_id)
-        assert len(folds) == outages.FOLDS
-        for fold in folds:
-            assert fold.info.status == "FINISHED", (point.info.run_name, fold.info.run_name)
-            location = f"s3://{BUCKET}/{WORK}/points/{fold.data.tags['unit_key']}/result.json"
-            trained = json.loads(storage.read_text(location))["history"]
-            for key in HISTORY_KEYS:
-                logged = sorted((m.step, m.value) for m in client.get_metric_history(fold.info.run_id, key))
-                assert logged == list(enumerate(trained[key])), (point.info.run_name, fold.info.run_name, key)
-    versions = client.search_model_versions(f"name = '{experiment}'")
-    assert [v.run_id for v in versions] == [parent.info.run_id]
 
 
-def test_s3_store_away_for_20_s_mid_grid(s3_run: Any, s3_stack: LocalStack, s3_server: SeaweedS3) -> None:
+def test_s3_store_away_for_20_s_mid_grid(s3_run: Any, production_stack: LocalStack, s3_server: SeaweedS3) -> None:
     """The store stops once the grid trains; uploads and reads wait for it; the run completes, nothing twice."""
     name = "s3-outage"
     before = result_keys(s3_server, WORK)
@@ -163,24 +103,25 @@ def test_s3_store_away_for_20_s_mid_grid(s3_run: Any, s3_stack: LocalStack, s3_s
     final = outages.wait_for_end(flow_run.id, timeout=600)
     assert final.state.type.value == "COMPLETED", final.state
     assert outages.unfinished(final.id) == []
-    assert_every_unit_logged_once(outages.mlflow_client(s3_stack), name, final.id)
+    # One FINISHED run per grid point and fold, each epoch's value once and equal to the unit in the bucket.
+    outages.assert_complete_record(outages.mlflow_client(production_stack), name, final.id, f"s3://{BUCKET}/{WORK}")
     print(f"S3 store down {down:.1f} s; retried tasks: {outages.retried_tasks(final.id)}")
 
 
 def test_kill_9_then_rerun_resumes_from_the_bucket(
-    s3_server: SeaweedS3, tmp_path, monkeypatch: pytest.MonkeyPatch
+    production_stack: LocalStack, s3_server: SeaweedS3, tmp_path: Path
 ) -> None:
-    """The crash-resume test of tests/flows with the work folder in S3: only the missing units are trained."""
+    """The crash-resume test of tests/flows with the work folder in S3: only the missing units are trained.
+
+    Both runs are the CLI against the stack's servers (its experiment is its own), with a work prefix of its own.
+    """
     prefix = f"crash-{os.getpid()}-{int(time.time())}"
     env = {
-        **os.environ,
+        **production_stack.env,
         **s3_server.env(),
-        "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect")),
         "WD_PIPELINE_WORK_DIR": f"s3://{BUCKET}/{prefix}",
         "WD_PIPELINE_S3_CACHE": str(tmp_path / "cache"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{seed_mlflow_store(tmp_path / 'mlflow.db')}",
     }
-    env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
         crash.COMMAND, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
