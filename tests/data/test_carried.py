@@ -145,3 +145,14 @@ def test_reading_train_and_validation_as_one_equals_their_concatenation(tmp_path
     np.testing.assert_array_equal(read.label, expected.label)
     assert read.label.dtype == expected.label.dtype
     pd.testing.assert_frame_equal(read.carried, expected.carried)
+
+
+@pytest.mark.parametrize("rows", [5, ROWS])  # fewer rows than the split; more
+def test_a_splits_head_is_its_first_rows_as_the_whole_reads_them(tmp_path: Path, rows: int) -> None:
+    folder = prepare(tmp_path, slice_by=["city"])
+    whole = splits.load_split(folder, "validation")
+    head = splits.read_split_head(folder, "validation", rows)
+    kept = min(rows, len(whole))
+    pd.testing.assert_frame_equal(head.features, whole.features.iloc[:kept])
+    pd.testing.assert_frame_equal(head.carried, whole.carried.iloc[:kept])
+    np.testing.assert_array_equal(head.label, whole.label[:kept])

@@ -325,6 +325,18 @@ def read_splits(folder: str | Path, names: list[str]) -> LabeledData:
     return _read_split(*(local / f"{name}.parquet" for name in names))
 
 
+def read_split_head(folder: str | Path, name: str, rows: int) -> LabeledData:
+    """The first ``rows`` rows of a split (all of a shorter one), read without the rest, converted as
+    :func:`load_split` converts the whole."""
+    split = storage.local_copy(folder).resolve() / f"{name}.parquet"
+    schema = read_schema(split.parent)
+    first = next(pq.ParquetFile(split).iter_batches(batch_size=rows), None)
+    table = pa.Table.from_batches([first]) if first is not None else pq.read_schema(split).empty_table()
+    label = table.column(schema.label).to_numpy().astype(np.int8)
+    carried = _frame(table, schema.carried) if schema.carried else pd.DataFrame(index=pd.RangeIndex(len(label)))
+    return LabeledData(_frame(table, schema.columns), label, carried)
+
+
 def forget_cached_splits() -> None:
     """Drop the splits :func:`load_split` keeps: for when no task of the grid will read them again."""
     _cached_split.cache_clear()
