@@ -53,6 +53,7 @@ def refit(
     split_folder: str, config: PipelineConfig, selection: Selection, epochs: int, parent_run_id: str
 ) -> training.UnitSummary:
     """The chosen point retrained on train + validation, recorded as its own child run."""
+    splits.forget_cached_splits()  # the grid is over: its splits need not stay beside the refit's rows
     result = training.train_unit(split_folder, config, selection.mode, selection.lam, training.REFIT, epochs=epochs)
     with timing.measure("tracking_units"):
         client = runs.get_client()

@@ -25,10 +25,15 @@ def prepare_splits(config: PipelineConfig) -> str:
 def log_splits(parent_run_id: str, split_folder: str) -> None:
     with timing.measure("tracking_dataset"):
         manifest = splits.read_manifest(split_folder)
-        frames = {name: splits.load_split(split_folder, name).frame(manifest["label"]) for name in splits.SPLITS}
+        # The dataset's schema comes from its first rows: only those are read.
+        heads = {
+            name: splits.read_split_head(split_folder, name, runs.SCHEMA_SAMPLE_ROWS).frame(manifest["label"])
+            for name in splits.SPLITS
+        }
+        sizes = {name: int(manifest["splits"][name]["rows"]) for name in splits.SPLITS}
         client = runs.get_client()
         runs.set_tags(client, parent_run_id, {runs.SPLITS_TAG: Path(split_folder).name})
-        runs.log_dataset(client, parent_run_id, manifest, frames)
+        runs.log_dataset(client, parent_run_id, manifest, heads, sizes)
         runs.log_profile(client, parent_run_id, splits.read_profile(split_folder))
 
 

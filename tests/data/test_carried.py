@@ -133,3 +133,26 @@ def test_a_carried_column_not_in_the_data_is_refused(tmp_path: Path, settings: d
     with pytest.raises(DataError) as caught:
         prepare(tmp_path, **settings)
     assert str(caught.value) == message
+
+
+# Carried slice and group columns; or none, the text column a feature.
+@pytest.mark.parametrize("settings", [{"slice_by": ["city"], "group_column": "team"}, {}])
+def test_reading_train_and_validation_as_one_equals_their_concatenation(tmp_path: Path, settings: dict) -> None:
+    folder = prepare(tmp_path, **settings)
+    expected = splits.concat([splits.load_split(folder, "train"), splits.load_split(folder, "validation")])
+    read = splits.read_splits(folder, ["train", "validation"])
+    pd.testing.assert_frame_equal(read.features, expected.features)
+    np.testing.assert_array_equal(read.label, expected.label)
+    assert read.label.dtype == expected.label.dtype
+    pd.testing.assert_frame_equal(read.carried, expected.carried)
+
+
+@pytest.mark.parametrize("rows", [5, ROWS])  # fewer rows than the split; more
+def test_a_splits_head_is_its_first_rows_as_the_whole_reads_them(tmp_path: Path, rows: int) -> None:
+    folder = prepare(tmp_path, slice_by=["city"])
+    whole = splits.load_split(folder, "validation")
+    head = splits.read_split_head(folder, "validation", rows)
+    kept = min(rows, len(whole))
+    pd.testing.assert_frame_equal(head.features, whole.features.iloc[:kept])
+    pd.testing.assert_frame_equal(head.carried, whole.carried.iloc[:kept])
+    np.testing.assert_array_equal(head.label, whole.label[:kept])

@@ -200,6 +200,19 @@ def test_training_without_validation_keeps_the_last_epoch(table: Table) -> None:
     )
 
 
+@pytest.mark.parametrize("slice_rows", [7, 8])  # 40 validation rows: five slices and a remainder, five and none
+def test_the_validation_pass_in_slices_scores_as_one_pass_over_the_rows(
+    table: Table, slice_rows: int, monkeypatch
+) -> None:
+    whole = packed(table, LAMS, "l2", patience=0, epochs=3)
+    monkeypatch.setattr(packed_module, "PREDICT_ROWS", slice_rows)
+    sliced = packed(table, LAMS, "l2", patience=0, epochs=3)
+    for alone, cut in zip(whole, sliced, strict=True):
+        np.testing.assert_allclose(cut.history["val_bce"], alone.history["val_bce"], rtol=1e-6)
+        np.testing.assert_array_equal(cut.history["val_accuracy"], alone.history["val_accuracy"])
+        np.testing.assert_allclose(cut.val_probability, alone.val_probability, rtol=1e-6)
+
+
 @pytest.mark.parametrize("rows", [80, 64])  # a partial last batch, and none
 def test_epoch_function_is_compiled_once_not_per_epoch(rows: int, caplog) -> None:
     table = mixed()

@@ -248,6 +248,7 @@ def fold_preps(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Prep
     }
     patch = pytest.MonkeyPatch()
     patch.setattr(splits, "load_split", lambda folder, name: parts[name])
+    patch.setattr(splits, "read_splits", lambda folder, names: splits.concat([parts[name] for name in names]))
     patch.setattr(splits, "read_schema", lambda folder: frame_schema(frame, list(table.features.columns)))
     work = tmp_path_factory.mktemp("fold-work")
     config = make_config(label="y", folds=FOLDS, grid=[0.0], epochs=1, patience=0, one_hot_max=MIXED_ONE_HOT_MAX)

@@ -31,6 +31,7 @@ def split_layer(monkeypatch: pytest.MonkeyPatch) -> PipelineConfig:
         "validation": splits.LabeledData(frame.iloc[60:][columns].reset_index(drop=True), label[60:]),
     }
     monkeypatch.setattr(splits, "load_split", lambda folder, name: parts[name])
+    monkeypatch.setattr(splits, "read_splits", lambda folder, names: splits.concat([parts[name] for name in names]))
     monkeypatch.setattr(splits, "read_schema", lambda folder: frame_schema(frame, columns))
     return make_config(label="y", folds=FOLDS, grid=[0.0, 1e-2], epochs=2, patience=0, one_hot_max=MIXED_ONE_HOT_MAX)
 

@@ -315,6 +315,33 @@ def load_split(folder: str | Path, name: str) -> LabeledData:
     return LabeledData(cached.features.copy(deep=False), cached.label.copy(), cached.carried.copy(deep=False))
 
 
+def read_splits(folder: str | Path, names: list[str]) -> LabeledData:
+    """Several splits as one, rows in the order of ``names``, read afresh and not kept (see :func:`load_split`).
+
+    What the refit trains on (train + validation): one conversion of the files' rows, not a
+    frame per split and their concatenation beside them.
+    """
+    local = storage.local_copy(folder).resolve()
+    return _read_split(*(local / f"{name}.parquet" for name in names))
+
+
+def read_split_head(folder: str | Path, name: str, rows: int) -> LabeledData:
+    """The first ``rows`` rows of a split (all of a shorter one), read without the rest, converted as
+    :func:`load_split` converts the whole."""
+    split = storage.local_copy(folder).resolve() / f"{name}.parquet"
+    schema = read_schema(split.parent)
+    first = next(pq.ParquetFile(split).iter_batches(batch_size=rows), None)
+    table = pa.Table.from_batches([first]) if first is not None else pq.read_schema(split).empty_table()
+    label = table.column(schema.label).to_numpy().astype(np.int8)
+    carried = _frame(table, schema.carried) if schema.carried else pd.DataFrame(index=pd.RangeIndex(len(label)))
+    return LabeledData(_frame(table, schema.columns), label, carried)
+
+
+def forget_cached_splits() -> None:
+    """Drop the splits :func:`load_split` keeps: for when no task of the grid will read them again."""
+    _cached_split.cache_clear()
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     status = path.stat()
     return status.st_mtime_ns, status.st_size
@@ -325,15 +352,16 @@ def _cached_split(split: Path, stamp: tuple[int, ...]) -> LabeledData:
     return _read_split(split)
 
 
-def _read_split(split: Path) -> LabeledData:
-    """One split file as :class:`LabeledData`, holding its feature columns only once at any moment.
+def _read_split(split: Path, *more: Path) -> LabeledData:
+    """One split file (or several, one after the other) as :class:`LabeledData`, holding its feature columns only
+    once at any moment.
 
     Each numeric column becomes a pandas column of its own (consolidating them into one
     block would hold a second copy of all of them), and each Arrow column is released as
     soon as it is converted (``self_destruct``: nothing else refers to the table by then).
     """
     schema = read_schema(split.parent)
-    table = pq.read_table(split)
+    table = pa.concat_tables([pq.read_table(path) for path in (split, *more)]) if more else pq.read_table(split)
     label = table.column(schema.label).to_numpy().astype(np.int8)
     carried = _frame(table, schema.carried) if schema.carried else pd.DataFrame(index=pd.RangeIndex(len(label)))
     text = _text(table, schema.columns)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wd_pipeline.ml.host_arrays import as_tensor
 from wd_pipeline.ml.network import EMBEDDING_PREFIX, MODES, PREDICT_ROWS, build_model
 from wd_pipeline.ml.preprocessing import EMBEDDING_DIM
 
@@ -329,7 +330,7 @@ def epoch_batches(inputs: dict[str, np.ndarray], y: np.ndarray, epochs: int, see
 
 @dataclass(frozen=True)
 class _FoldRows:
-    """One fold's rows held as constants inside the compiled epoch."""
+    """One fold's rows as tensors the compiled epoch reads (sharing the encoded arrays' buffers: ``host_arrays``)."""
 
     dense: Any
     indices: Any
@@ -344,7 +345,7 @@ def _constants(part: tuple[Encoded, np.ndarray], class_weights: Mapping[int, flo
     encoded, y = part
     weights = row_weights(y, class_weights) if class_weights else np.ones_like(y, dtype=np.float32)
     return _FoldRows(
-        tf.constant(encoded.dense), tf.constant(encoded.indices), tf.constant(y), tf.constant(weights), len(encoded)
+        as_tensor(encoded.dense), as_tensor(encoded.indices), tf.constant(y), tf.constant(weights), len(encoded)
     )
 
 
@@ -450,15 +451,42 @@ def _compiled_epoch(
         if held_out:
             val_bce, val_accuracy = [], []
             for f, part in enumerate(held_out):
-                logits = stack.fold_logits(f, part.dense, part.indices)
-                val_bce.append(_bce_sums(part.y, logits, part.weights) / part.rows)
-                val_accuracy.append(_hit_sums(part.y, logits, part.weights) / part.rows)
+                sums = _validation_sums(stack, f, part)
+                val_bce.append(sums[0] / part.rows)
+                val_accuracy.append(sums[1] / part.rows)
             val_bce = tf.concat(val_bce, axis=0)
             penalty = penalty_coef * stack.hidden_squared_norms()
             metrics.update(val_loss=val_bce + penalty, val_bce=val_bce, val_accuracy=tf.concat(val_accuracy, axis=0))
         return metrics
 
     return run_epoch
+
+
+def _validation_sums(stack: _Stack, f: int, part: _FoldRows) -> Any:
+    """Fold ``f``'s members on its validation rows, in slices of :data:`PREDICT_ROWS`: (2, G_f) bce and hit sums.
+
+    One pass over all rows at once would hold a (G_f, rows, hidden) activation per layer, a
+    few times the encoded rows themselves; slices bound that. The slices have static shapes
+    for XLA: whole slices in a loop, then the remainder.
+    """
+    import tensorflow as tf
+
+    def sums(start: Any, size: int) -> Any:
+        dense = tf.slice(part.dense, [start, 0], [size, part.dense.shape[1]])
+        indices = tf.slice(part.indices, [start, 0], [size, part.indices.shape[1]])
+        y = tf.slice(part.y, [start, 0], [size, 1])
+        weights = tf.slice(part.weights, [start, 0], [size, 1])
+        logits = stack.fold_logits(f, dense, indices)
+        return tf.stack([_bce_sums(y, logits, weights), _hit_sums(y, logits, weights)])
+
+    whole = part.rows // PREDICT_ROWS
+    total = tf.zeros([2, stack.counts[f]])
+    if whole:  # traced only when a whole slice fits: its static size must not exceed the rows
+        for index in tf.range(whole):
+            total += sums(index * PREDICT_ROWS, PREDICT_ROWS)
+    if part.rows % PREDICT_ROWS:
+        total += sums(whole * PREDICT_ROWS, part.rows % PREDICT_ROWS)
+    return total
 
 
 def _member_product(h: Any, kernel: Any, *, small_batch: bool) -> Any:

@@ -176,7 +176,7 @@ def adapt(features: pd.DataFrame, schema: TableSchema, *, one_hot_max: int) -> P
     prep = Preprocessing(numeric=numeric, categorical=categorical, rows=len(features))
     if not numeric:
         return prep
-    mean, variance = _standardisation(_imputed(features, prep))
+    mean, variance = _standardisation(features, prep)
     return Preprocessing(numeric=numeric, categorical=categorical, mean=mean, variance=variance, rows=len(features))
 
 
@@ -226,25 +226,28 @@ def category_strings(column: pd.Series) -> np.ndarray:
     return values
 
 
-def _imputed(features: pd.DataFrame, prep: Preprocessing) -> np.ndarray:
-    """Numeric columns with gaps filled by the median, then the 0/1 indicators (what gets standardised)."""
-    raw = numeric_matrix(features, prep)
-    gaps = np.isnan(raw)
-    filled = np.where(gaps, np.asarray([column.median for column in prep.numeric], dtype=np.float32), raw)
-    flags = [gaps[:, i : i + 1] for i, column in enumerate(prep.numeric) if column.indicator]
-    return np.concatenate([filled, *flags], axis=1).astype(np.float32) if flags else filled
+def _standardisation(features: pd.DataFrame, prep: Preprocessing) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and variance of every standardised input, as Keras' ``Normalization.adapt`` computes them.
 
-
-def _standardisation(matrix: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and variance as Keras' ``Normalization.adapt`` computes them, so numeric-only models stay as they were."""
-    import keras
-
-    layer = keras.layers.Normalization(axis=-1)
-    layer.adapt(matrix)
-    return (
-        tuple(float(v) for v in np.asarray(layer.mean).ravel()),
-        tuple(float(v) for v in np.asarray(layer.variance).ravel()),
-    )
+    The inputs are the numeric columns with gaps filled by the median, then the 0/1 "was
+    missing" indicators. ``adapt`` takes NumPy's float32 mean and variance over the rows of
+    their whole matrix, which (column-ordered, as pandas builds it) reduces each column on its
+    own: computed here one column at a time, the same numbers without that matrix.
+    """
+    mean, variance = [], []
+    indicators = []
+    for column in prep.numeric:
+        values = features[column.name].to_numpy(dtype=np.float32, na_value=np.nan)
+        gaps = np.isnan(values)
+        filled = np.where(gaps, np.float32(column.median), values)
+        mean.append(float(np.mean(filled)))
+        variance.append(float(np.var(filled)))
+        if column.indicator:
+            indicators.append(gaps.astype(np.float32))
+    for flags in indicators:
+        mean.append(float(np.mean(flags)))
+        variance.append(float(np.var(flags)))
+    return tuple(mean), tuple(variance)
 
 
 def numeric_matrix(features: pd.DataFrame, prep: Preprocessing) -> np.ndarray:
@@ -318,21 +321,37 @@ def encoder(prep: Preprocessing) -> keras.Model:
 
 
 def encode(prep: Preprocessing, features: pd.DataFrame) -> Encoded:
-    """Encode rows once, through the same layers the saved network runs, in slices of :data:`ENCODE_ROWS`."""
+    """Encode rows once, through the same layers the saved network runs, in slices of :data:`ENCODE_ROWS`.
+
+    The result is allocated once, aligned so that training can hand it to TensorFlow without
+    a copy (``host_arrays``), and each slice's raw numeric matrix is built only for that
+    slice: no whole-table intermediate beside the result.
+    """
+    from wd_pipeline.ml.host_arrays import aligned_empty
+
     model = encoder(prep)
-    inputs = model_inputs(features, prep)
-    dense_parts, index_parts = [], []
-    for start in range(0, len(features), ENCODE_ROWS):
-        out = model({name: value[start : start + ENCODE_ROWS] for name, value in inputs.items()}, training=False)
+    rows, width, k = len(features), prep.dense_width, len(prep.embedded)
+    dense = aligned_empty((rows, width), np.float32)
+    indices = aligned_empty((rows, k), np.int32)
+    if not width:
+        dense[:] = 0.0
+    if not k:
+        indices[:] = 0
+    text = {
+        CATEGORICAL_INPUT.format(index=index): category_strings(features[column.name]).reshape(-1, 1)
+        for index, column in enumerate(prep.categorical)
+    }
+    for start in range(0, rows, ENCODE_ROWS):
+        end = min(start + ENCODE_ROWS, rows)
+        inputs = {name: values[start:end] for name, values in text.items()}
+        if prep.numeric:
+            inputs[NUMERIC_INPUT] = numeric_matrix(features.iloc[start:end], prep)
+        out = model(inputs, training=False)
         if "dense" in out:
-            dense_parts.append(np.asarray(out["dense"], dtype=np.float32))
+            dense[start:end] = np.asarray(out["dense"], dtype=np.float32).reshape(end - start, width)
         if "indices" in out:
-            index_parts.append(np.asarray(out["indices"], dtype=np.int32))
-    width = prep.dense_width
-    dense = np.concatenate(dense_parts) if dense_parts else np.zeros((len(features), width), dtype=np.float32)
-    k = len(prep.embedded)
-    indices = np.concatenate(index_parts) if index_parts else np.zeros((len(features), k), dtype=np.int32)
-    return Encoded(dense.reshape(len(features), width), indices.reshape(len(features), k))
+            indices[start:end] = np.asarray(out["indices"], dtype=np.int32).reshape(end - start, k)
+    return Encoded(dense, indices)
 
 
 def schema_rows(schema: TableSchema, prep: Preprocessing, *, top: int = 5) -> list[dict[str, Any]]:

@@ -197,7 +197,12 @@ def fold_data(
 def folds_data(
     split_folder: str | Path, folds: int, wanted: list[int], seed: int
 ) -> dict[int, tuple[splits.LabeledData, splits.LabeledData | None]]:
-    """:func:`fold_data` of several folds, with the splits read and the folds cut once for all of them."""
+    """:func:`fold_data` of several folds, with the splits read and the folds cut once for all of them.
+
+    The refit alone (it follows the grid) reads its rows afresh, as one frame, and keeps no split.
+    """
+    if wanted == [REFIT]:
+        return {REFIT: (splits.read_splits(split_folder, ["train", "validation"]), None)}
     train = splits.load_split(split_folder, "train")
     validation = splits.load_split(split_folder, "validation")
     if folds == 1:
