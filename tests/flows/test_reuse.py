@@ -3,6 +3,7 @@ registered; a setting that matters, or a record that MLflow no longer backs, run
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from mlflow import MlflowClient
 
 from flows.pipeline import weight_decay_pipeline
 from flows.reuse import REUSED_TAG
+from flows.summary import PipelineSummary, summary_to_json
 from tests.helpers.stores import isolated_store
 from wd_pipeline.tracking import runs
 
@@ -110,6 +112,11 @@ def story(prefect_api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sto
         yield Story(first, again, cli, cli_after, changed, after_run_deleted, after_version_deleted)
 
 
+def as_text(summary: PipelineSummary) -> str:
+    """The summary as JSON text: equal texts, equal summaries (NaN included, which ``==`` never equals)."""
+    return json.dumps(summary_to_json(summary), sort_keys=True, default=lambda value: value.item())
+
+
 def flow_run_tags(state: Any) -> list[str]:
     from prefect.client.orchestration import get_client
 
@@ -121,7 +128,7 @@ def test_a_second_identical_run_returns_the_first_result_and_records_nothing(sto
     first, again = story.first.state.result(), story.again.state.result()
     assert story.again.state.type.value == "COMPLETED"
     assert again.reused_from and not first.reused_from
-    assert replace(again, reused_from="") == first
+    assert as_text(replace(again, reused_from="")) == as_text(first)
     assert story.again.after == story.first.after  # no new MLflow run, no new model version
     assert len(story.first.after.parents) == 1 and story.first.after.versions == ["1"]
     assert REUSED_TAG in flow_run_tags(story.again.state) and REUSED_TAG not in flow_run_tags(story.first.state)
@@ -129,12 +136,25 @@ def test_a_second_identical_run_returns_the_first_result_and_records_nothing(sto
     assert again.reused_from == (tags[runs.PREFECT_URL_TAG] or tags[runs.PREFECT_RUN_TAG])
 
 
-def test_the_summary_artifact_says_the_result_was_reused(story: Story) -> None:
-    from prefect.artifacts import Artifact
+def summary_artifact(state: Any) -> str:
+    """The ``pipeline-summary`` markdown of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    # Both runs wrote the key; the newest (the reused one) is what the UI shows first.
-    summary = str(Artifact.get("pipeline-summary").data)
-    assert "**Reused**" in summary and story.first.state.result().run_url in summary
+    only = ArtifactFilter(
+        key=ArtifactFilterKey(any_=["pipeline-summary"]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+    )
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=only)
+    return str(artifact.data)
+
+
+def test_the_summary_artifact_says_the_result_was_reused(story: Story) -> None:
+    first, again = summary_artifact(story.first.state), summary_artifact(story.again.state)
+    assert "**Reused**" in again and "**Reused**" not in first
+    assert story.again.state.result().reused_from in again
+    assert again.replace(again.splitlines()[2] + "\n", "") == first  # otherwise the first run's summary
 
 
 def test_the_command_line_reuses_without_tensorflow_and_says_so(story: Story) -> None:
