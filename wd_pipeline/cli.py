@@ -452,6 +452,8 @@ def add_local_api_command(commands: argparse._SubParsersAction) -> None:
 def local_api_command(args: argparse.Namespace) -> int:
     """``local-api start|status|stop`` for the ``PREFECT_HOME`` of this environment."""
     home = local_api.prefect_home()
+    # The server settings a run sets for itself: with others, the next run would not reuse this API.
+    logs.quiet_environment(verbose=False)
     if args.local_api_command == "start":
         try:
             api = local_api.ensure(home)
