@@ -143,9 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
         print(f"data          {check.source}: {check.rows} rows, {check.features} features", flush=True)
-    # A run whose settings finished before may return that result without training: TensorFlow
-    # is then imported only if the flow finds the result stale.
-    tensorflow = args.command != "run" or not finished_runs.may_have_record(settings)
+    tensorflow = args.command != "run" or not may_return_a_finished_run(settings)
     log_path, api = _configure_logging(log_folder, verbose=args.verbose, tensorflow=tensorflow)
     try:
         with _prefect_api(api):
@@ -166,6 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("", format_grid(summary), format_summary(summary), sep="\n")
     return 0
+
+
+def may_return_a_finished_run(config: PipelineConfig) -> bool:
+    """Whether a run with these settings finished here before: the flow may then return its result
+    without training, so TensorFlow is left for the flow to import if it trains after all."""
+    try:
+        return finished_runs.may_have_record(config)
+    except Exception:  # the flow looks again, and says what is wrong with the work folder
+        return False
 
 
 def stack_command(args: argparse.Namespace) -> int:
