@@ -4,10 +4,18 @@ Two targets of issue #14 in one measurement, on the bundled data, with one ``PRE
 shared by every run (as a user's is): the background API is started first and timed on
 its own, then
 
-- a small run twice in one folder: the second has nothing left to train, its wall time;
+- a small run twice in one folder: the second has nothing left to train and returns the first
+  run's result (same data and settings), its wall time; then once more without compiled modules
+  kept (see below);
 - then the default ``wd-pipeline run`` in a fresh work folder with a fresh experiment (in the
   MLflow store the small runs created; warm file caches): its share of wall time outside
   training.
+
+Python keeps the modules it compiles (``__pycache__``) after a command's first use, so a user's
+later commands start from them; this machine's ``PYTHONDONTWRITEBYTECODE`` would make every
+command compile every module again. The runs keep them in the benchmark's cache folder instead
+(``PYTHONPYCACHEPREFIX``; the environment's own files are never written), except the one
+re-run measured without them, which says what that costs.
 
 Run with ``python -m benchmarks --parts startup``; the section of RESULTS.md it writes is
 replaced in place, the rest of the file is left as it is.
@@ -32,7 +40,7 @@ TARGET_OUTSIDE_SHARE = 0.30
 TARGET_RESUMED_SECONDS = 10.0
 
 
-def _env(folder: Path) -> dict[str, str]:
+def _env(folder: Path, *, compiled: bool = True) -> dict[str, str]:
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{CACHE / 'mlflow.db'}",
@@ -42,16 +50,23 @@ def _env(folder: Path) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     env.pop("PREFECT_API_URL", None)
+    if compiled:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(CACHE / "pycache")
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.pop("PYTHONPYCACHEPREFIX", None)
     return env
 
 
-def _timed(arguments: list[str], folder: Path) -> float:
+def _timed(arguments: list[str], folder: Path, *, compiled: bool = True) -> tuple[float, str]:
+    """Wall seconds of one command, and what it printed."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "wd_pipeline.cli", *arguments],
         cwd=folder,
-        env=_env(folder),
+        env=_env(folder, compiled=compiled),
         capture_output=True,
         text=True,
         check=False,
@@ -59,7 +74,7 @@ def _timed(arguments: list[str], folder: Path) -> float:
     wall = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"`wd-pipeline {shlex.join(arguments)}` failed:\n{done.stderr[-3000:]}")
-    return wall
+    return wall, done.stdout
 
 
 def _parent_steps(experiment: str) -> dict[str, float]:
@@ -81,17 +96,21 @@ def _parent_steps(experiment: str) -> dict[str, float]:
     }
 
 
-def _run(name: str, arguments: list[str], folder: Path) -> dict[str, Any]:
+def _run(name: str, arguments: list[str], folder: Path, *, compiled: bool = True) -> dict[str, Any]:
     experiment = f"bench-startup-{name}"
-    wall = _timed(["run", *arguments, "--experiment", experiment], folder)
-    steps = _parent_steps(experiment)
+    wall, printed = _timed(["run", *arguments, "--experiment", experiment], folder, compiled=compiled)
+    reused = any(line.startswith("reused ") for line in printed.splitlines())
+    # A run that returned an earlier run's result opened no MLflow run: no steps of its own to read.
+    steps = {} if reused else _parent_steps(experiment)
     training = steps.get("training", 0.0)
     return {
         "command": shlex.join(["wd-pipeline", "run", *arguments, "--experiment", experiment]),
         "wall_seconds": wall,
-        "flow_seconds": steps["flow"],
+        "reused": reused,
+        "compiled_modules_kept": compiled,
+        "flow_seconds": steps.get("flow"),
         "training_seconds": training,
-        "outside_flow_seconds": wall - steps["flow"],
+        "outside_flow_seconds": wall - steps["flow"] if steps else None,
         "outside_training_share": (wall - training) / wall,
         "steps": steps,
     }
@@ -100,35 +119,46 @@ def _run(name: str, arguments: list[str], folder: Path) -> dict[str, Any]:
 def measure() -> dict[str, Any]:
     shutil.rmtree(CACHE, ignore_errors=True)
     CACHE.mkdir(parents=True)
-    api_start = _timed(["local-api", "start"], CACHE)
+    api_start, _ = _timed(["local-api", "start"], CACHE)
     try:
         first = _run("small", SMALL, CACHE / "small")
         resumed = _run("small", SMALL, CACHE / "small")
+        uncompiled = _run("small", SMALL, CACHE / "small", compiled=False)
         default = _run("default", [], CACHE / "default")  # a fresh work folder and experiment, the store exists
     finally:
-        api_stop = _timed(["local-api", "stop"], CACHE)
+        api_stop, _ = _timed(["local-api", "stop"], CACHE)
     return {
         "api_start_seconds": api_start,
         "api_stop_seconds": api_stop,
         "default": default,
         "small_first": first,
         "small_resumed": resumed,
+        "small_resumed_uncompiled": uncompiled,
         "load_average_at_end": os.getloadavg(),
     }
 
 
 def markdown(result: dict[str, Any], load_at_start: tuple[float, float, float]) -> str:
     default, first, resumed = result["default"], result["small_first"], result["small_resumed"]
+    uncompiled = result["small_resumed_uncompiled"]
     share, again = default["outside_training_share"], resumed["wall_seconds"]
 
     def met(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f}"
+
     def row(label: str, run: dict[str, Any]) -> str:
         return (
-            f"| {label} | {run['wall_seconds']:.1f} | {run['outside_flow_seconds']:.1f} | {run['flow_seconds']:.1f} "
-            f"| {run['training_seconds']:.1f} | {100 * run['outside_training_share']:.0f} % |"
+            f"| {label} | {run['wall_seconds']:.1f} | {seconds(run['outside_flow_seconds'])} "
+            f"| {seconds(run['flow_seconds'])} | {run['training_seconds']:.1f} "
+            f"| {100 * run['outside_training_share']:.0f} % |"
         )
+
+    def again_label(run: dict[str, Any]) -> str:
+        how = "returns the first run's result" if run["reused"] else "nothing to train"
+        return f"small, again ({how}{'' if run['compiled_modules_kept'] else '; no compiled modules kept'})"
 
     return "\n".join(
         [
@@ -143,7 +173,13 @@ def markdown(result: dict[str, Any], load_at_start: tuple[float, float, float]) 
             "|---|---|---|---|---|---|",
             row("default, fresh folder and experiment", default),
             row("small, first", first),
-            row("small, again (nothing to train)", resumed),
+            row(again_label(resumed), resumed),
+            row(again_label(uncompiled), uncompiled),
+            "",
+            "A run that returns an earlier run's result opens no MLflow run, so its time in the flow is not "
+            "recorded (—). Every run keeps Python's compiled modules in the benchmark's cache folder, as a "
+            "user's environment keeps them after the first command, except the one marked otherwise, which "
+            "compiles every module again (this machine sets `PYTHONDONTWRITEBYTECODE`).",
             "",
             f"- default run outside training: {100 * share:.0f} % (target ≤ {100 * TARGET_OUTSIDE_SHARE:.0f} %): "
             f"{met(share <= TARGET_OUTSIDE_SHARE)}",

@@ -23,6 +23,7 @@ from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.register import register_chosen_model
 from flows.retry import TRACKING_TASK, finish_quietly, retry_unless_unreachable
+from flows.reuse import find_finished_run, record_finished_run, reuse_result
 from flows.summary import PipelineSummary, summary_markdown
 from flows.timeouts import PIPELINE_CEILING_SECONDS
 from flows.train_grid import train_grid
@@ -72,6 +73,7 @@ from wd_pipeline.config import (
     Patience,
     PipelineConfig,
     PositiveClass,
+    Reuse,
     Rule,
     Seed,
     SelectionMetric,
@@ -163,6 +165,7 @@ def weight_decay_pipeline(
     chunk_size: ChunkSize = 0,
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 0,
+    reuse: Reuse = "finished",
     work_dir: WorkDirOrDefault = None,
 ) -> PipelineSummary:
     """Train the network over a λ grid, pick λ on validation, register the winner."""
@@ -222,6 +225,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         # Dask workers need not share this process's working directory (or machine): hand
         # them absolute paths for the splits and the trained units.
         config = config.model_copy(update={"work_dir": str(storage.absolute(config.work_dir))})
+    if config.reuse == "finished" and (earlier := find_finished_run(config)) is not None:
+        return reuse_result(earlier)
     with timing.measure("tracking_start"):
         experiment_id, parent_run_id = start_tracking(config)
     client = runs.get_client()
@@ -260,6 +265,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         evaluation=evaluation,
         registry=decision,
     )
+    record_finished_run(config, split_folder, summary)
     create_markdown_artifact(
         summary_markdown(summary), key="pipeline-summary", description="Chosen λ and registry decision"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flows.evaluate import Evaluation
 from wd_pipeline.tracking.registry import RegistryDecision
@@ -19,6 +20,22 @@ class PipelineSummary:
     tracking_uri: str
     evaluation: Evaluation
     registry: RegistryDecision
+    # The Prefect flow run (its UI page, else its id) that did the work, when this run returned
+    # that run's result instead of repeating it (same data and settings); empty when it did the work.
+    reused_from: str = ""
+
+
+def summary_to_json(summary: PipelineSummary) -> dict[str, Any]:
+    """The summary as plain values, for a finished run's record; :func:`summary_from_json` reads it back."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(PipelineSummary).dump_python(summary)
+
+
+def summary_from_json(raw: dict[str, Any]) -> PipelineSummary:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(PipelineSummary).validate_python(raw)
 
 
 def worst_slice_lines(evaluation: Evaluation) -> list[str]:
@@ -31,9 +48,18 @@ def worst_slice_lines(evaluation: Evaluation) -> list[str]:
 def summary_markdown(summary: PipelineSummary) -> str:
     selection, decision = summary.evaluation.selection, summary.registry
     metrics = " | ".join(f"{name} {value:.4f}" for name, value in summary.evaluation.test_metrics.items())
+    reused = (
+        [
+            f"- **Reused**: same data and settings as the finished flow run {summary.reused_from}: its result "
+            "stands, nothing was trained, logged or registered again",
+        ]
+        if summary.reused_from
+        else []
+    )
     lines = [
         "# Weight-decay pipeline",
         "",
+        *reused,
         f"- **Chosen**: {selection.label} "
         f"(rule {selection.rule} on validation {selection.metric}; per mode: "
         + ", ".join(point_run_name(mode, value) for mode, value in selection.per_mode.items())

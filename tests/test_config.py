@@ -160,6 +160,20 @@ def test_every_setting_says_what_it_changes() -> None:
     }
 
 
+def test_only_where_and_how_the_work_runs_stays_out_of_the_result_key() -> None:
+    execution = {name for name, changes in SETTING_CHANGES.items() if changes is Changes.EXECUTION}
+    assert execution == {"data", "max_parallel", "chunk_size", "dask_address", "dask_workers", "reuse", "work_dir"}
+    assert set(make_config().result_key()) == set(PipelineConfig.model_fields) - execution
+
+
+def test_execution_with_another_mark_is_refused() -> None:
+    class Both(PipelineConfig):
+        where: Annotated[str, Changes.EXECUTION | Changes.TRAINING] = "here"
+
+    with pytest.raises(TypeError, match=r"Both\.where must declare once"):
+        changes_of(Both)
+
+
 def test_a_setting_nobody_classified_is_refused() -> None:
     class WithNewSetting(PipelineConfig):
         dropout: float = 0.0

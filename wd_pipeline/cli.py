@@ -33,6 +33,7 @@ from wd_pipeline.config import (
 from wd_pipeline.errors import ConfigError, DataError, PipelineError, first_line
 from wd_pipeline.flags import Flag, add_flags, model_flags, parse_flags
 from wd_pipeline.ops import local_api, stack_commands
+from wd_pipeline.tracking import finished_runs
 
 if TYPE_CHECKING:
     from flows.summary import PipelineSummary
@@ -142,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUN_FAILED
         print(f"data          {check.source}: {check.rows} rows, {check.features} features", flush=True)
-    log_path, api = _configure_logging(log_folder, verbose=args.verbose)
+    tensorflow = args.command != "run" or not may_return_a_finished_run(settings)
+    log_path, api = _configure_logging(log_folder, verbose=args.verbose, tensorflow=tensorflow)
     try:
         with _prefect_api(api):
             summary = _score(settings) if args.command == "score" else _run(settings)
@@ -162,6 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("", format_grid(summary), format_summary(summary), sep="\n")
     return 0
+
+
+def may_return_a_finished_run(config: PipelineConfig) -> bool:
+    """Whether a run with these settings finished here before: the flow may then return its result
+    without training, so TensorFlow is left for the flow to import if it trains after all."""
+    try:
+        return finished_runs.may_have_record(config)
+    except Exception:  # the flow looks again, and says what is wrong with the work folder
+        return False
 
 
 def stack_command(args: argparse.Namespace) -> int:
@@ -369,8 +380,14 @@ def format_summary(summary: PipelineSummary) -> str:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary.evaluation.test_metrics.items())
     served = summary.run_url.startswith("http")
     run = summary.run_url if served else f"experiment {summary.experiment_id}, run {summary.parent_run_id}"
+    reused = (
+        [f"reused        the result of the finished flow run {summary.reused_from} (same data and settings)"]
+        if summary.reused_from
+        else []
+    )
     lines = [
         "",
+        *reused,
         f"chosen        {selection.label}  (rule {selection.rule} on validation {selection.metric})",
         f"test metrics  {metrics}",
         *([f"worst slice   {summary.evaluation.slices.worst_text()}"] if summary.evaluation.slices else []),
@@ -384,7 +401,9 @@ def format_summary(summary: PipelineSummary) -> str:
     return "\n".join([*lines, f"model         {decision.model_uri}"])
 
 
-def _configure_logging(work_dir: Path, *, verbose: bool) -> tuple[Path, local_api.Starting | None]:
+def _configure_logging(
+    work_dir: Path, *, verbose: bool, tensorflow: bool = True
+) -> tuple[Path, local_api.Starting | None]:
     """The story to the terminal, everything to the log file (see :mod:`wd_pipeline.logs`).
 
     Also sets the background Prefect API starting (when the run is to use it), so that its
@@ -402,7 +421,8 @@ def _configure_logging(work_dir: Path, *, verbose: bool) -> tuple[Path, local_ap
     ensure_logging_setup()  # before our handler: Prefect skips its console if root has one
     log_path = logs.configure(work_dir, verbose=verbose)
     if not verbose:
-        logs.import_tensorflow(log_path)  # its C++ banners go to the log file, not the terminal
+        if tensorflow:
+            logs.import_tensorflow(log_path)  # its C++ banners go to the log file, not the terminal
         progress.show_on_terminal(logs.TERMINAL, sys.stderr)
     return log_path, api
 
@@ -439,6 +459,8 @@ def add_local_api_command(commands: argparse._SubParsersAction) -> None:
 def local_api_command(args: argparse.Namespace) -> int:
     """``local-api start|status|stop`` for the ``PREFECT_HOME`` of this environment."""
     home = local_api.prefect_home()
+    # The server settings a run sets for itself: with others, the next run would not reuse this API.
+    logs.quiet_environment(verbose=False)
     if args.local_api_command == "start":
         try:
             api = local_api.ensure(home)

@@ -58,13 +58,17 @@ class Changes(enum.Flag):
     A split folder is keyed by the data's content hash plus the settings marked ``SPLITS``;
     a trained unit by its split folder, mode, λ and fold plus the settings marked
     ``TRAINING``. Settings marked ``NOTHING`` may differ between runs that share splits and
-    units. Every :class:`PipelineConfig` field carries exactly one mark (checked when this
-    module loads): an unmarked setting could otherwise let a rerun reuse stale work.
+    units. A finished run's record is keyed by the data's content hash plus every setting
+    except those marked ``EXECUTION``, which say only where or how the work runs, never what
+    it produces or records. Every :class:`PipelineConfig` field carries exactly one mark
+    (checked when this module loads): an unmarked setting could otherwise let a rerun reuse
+    stale work.
     """
 
     NOTHING = 0
     SPLITS = enum.auto()
     TRAINING = enum.auto()
+    EXECUTION = enum.auto()
 
 
 def described(text: str, title: str | None = None, **constraints: Any) -> Any:
@@ -97,7 +101,7 @@ Port = Annotated[int, Field(ge=1, le=65_535)]
 DataSource = Annotated[
     str,
     described(title="Data", text="CSV or Parquet file: local path or pyarrow URI", min_length=1),
-    Changes.NOTHING,  # the splits are keyed by the file's content, not by its name
+    Changes.EXECUTION,  # every key holds the file's content, not its name
 ]
 Label = Annotated[ColumnName, described(title="Label", text="binary target column"), Changes.SPLITS]
 PositiveClass = Annotated[
@@ -272,7 +276,7 @@ ChunkSize = Annotated[
         ge=0,
         le=256,
     ),
-    Changes.NOTHING,
+    Changes.EXECUTION,
 ]
 DaskAddress = Annotated[
     # A running Dask scheduler, as Dask writes it: ``tcp://10.0.0.5:8786`` (the scheme may be left out).
@@ -281,7 +285,7 @@ DaskAddress = Annotated[
         title="Dask scheduler",
         text="train on this running Dask scheduler, e.g. tcp://10.0.0.5:8786, not in local threads (needs a Prefect server)",
     ),
-    Changes.NOTHING,
+    Changes.EXECUTION,
 ]
 DaskWorkers = Annotated[
     int,
@@ -291,7 +295,7 @@ DaskWorkers = Annotated[
         ge=0,
         le=64,
     ),
-    Changes.NOTHING,
+    Changes.EXECUTION,
 ]
 SelectionMetric = Annotated[
     Metric, described(title="Selection metric", text="validation metric that chooses λ"), Changes.NOTHING
@@ -308,7 +312,7 @@ ModelName = Annotated[
     Changes.NOTHING,
 ]
 MaxParallel = Annotated[
-    int, described(title="Parallel tasks", text="training tasks run at once", ge=1, le=64), Changes.NOTHING
+    int, described(title="Parallel tasks", text="training tasks run at once", ge=1, le=64), Changes.EXECUTION
 ]
 GateMargin = Annotated[
     float,
@@ -413,8 +417,18 @@ ThresholdMetric = Annotated[
     described(title="Threshold metric", text="what --threshold auto maximises (youden: sensitivity + specificity - 1)"),
     Changes.NOTHING,
 ]
+Reuse = Annotated[
+    Literal["finished", "never"],
+    described(
+        title="Reuse a finished run",
+        text="finished: a run with the same data and settings as a finished run (still in MLflow, its model version "
+        "still registered) returns that run's result instead of repeating it; never: evaluate, log and register "
+        "afresh (trained grid points are resumed either way)",
+    ),
+    Changes.EXECUTION,
+]
 WORK_DIR_HELP = f"folder or s3://bucket/prefix for the splits and trained grid points, keyed by content; when not given, {WORK_DIR_ENV} or else {DEFAULT_WORK_DIR}"
-WorkDir = Annotated[str, described(title="Work folder", text=WORK_DIR_HELP, min_length=1), Changes.NOTHING]
+WorkDir = Annotated[str, described(title="Work folder", text=WORK_DIR_HELP, min_length=1), Changes.EXECUTION]
 # The flow leaves an empty work folder to the config, so that the environment of the process
 # that runs the flow decides it, not the one that deployed it.
 WorkDirOrDefault = Annotated[WorkDir | None, described(title="Work folder", text=WORK_DIR_HELP)]
@@ -540,6 +554,7 @@ class PipelineConfig(BaseModel):
     chunk_size: ChunkSize = 0
     dask_address: DaskAddress = None
     dask_workers: DaskWorkers = 0
+    reuse: Reuse = "finished"
     work_dir: WorkDir = Field(default_factory=default_work_dir)
 
     @field_validator("grid", "dropout_grid")
@@ -644,16 +659,23 @@ class PipelineConfig(BaseModel):
         """Settings that change a trained grid point (not where results are recorded)."""
         return self.settings_that_change(Changes.TRAINING)
 
+    def result_key(self) -> dict[str, Any]:
+        """Every setting that changes what a run produces or records: all but those marked ``EXECUTION``."""
+        return self.model_dump(
+            mode="json", exclude={name for name, changes in SETTING_CHANGES.items() if changes is Changes.EXECUTION}
+        )
+
 
 def changes_of(model: type[BaseModel]) -> dict[str, Changes]:
     """What each field of ``model`` changes, or a TypeError naming a field that does not say."""
     found: dict[str, Changes] = {}
     for name, field in model.model_fields.items():
         marks = [mark for mark in field.metadata if isinstance(mark, Changes)]
-        if len(marks) != 1:
+        if len(marks) != 1 or (Changes.EXECUTION in marks[0] and marks[0] is not Changes.EXECUTION):
             raise TypeError(
                 f"{model.__name__}.{name} must declare once what it changes (Changes.SPLITS, Changes.TRAINING "
-                "and/or Changes.NOTHING in its Annotated type) so that the resume keys know whether it matters"
+                "and/or Changes.NOTHING, or Changes.EXECUTION alone, in its Annotated type) so that the resume "
+                "keys know whether it matters"
             )
         found[name] = marks[0]
     return found

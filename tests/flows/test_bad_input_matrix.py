@@ -408,6 +408,7 @@ FLOW_PARAMS = {
     ),
     "unknown class weight": ({"class_weight": "auto"}, "class_weight: Input should be 'none' or 'balanced'"),
     "min slice rows 0": ({"min_slice_rows": 0}, "min_slice_rows: Input should be greater than or equal to 1"),
+    "unknown reuse": ({"reuse": "always"}, "reuse: Input should be 'finished' or 'never'"),
 }
 
 
@@ -455,6 +456,7 @@ CLI_FLAGS = {
         ["--drift-warn", "0.3"],
         "invalid settings: config: drift_warn (0.3) must be below drift_alert (0.25): a warning comes before an alert",
     ),
+    "unknown reuse": (["--reuse", "no"], "invalid settings: reuse: Input should be 'finished' or 'never'"),
     "group column is the label": (
         ["--group-column", "diagnosis"],
         "invalid settings: config: group_column 'diagnosis' is the label: name the column that holds each row's group",
@@ -470,6 +472,7 @@ CONFIG_FILES = {
     "unknown mode": ("modes = ['l3']\n", "invalid settings: modes.0: Input should be 'l2', 'decoupled' or 'dropout'"),
     "misspelled key": ("epoch = 5\n", "invalid settings: epoch: Extra inputs are not permitted"),
     "categorical not a list": ("categorical = 5\n", "invalid settings: categorical: Input should be a valid list"),
+    "reuse not a choice": ("reuse = false\n", "invalid settings: reuse: Input should be 'finished' or 'never'"),
     "not TOML": ("epochs = = 5\n", "is not valid: Invalid value (at line 1, column 10)"),
 }
 

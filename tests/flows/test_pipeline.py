@@ -43,9 +43,10 @@ def children(client: MlflowClient, experiment_id: str, parent_run_id: str, prefi
 
 @pytest.fixture(scope="module")
 def three_runs(prefect_api, tmp_path_factory):
-    """A weak model (2 epochs), a better one (30 epochs), then the same again (resumed)."""
+    """A weak model (2 epochs), a better one (30 epochs), then the same again (resumed, and evaluated and
+    registered afresh rather than returning the finished run's result)."""
     with isolated_store(tmp_path_factory.mktemp("pipeline")) as folder:
-        states = [run(epochs=2), run(), run()]
+        states = [run(epochs=2), run(), run(reuse="never")]
         yield folder, states
 
 

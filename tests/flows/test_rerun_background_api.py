@@ -1,5 +1,5 @@
-"""The same small run twice in one folder: the second reuses the background API, trains nothing
-and records what the first recorded."""
+"""The same small run twice in one folder, the second with ``--reuse never`` (else it would return the
+first's result): it reuses the background API, trains nothing and records what the first recorded."""
 
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def test_a_rerun_reuses_the_api_trains_nothing_and_records_the_same(tmp_path: Pa
         api = local_api.read(home)
         assert api is not None and local_api.healthy(api)  # outlives the run that started it
 
-        second = subprocess.run(COMMAND, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        second = subprocess.run(
+            [*COMMAND, "--reuse", "never"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
         assert second.returncode == 0, second.stderr[-3000:]
         assert UI_LINE.findall(first.stdout) == UI_LINE.findall(second.stdout) == [api.ui_url]
         assert local_api.read(home) == api  # the same process served both runs

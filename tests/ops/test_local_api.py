@@ -127,3 +127,21 @@ def test_a_run_with_prefect_api_url_set_leaves_the_background_api_alone(
         main(["run", "--grid", "0"])
     assert seen == ["http://127.0.0.1:9/api"]
     assert not home.exists() or local_api.read(home) is None
+
+
+def test_the_start_verb_starts_the_api_a_run_would_use(monkeypatch, tmp_path: Path) -> None:
+    """A run sets server settings for itself (:func:`wd_pipeline.logs.quiet_environment`); started
+    without them, the API would be replaced by the first run instead of reused."""
+    from types import SimpleNamespace
+
+    from wd_pipeline import logs
+
+    for name in [name for name in os.environ if name.startswith(local_api.SERVER_SETTING_PREFIXES)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    started = []
+    fake = SimpleNamespace(ui_url="http://127.0.0.1:1", api_url="http://127.0.0.1:1/api", pid=1)
+    monkeypatch.setattr(local_api, "ensure", lambda home: started.append(local_api.settings_key()) or fake)
+    assert main(["local-api", "start"]) == 0
+    logs.quiet_environment(verbose=False)  # what a run does before it looks for the API
+    assert started == [local_api.settings_key()]

@@ -48,7 +48,8 @@ def read_deployment(name: str):
 
 @pytest.fixture(scope="module")
 def two_runs(local_stack: LocalStack) -> list:
-    """`adhoc` triggered once through the Python API and once through the CLI, both watched to the end."""
+    """`adhoc` triggered once through the Python API and once through the CLI, both watched to the end;
+    the second with ``reuse=never``, or it would return the first run's result instead of registering."""
     from prefect.deployments import run_deployment
 
     by_api = run_deployment(ADHOC, parameters=TINY, timeout=600, poll_interval=2)
@@ -62,6 +63,8 @@ def two_runs(local_stack: LocalStack) -> list:
             f"grid={json.dumps(TINY['grid'])}",
             "-p",
             f"epochs={TINY['epochs']}",
+            "-p",
+            "reuse=never",
             "--watch",
             "--watch-interval",
             "2",
