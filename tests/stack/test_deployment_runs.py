@@ -1,6 +1,6 @@
 """Deployments as a UI or API user triggers them, on one local stack deployed by `wd-pipeline deploy`.
 
-- ``adhoc`` with only another table's ``data`` and ``label`` set (plus a small grid) completes
+- ``adhoc`` with only another table's ``data`` and ``label`` set (plus a small grid and names of its own) completes
   and registers a model: no default of the bundled data gets in the way.
 - A nightly run that times out and one whose flow process is killed end ``TimedOut`` and
   ``Crashed``; the alert automation that deploy created fires for each and posts to a webhook.
@@ -30,14 +30,17 @@ from flows.timeouts import PIPELINE_CEILING_ENV
 from tests.helpers.local_stack import ADHOC, NIGHTLY, TINY, LocalStack
 from tests.helpers.registry_models import labelled_frame
 from wd_pipeline import processes
-from wd_pipeline.config import DEFAULT_MODEL_NAME
 from wd_pipeline.ops import stack
+from wd_pipeline.ops.deploy import install_nightly_alert
 from wd_pipeline.tracking.runs import PREFECT_RUN_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"grid": [0.0, 0.01], "epochs": 3, "folds": 2}
+# The shared stack's other modules count the default experiment's runs and model's versions: keep out of them.
+OTHER_TABLE = "adhoc-other-table"
+NIGHTLY_RUNS = {**TINY, "experiment": "nightly-alerts"}
 
 
 @dataclass
@@ -76,8 +79,9 @@ def webhook() -> Iterator[Webhook]:
 
 
 @pytest.fixture(scope="module")
-def deployed_by_cli(local_stack: LocalStack, webhook: Webhook) -> LocalStack:
-    """The stack's deployments and alert automation as `wd-pipeline deploy` makes them, alert URL set."""
+def deployed_by_cli(local_stack: LocalStack, webhook: Webhook) -> Iterator[LocalStack]:
+    """The stack's deployments and alert automation as `wd-pipeline deploy` makes them, alert URL set;
+    afterwards the automation is put back as the shared stack's own deploy made it (no URL: event only)."""
     result = subprocess.run(
         [sys.executable, "-m", "wd_pipeline.cli", "deploy", "--state-dir", str(local_stack.state_dir)],
         env={**local_stack.env, ALERT_URL_ENV: webhook.url},
@@ -88,7 +92,10 @@ def deployed_by_cli(local_stack: LocalStack, webhook: Webhook) -> LocalStack:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"Automation {AUTOMATION_NAME!r}" in result.stdout
-    return local_stack
+    yield local_stack
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(ALERT_URL_ENV, raising=False)
+        install_nightly_alert(local_stack.prefect_api_url)
 
 
 def read_flow_run(flow_run_id):
@@ -176,7 +183,7 @@ def test_adhoc_with_only_data_and_label_of_another_table_completes_and_registers
     """A 0/1 label, no positive class given: the bundled data's 'malignant' must not apply."""
     table = tmp_path_factory.mktemp("their-table") / "customers.csv"
     labelled_frame(rows=160).to_csv(table, index=False)
-    parameters = {"data": str(table), "label": "y", **SMALL}
+    parameters = {"data": str(table), "label": "y", **SMALL, "experiment": OTHER_TABLE, "model_name": OTHER_TABLE}
     options = [arg for key, value in parameters.items() for arg in ("-p", f"{key}={json.dumps(value)}")]
     cli = subprocess.run(
         ["prefect", "deployment", "run", ADHOC, *options, "--watch", "--watch-interval", "2"],
@@ -193,7 +200,7 @@ def test_adhoc_with_only_data_and_label_of_another_table_completes_and_registers
     assert set(run.parameters) == set(parameters)  # nothing else set: the defaults had to fit
 
     client = MlflowClient(tracking_uri=deployed_by_cli.mlflow_url, registry_uri=deployed_by_cli.mlflow_url)
-    versions = client.search_model_versions(f"name = '{DEFAULT_MODEL_NAME}'")
+    versions = client.search_model_versions(f"name = '{OTHER_TABLE}'")
     registered = [v for v in versions if client.get_run(v.run_id).data.tags.get(PREFECT_RUN_TAG) == str(run.id)]
     assert len(registered) == 1, [(v.version, v.run_id) for v in versions]
 
@@ -204,7 +211,7 @@ def test_a_timed_out_nightly_run_fires_the_alert(deployed_by_cli: LocalStack, we
 
     run = run_deployment(
         NIGHTLY,
-        parameters=TINY,
+        parameters=NIGHTLY_RUNS,
         job_variables={"env": {PIPELINE_CEILING_ENV: "1"}},
         timeout=300,
         poll_interval=1,
@@ -219,7 +226,7 @@ def test_a_crashed_nightly_run_fires_the_alert(deployed_by_cli: LocalStack, webh
     """The flow run's process killed mid-run: the worker reports the run Crashed."""
     from prefect.deployments import run_deployment
 
-    started = run_deployment(NIGHTLY, parameters=TINY, timeout=0, _sync=True)
+    started = run_deployment(NIGHTLY, parameters=NIGHTLY_RUNS, timeout=0, _sync=True)
     wait_for(started.id, lambda run: run.state.is_running() or run.state.is_final(), timeout=300)
     deadline = time.monotonic() + 60
     while not (targets := flow_run_processes(started.id, worker_pid(deployed_by_cli.state_dir))):
