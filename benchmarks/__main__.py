@@ -193,6 +193,19 @@ BREAKDOWN = {  # category: the ``time_<step>_seconds`` metrics of the parent run
 }
 
 
+def pipeline_env(work: Path) -> dict[str, str]:
+    """The environment of a benchmarked command: its own SQLite store, work folder and Prefect home under ``work``."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "WD_PIPELINE_WORK_DIR": str(work / "w"),
+        "PREFECT_HOME": str(work / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "WD_PIPELINE_DATA_ROOTS": str(CACHE),
+    }
+
+
 def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None) -> dict[str, Any]:
     """One real ``wd-pipeline run`` (ephemeral Prefect, SQLite MLflow) and where its wall time went.
 
@@ -205,15 +218,7 @@ def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None
     work = CACHE / f"pipeline-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "WD_PIPELINE_WORK_DIR": str(work / "w"),
-        "PREFECT_HOME": str(work / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "WD_PIPELINE_DATA_ROOTS": str(CACHE),
-    }
+    env = pipeline_env(work)
     command = [
         sys.executable,
         "-m",

@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.__main__ import CACHE, synthetic
+from benchmarks.__main__ import CACHE, pipeline_env, synthetic
 from benchmarks.scale import PIPELINE
 
 
@@ -97,15 +97,7 @@ def trace(rows: int, epochs: int, every: float, step_mib: float) -> None:
     work = CACHE / f"memory-trace-{rows}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "WD_PIPELINE_WORK_DIR": str(work / "w"),
-        "PREFECT_HOME": str(work / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "WD_PIPELINE_DATA_ROOTS": str(CACHE),
-    }
+    env = pipeline_env(work)
     command = [sys.executable, "-m", "benchmarks.memory_trace", "--inside", "run", "--data", str(data), *PIPELINE]
     command += ["--epochs", str(epochs), "--experiment", f"trace-{rows}"]
     started = time.perf_counter()

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.__main__ import CACHE, ROOT, pipeline_breakdown, result_of, synthetic
+from benchmarks.__main__ import CACHE, ROOT, pipeline_breakdown, pipeline_env, result_of, synthetic
 
 # Per-row time and peak RSS at 10M rows may be at most this many times those at 1M.
 TARGET = 1.5
@@ -55,15 +55,7 @@ def one_pipeline(data: str, rows: int, epochs: int) -> dict[str, Any]:
 def one_score(data: str, rows: int) -> dict[str, Any]:
     """``wd-pipeline score`` of the table with the champion the pipeline run registered."""
     work = CACHE / f"pipeline-scale-{rows}"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "WD_PIPELINE_WORK_DIR": str(work / "w"),
-        "PREFECT_HOME": str(work / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "WD_PIPELINE_DATA_ROOTS": str(CACHE),
-    }
+    env = pipeline_env(work)
     output = work / "scored.parquet"
     command = [sys.executable, "-m", "wd_pipeline.cli", "score", "--data", data, "--output", str(output)]
     started = time.perf_counter()
