@@ -206,7 +206,15 @@ def pipeline_env(work: Path) -> dict[str, str]:
     }
 
 
-def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None) -> dict[str, Any]:
+def stop_background_api(work: Path) -> None:
+    """Stop the background Prefect API that commands run in ``work`` (its Prefect home) started."""
+    command = [sys.executable, "-m", "wd_pipeline.cli", "local-api", "stop"]
+    subprocess.run(command, cwd=work, env=pipeline_env(work), capture_output=True, check=False)
+
+
+def pipeline_breakdown(
+    name: str, arguments: list[str], data: Path | None = None, *, keep_api: bool = False
+) -> dict[str, Any]:
     """One real ``wd-pipeline run`` (ephemeral Prefect, SQLite MLflow) and where its wall time went.
 
     Training is the pipeline's own measurement: the union of the intervals spent inside
@@ -232,6 +240,8 @@ def pipeline_breakdown(name: str, arguments: list[str], data: Path | None = None
     started = time.perf_counter()
     done = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - started
+    if not keep_api or done.returncode:
+        stop_background_api(work)
     if done.returncode:
         raise RuntimeError(f"pipeline {name} failed:\n{done.stderr[-3000:]}")
     import mlflow

@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.__main__ import CACHE, ROOT, pipeline_breakdown, pipeline_env, result_of, synthetic
+from benchmarks.__main__ import (
+    CACHE,
+    ROOT,
+    pipeline_breakdown,
+    pipeline_env,
+    result_of,
+    stop_background_api,
+    synthetic,
+)
 
 # Per-row time and peak RSS at 10M rows may be at most this many times those at 1M.
 TARGET = 1.5
@@ -48,7 +56,7 @@ def children() -> dict[str, float]:
 def one_pipeline(data: str, rows: int, epochs: int) -> dict[str, Any]:
     """The pipeline on ``data``; its work folder and MLflow store stay for the scoring that follows."""
     arguments = [*PIPELINE, "--epochs", str(epochs)]
-    result = pipeline_breakdown(f"scale-{rows}", arguments, Path(data))
+    result = pipeline_breakdown(f"scale-{rows}", arguments, Path(data), keep_api=True)  # score runs next
     return {**result, **children()}
 
 
@@ -95,6 +103,8 @@ def run(sizes: list[int], epochs: int) -> dict[str, Any]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         for rows in sizes:
+            if (CACHE / f"pipeline-scale-{rows}").is_dir():
+                stop_background_api(CACHE / f"pipeline-scale-{rows}")
             shutil.rmtree(CACHE / f"pipeline-scale-{rows}", ignore_errors=True)
     return {"epochs": epochs, "command": " ".join(PIPELINE), "sizes": rows_out, "target": TARGET}
 

@@ -362,7 +362,9 @@ def log_importance(parent_run_id: str, ranked: Importance) -> None:
         [rounded(row) for row in ranked.rows()],
         key="permutation-importance",
         description=f"Drop in test ROC AUC and rise in log loss when each raw column is shuffled "
-        f"({ranked.repeats} shuffles, {ranked.level:.0%} intervals), most important first",
+        f"({ranked.repeats} shuffles, {ranked.level:.0%} intervals"
+        + (f", on {ranked.rows_measured:,} of {ranked.rows_in_split:,} test rows" if ranked.sampled else "")
+        + "), most important first",
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.evaluate import Evaluation
+from wd_pipeline.tracking.finished_runs import DECIDED_THEN
 from wd_pipeline.tracking.registry import RegistryDecision
 from wd_pipeline.tracking.runs import model_version_url, point_run_name
 
@@ -66,7 +67,8 @@ def summary_markdown(summary: PipelineSummary) -> str:
         + ")",
         f"- **Test metrics**: {metrics}",
         *worst_slice_lines(summary.evaluation),
-        f"- **Registry**: `{decision.model_name}` v{decision.version} → `@{decision.alias}` — {decision.reason}",
+        f"- **Registry**: `{decision.model_name}` v{decision.version} → `@{decision.alias}` — {decision.reason}"
+        + (f" ({DECIDED_THEN})" if summary.reused_from else ""),
         f"- **MLflow parent run**: {summary.run_url}",
         f"- **Model**: `{decision.model_uri}`",
     ]

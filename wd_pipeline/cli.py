@@ -391,7 +391,8 @@ def format_summary(summary: PipelineSummary) -> str:
         f"chosen        {selection.label}  (rule {selection.rule} on validation {selection.metric})",
         f"test metrics  {metrics}",
         *([f"worst slice   {summary.evaluation.slices.worst_text()}"] if summary.evaluation.slices else []),
-        f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}",
+        f"registry      {decision.model_name} v{decision.version} → @{decision.alias}: {decision.reason}"
+        + (f" ({finished_runs.DECIDED_THEN})" if summary.reused_from else ""),
         f"MLflow run    {run}",
     ]
     if not served:

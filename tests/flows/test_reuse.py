@@ -20,7 +20,7 @@ from flows.pipeline import weight_decay_pipeline
 from flows.reuse import REUSED_TAG
 from flows.summary import PipelineSummary, summary_to_json
 from tests.helpers.stores import isolated_store
-from wd_pipeline.tracking import runs
+from wd_pipeline.tracking import finished_runs, runs
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,9 @@ def test_the_summary_artifact_says_the_result_was_reused(story: Story) -> None:
     first, again = summary_artifact(story.first.state), summary_artifact(story.again.state)
     assert "**Reused**" in again and "**Reused**" not in first
     assert story.again.state.result().reused_from in again
-    assert again.replace(again.splitlines()[2] + "\n", "") == first  # otherwise the first run's summary
+    then = f" ({finished_runs.DECIDED_THEN})"
+    assert then in again and then not in first
+    assert again.replace(again.splitlines()[2] + "\n", "").replace(then, "") == first  # otherwise the first run's
 
 
 def test_the_command_line_reuses_without_tensorflow_and_says_so(story: Story) -> None:
@@ -162,7 +164,9 @@ def test_the_command_line_reuses_without_tensorflow_and_says_so(story: Story) ->
     assert story.cli_after == story.first.after
     out = story.cli.stdout
     assert re.search(r"^reused        the result of the finished flow run \S+ \(same data and settings\)$", out, re.M)
-    assert f"v{story.first.state.result().registry.version} → @champion" in out
+    registry = re.search(r"^registry .*$", out, re.M)
+    assert registry and f"v{story.first.state.result().registry.version} → @champion" in registry[0]
+    assert registry[0].endswith(f"({finished_runs.DECIDED_THEN})")
     imported = {line.rsplit("|", 1)[-1].strip() for line in story.cli.stderr.splitlines() if "import time:" in line}
     assert "mlflow" in imported  # the import timing is there to read
     assert not {name for name in imported if name.split(".")[0] in {"tensorflow", "keras"}}

@@ -103,3 +103,17 @@ def test_paired_difference_labels_each_model_at_its_own_threshold() -> None:
     assert at_own.estimate == pytest.approx(expected) and expected != 0
     # A metric of probabilities alone does not move with the thresholds.
     assert bootstrap.paired_bootstrap_difference(y, p, p.copy(), "log_loss", threshold=0.4, threshold_old=0.7).high == 0
+
+
+def test_a_large_split_draws_fewer_resamples_and_the_interval_says_how_many() -> None:
+    assert bootstrap.affordable_resamples(200_000, 1000) == 1000
+    assert bootstrap.affordable_resamples(2_000_000, 1000) == 100
+    assert bootstrap.affordable_resamples(50_000_000, 1000) == bootstrap.MIN_RESAMPLES  # the floor
+    assert bootstrap.affordable_resamples(10_000_000, 40) == 40  # never more than asked for
+
+
+def test_the_cap_reaches_every_interval_of_a_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p = predictions(2_000)
+    monkeypatch.setattr(bootstrap, "MAX_RESAMPLED_CELLS", 2_000 * 150)
+    assert {i.resamples for i in bootstrap.bootstrap_cis(y, p, ("log_loss", "accuracy")).values()} == {150}
+    assert bootstrap.paired_bootstrap_difference(y, p, p[::-1].copy(), "log_loss").resamples == 150

@@ -101,3 +101,24 @@ def test_the_model_card_lists_the_columns_most_important_first() -> None:
     axes = report.importance_figure(result).axes[0]
     heights = {label.get_text(): label.get_position()[1] for label in axes.get_yticklabels()}
     assert sorted(heights, key=heights.get, reverse=True) == ["signal", "colour", "noise"]  # most important on top
+
+
+def test_a_large_split_is_measured_on_a_seeded_sample_and_the_card_says_so() -> None:
+    test, y = signal_table(3_000, seed=5)
+    sizes: list[int] = []
+
+    def counted(frame: pd.DataFrame) -> np.ndarray:
+        sizes.append(len(frame))
+        return exact(frame)
+
+    columns = ["noise", "colour", "signal"]
+    sampled = permutation_importance(counted, test, y, columns=columns, repeats=2, seed=1, max_rows=500)
+    assert set(sizes) == {500} and len(sizes) == 1 + 3 * 2  # the baseline, then every shuffle: 500 rows each
+    assert (sampled.rows_measured, sampled.rows_in_split, sampled.sampled) == (500, 3_000, True)
+    assert sampled == permutation_importance(exact, test, y, columns=columns, repeats=2, seed=1, max_rows=500)
+    assert sampled.ranking() == ["signal", "colour", "noise"]
+    assert "seeded sample of 500 of the 3,000 test rows" in "\n".join(report.importance_section(sampled))
+
+    whole = permutation_importance(exact, test, y, columns=columns, repeats=2, seed=1)
+    assert (whole.rows_measured, whole.rows_in_split, whole.sampled) == (3_000, 3_000, False)
+    assert "sample" not in "\n".join(report.importance_section(whole))

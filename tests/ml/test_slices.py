@@ -163,3 +163,17 @@ def test_the_model_card_shows_every_slice_and_names_the_worst() -> None:
     labels = {label.get_text(): label.get_position()[1] for label in axes.get_yticklabels()}
     assert list(labels) == ["group=big (100)", "group=tiny (10)  small", "group=weak (60)"]
     assert labels["group=big (100)"] > labels["group=weak (60)"]  # drawn top to bottom in table order
+
+
+def test_slices_of_a_large_split_share_its_capped_resamples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wd_pipeline.ml import bootstrap
+
+    test = pd.DataFrame({"group": ["a"] * 300 + ["b"] * 100}, dtype=object)
+    y = np.array([0, 1] * 200)
+    p = np.clip(0.4 * y + 0.6 * np.random.default_rng(1).random(400), 0, 1)
+    monkeypatch.setattr(bootstrap, "MAX_RESAMPLED_CELLS", 400 * 120)  # 120 resamples of the whole split
+    report = slices.slice_metrics(
+        slices.define_slices(test, ["group"]), test, y, p, min_rows=30, threshold=0.5, n_resamples=1000
+    )
+    assert report.resamples == 120
+    assert {s.log_loss.resamples for s in report.slices} == {120}

@@ -27,6 +27,11 @@ from wd_pipeline.ml.metrics import METRICS, PROBABILITY_CLIP, classification_met
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
 BLOCK_INDICES = 1 << 22  # indices per block of resamples: 32 MiB of int64
+# Every resample is a pass over every row. Beyond this many (resample × row) cells, fewer
+# resamples are drawn (never fewer than MIN_RESAMPLES), so a test split of millions of rows
+# costs what one of 200k does; its intervals are narrow, and an Interval says how many it had.
+MAX_RESAMPLED_CELLS = 200_000_000
+MIN_RESAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class Interval:
     def format(self, digits: int = 4) -> str:
         """``0.9123 [0.8711, 0.9480]``: how the interval reads in a report."""
         return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def affordable_resamples(n_rows: int, requested: int) -> int:
+    """``requested``, or fewer on a large split: at most :data:`MAX_RESAMPLED_CELLS` row draws, at least
+    :data:`MIN_RESAMPLES` resamples (and never more than asked for)."""
+    return min(requested, max(MIN_RESAMPLES, MAX_RESAMPLED_CELLS // max(n_rows, 1)))
 
 
 def resample_indices(n_rows: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -80,7 +91,7 @@ def _resampled(
     parts: dict[tuple[int, str], list[np.ndarray]] = {
         (i, metric): [] for i in range(len(probabilities)) for metric in metrics
     }
-    for rows in resample_blocks(len(y), n_resamples, seed):
+    for rows in resample_blocks(len(y), affordable_resamples(len(y), n_resamples), seed):
         weights = resample_weights(rows, len(y))
         for (i, metric), values in parts.items():
             values.append(

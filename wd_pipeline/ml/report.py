@@ -707,6 +707,14 @@ def importance_section(importance: Importance | None) -> list[str]:
     return [
         f"## Which columns matter (permutation importance on the test split, {importance.repeats} shuffles per "
         f"column, {importance.level:.0%} intervals)",
+        *(
+            [
+                "",
+                f"Measured on a seeded sample of {importance.rows_measured:,} of the {importance.rows_in_split:,} test rows.",
+            ]
+            if importance.sampled
+            else []
+        ),
         "",
         f"Each raw column is shuffled across the test rows and scored through the served model (baseline ROC AUC "
         f"{importance.baseline_roc_auc:.4f}, log loss {importance.baseline_log_loss:.4f}). Near zero: the model "

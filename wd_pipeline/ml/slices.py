@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wd_pipeline.ml.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, resample_blocks, resampled_metric
+from wd_pipeline.ml.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    Interval,
+    affordable_resamples,
+    resample_blocks,
+    resampled_metric,
+)
 
 MISSING = "<missing>"
 QUANTILES = (0.25, 0.5, 0.75)
@@ -181,6 +188,7 @@ def slice_metrics(
     p = np.asarray(probability, dtype=np.float64).ravel()
     if not len(y) == len(p) == len(test):
         raise ValueError(f"rows differ: {len(test)} carried, {len(y)} labels, {len(p)} probabilities")
+    n_resamples = affordable_resamples(len(y), n_resamples)  # the same for every slice: none is larger
     results = []
     for definition in definitions:
         labels = definition.assign(test[definition.column])

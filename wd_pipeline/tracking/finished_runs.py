@@ -30,6 +30,9 @@ FOLDER = "finished"
 # Part of every record's key: raise it when what a record holds changes shape.
 RECORD_FORMAT = 1
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+# Beside the registry decision of a returned result: it is the earlier run's, and @champion may
+# have moved since.
+DECIDED_THEN = "decided by that run; @champion may have moved since"
 
 
 @dataclass(frozen=True)
