@@ -106,9 +106,9 @@ def test_paired_difference_labels_each_model_at_its_own_threshold() -> None:
 
 
 def test_a_large_split_draws_fewer_resamples_and_the_interval_says_how_many() -> None:
-    assert bootstrap.affordable_resamples(200_000, 1000) == 1000
-    assert bootstrap.affordable_resamples(2_000_000, 1000) == 100
-    assert bootstrap.affordable_resamples(50_000_000, 1000) == bootstrap.MIN_RESAMPLES  # the floor
+    assert bootstrap.affordable_resamples(50_000, 1000) == 1000
+    assert bootstrap.affordable_resamples(200_000, 1000) == 250
+    assert bootstrap.affordable_resamples(2_000_000, 1000) == bootstrap.MIN_RESAMPLES == 100  # the floor
     assert bootstrap.affordable_resamples(10_000_000, 40) == 40  # never more than asked for
 
 

@@ -28,9 +28,10 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
 BLOCK_INDICES = 1 << 22  # indices per block of resamples: 32 MiB of int64
 # Every resample is a pass over every row. Beyond this many (resample × row) cells, fewer
-# resamples are drawn (never fewer than MIN_RESAMPLES), so a test split of millions of rows
-# costs what one of 200k does; its intervals are narrow, and an Interval says how many it had.
-MAX_RESAMPLED_CELLS = 200_000_000
+# resamples are drawn (never fewer than MIN_RESAMPLES): all 1000 up to 50,000 test rows, then
+# fewer, so a split of millions costs seconds, not minutes. Its intervals are narrow, and an
+# Interval says how many resamples it had.
+MAX_RESAMPLED_CELLS = 50_000_000
 MIN_RESAMPLES = 100
 
 

@@ -236,12 +236,14 @@ class LabelledRows:
         return encode_label(pa.chunked_array(chunks), label, positive_class)
 
     def metrics(self, label: str, positive_class: str | None, threshold: float) -> dict[str, float]:
-        from wd_pipeline.ml.metrics import classification_metrics
+        """The pipeline's metrics on every labelled row, by one sort (scikit-learn's calls take several times
+        the time and memory on millions of rows; the values agree, ``tests/ml/test_member_metrics.py``)."""
+        from wd_pipeline.ml.member_metrics import members_metrics
 
         y = self.encoded(label, positive_class)
         if y is None or len(np.unique(y)) < 2:
             return {}
-        return classification_metrics(y, np.concatenate(self.probability), threshold)
+        return members_metrics(y, np.concatenate(self.probability)[None, :], threshold)[0]
 
 
 def write_batches(tables: Iterator[pa.Table], output: str | Path) -> Path:
