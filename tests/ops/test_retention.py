@@ -192,6 +192,9 @@ def test_gc_removes_only_what_no_alias_and_no_newer_run_needs(history: History, 
     young_orphan = history.work / "points" / "being-written"
     young_orphan.mkdir()
     (young_orphan / "model.keras").write_bytes(b"x")
+    # Still being written while both gc commands run, however long a busy machine makes them take.
+    moments_ahead = time.time() + 120
+    os.utime(young_orphan / "model.keras", (moments_ahead, moments_ahead))
     expected = work_items(made["C"]) | made["C"].artifact_uris(client)
     assert main(["gc", "--older-than", "1s", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -214,6 +217,7 @@ def test_gc_removes_only_what_no_alias_and_no_newer_run_needs(history: History, 
         assert made[name].artifact_uris(client) == uris, name
     assert mlflow.pyfunc.load_model("models:/gc-a@champion") is not None
     assert mlflow.pyfunc.load_model("models:/gc-d@challenger") is not None
+    os.utime(young_orphan / "model.keras")  # its writing ends now
     time.sleep(1.1)  # now the unnamed entry is older than the cut-off too, and only it is listed
     assert main(["gc", "--older-than", "1s", "--dry-run"]) == 0
     out = capsys.readouterr().out
