@@ -324,8 +324,8 @@ def encode(prep: Preprocessing, features: pd.DataFrame) -> Encoded:
     """Encode rows once, through the same layers the saved network runs, in slices of :data:`ENCODE_ROWS`.
 
     The result is allocated once, aligned so that training can hand it to TensorFlow without
-    a copy (``host_arrays``), and each slice's raw numeric matrix is built only for that
-    slice: no whole-table intermediate beside the result.
+    a copy (``host_arrays``), and each slice's raw inputs are built only for that slice: no
+    whole-table intermediate beside the result.
     """
     from wd_pipeline.ml.host_arrays import aligned_empty
 
@@ -333,20 +333,9 @@ def encode(prep: Preprocessing, features: pd.DataFrame) -> Encoded:
     rows, width, k = len(features), prep.dense_width, len(prep.embedded)
     dense = aligned_empty((rows, width), np.float32)
     indices = aligned_empty((rows, k), np.int32)
-    if not width:
-        dense[:] = 0.0
-    if not k:
-        indices[:] = 0
-    text = {
-        CATEGORICAL_INPUT.format(index=index): category_strings(features[column.name]).reshape(-1, 1)
-        for index, column in enumerate(prep.categorical)
-    }
     for start in range(0, rows, ENCODE_ROWS):
         end = min(start + ENCODE_ROWS, rows)
-        inputs = {name: values[start:end] for name, values in text.items()}
-        if prep.numeric:
-            inputs[NUMERIC_INPUT] = numeric_matrix(features.iloc[start:end], prep)
-        out = model(inputs, training=False)
+        out = model(model_inputs(features.iloc[start:end], prep), training=False)
         if "dense" in out:
             dense[start:end] = np.asarray(out["dense"], dtype=np.float32).reshape(end - start, width)
         if "indices" in out:
