@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers.background_apis import stop_background_apis
 from tests.helpers.stores import isolated_store
 from tests.helpers.templates import seed_prefect_home
 
@@ -31,7 +32,12 @@ BUNDLED = PROJECT_ROOT / "data" / "breast_cancer.csv"
 SHARED_STACK_GROUPS = {
     # ``local_stack``: SQLite, artifacts and work folder in the state dir.
     "shared local_stack": frozenset(
-        {"tests/stack/test_dask.py", "tests/stack/test_deployment_runs.py", "tests/stack/test_stack.py"}
+        {
+            "tests/stack/test_dask.py",
+            "tests/stack/test_deployment_runs.py",
+            "tests/stack/test_promotion_race_server.py",
+            "tests/stack/test_stack.py",
+        }
     ),
     # ``production_stack``: both servers on PostgreSQL, artifacts and work folder in S3.
     "shared production stack": frozenset(
@@ -163,15 +169,21 @@ def session_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     """Prefect's home for the session, so a run without PREFECT_API_URL starts its background
     API here and never in the user's; every background API started under the session's
     folders (tests give subprocesses homes of their own) is stopped at its end."""
-    from wd_pipeline.ops import local_api
-
     home = seed_prefect_home(tmp_path_factory.mktemp("prefect-home"))
     patch = pytest.MonkeyPatch()
     patch.setenv("PREFECT_HOME", str(home))
     yield home
-    for state in tmp_path_factory.getbasetemp().rglob(local_api.STATE_FILE):
-        local_api.stop(state.parent)
+    stop_background_apis(tmp_path_factory.getbasetemp())
     patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def no_background_api_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test's own folder holds no running background API after it (module folders: see their fixtures)."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        stop_background_apis(folder)
 
 
 @pytest.fixture

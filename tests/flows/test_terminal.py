@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.background_apis import stop_background_apis
 from tests.helpers.templates import seed_mlflow_store, seed_prefect_home
 from wd_pipeline.cli import LOG_FILE
 
@@ -49,6 +50,7 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
         cwd=folder,
         timeout=900,
     )
+    stop_background_apis(folder)
     assert done.returncode == 0, done.stderr[-3000:]
     return done, (folder / "work" / LOG_FILE).read_text()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.templates import seed_prefect_home
 from wd_pipeline import processes
 from wd_pipeline.cli import main
 from wd_pipeline.ops import local_api
@@ -21,7 +22,16 @@ CLI = [sys.executable, "-m", "wd_pipeline.cli"]
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "prefect"
+    """A Prefect home holding a migrated, empty database: an API starts there without migrating."""
+    folder = seed_prefect_home(tmp_path / "prefect")
+    yield folder
+    local_api.stop(folder)
+
+
+@pytest.fixture
+def new_home(tmp_path: Path) -> Iterator[Path]:
+    """A Prefect home that does not exist yet, as on a machine's first run: the API creates its database."""
+    folder = tmp_path / "new-prefect"
     yield folder
     local_api.stop(folder)
 
@@ -54,7 +64,6 @@ def test_a_dead_api_is_noticed_and_replaced(home: Path) -> None:
 
 def test_a_record_left_by_another_process_is_not_trusted(home: Path) -> None:
     """A pid that now names another process (here: this test) is stale, not a running API."""
-    home.mkdir(parents=True)
     ticks = processes.start_ticks(os.getpid())
     stale = local_api.LocalApi(os.getpid(), (ticks or 0) + 1, 9, str(home), local_api.settings_key())
     (home / local_api.STATE_FILE).write_text(__import__("json").dumps(stale.__dict__))
@@ -75,27 +84,26 @@ def test_two_runs_starting_at_once_share_one_api(home: Path) -> None:
     assert local_api.read(home).pid == int(pids.pop())
 
 
-def test_the_cli_verbs_start_report_and_stop_it(home: Path) -> None:
-    started = subprocess.run([*CLI, "local-api", "start"], env=env_for(home), capture_output=True, text=True)
+def test_the_cli_verbs_start_report_and_stop_it(new_home: Path) -> None:
+    started = subprocess.run([*CLI, "local-api", "start"], env=env_for(new_home), capture_output=True, text=True)
     assert started.returncode == 0, started.stderr
-    api = local_api.read(home)
+    api = local_api.read(new_home)
     assert api is not None and f"Prefect UI    {api.ui_url}" in started.stdout
 
-    status = subprocess.run([*CLI, "local-api", "status"], env=env_for(home), capture_output=True, text=True)
+    status = subprocess.run([*CLI, "local-api", "status"], env=env_for(new_home), capture_output=True, text=True)
     assert status.returncode == 0 and "running: " + api.ui_url in status.stdout
 
-    stopped = subprocess.run([*CLI, "local-api", "stop"], env=env_for(home), capture_output=True, text=True)
+    stopped = subprocess.run([*CLI, "local-api", "stop"], env=env_for(new_home), capture_output=True, text=True)
     assert stopped.returncode == 0 and "stopped " + api.ui_url in stopped.stdout
     assert not processes.alive(api.pid) and not local_api.healthy(api)
-    assert local_api.read(home) is None
+    assert local_api.read(new_home) is None
 
-    again = subprocess.run([*CLI, "local-api", "status"], env=env_for(home), capture_output=True, text=True)
+    again = subprocess.run([*CLI, "local-api", "status"], env=env_for(new_home), capture_output=True, text=True)
     assert again.returncode == 1 and "none recorded" in again.stdout
 
 
 def test_an_api_nobody_uses_stops_itself_and_one_in_use_does_not(tmp_path: Path) -> None:
-    home = tmp_path / "prefect"
-    home.mkdir()
+    home = seed_prefect_home(tmp_path / "prefect")
     users = home / local_api.USERS_FOLDER
     users.mkdir()
     (users / processes.identity()).touch()  # this test uses it while it runs

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers.local_stack import LocalStack
 from tests.helpers.lock_contender import race
 from tests.helpers.templates import seed_prefect_home
-from wd_pipeline import processes
 from wd_pipeline.ops import stack
 from wd_pipeline.tracking.promotion_lock import lock_name
 
@@ -30,15 +29,9 @@ LAMBDAS = {"fit": "0", "underfit": "3"}
 
 
 @pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    state_dir = tmp_path_factory.mktemp("mlflow-only")
-    settings = stack.StackSettings(state_dir=state_dir, mlflow_port=stack.free_port(), timeout=180)
-    state = stack.up_mlflow(settings)
-    try:
-        yield state.mlflow_url
-    finally:
-        recorded = stack.down(state_dir)
-        assert not [r.name for r in recorded if processes.alive(r.pid)]
+def mlflow_url(local_stack: LocalStack) -> str:
+    """The shared stack's tracking server (SQLite behind it); the lock's name is this module's own."""
+    return local_stack.mlflow_url
 
 
 def test_creating_the_lock_is_atomic_through_the_tracking_server(mlflow_url: str, tmp_path: Path) -> None:
