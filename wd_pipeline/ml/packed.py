@@ -439,13 +439,18 @@ def _compiled_epoch(
         hits = _per_member(_hit_sums, labels, logits, row_mask, stack.counts)
         return tf.stack([(bce + penalty) * counts, bce * counts, hits])
 
-    @tf.function(jit_compile=xla)
+    # Without autograph: the loops are TensorFlow loops already, so the first trace in a process
+    # does not rewrite this function and everything it calls from their source first.
+    @tf.function(jit_compile=xla, autograph=False)
     def run_epoch(orders: Any, epoch: Any) -> dict[str, Any]:
         steps = int(orders.shape[1]) // batch_size
         batches = tf.reshape(orders, [len(train), steps, batch_size])
-        sums = tf.zeros([3, members])  # row-weighted, as Keras reports
-        for index in tf.range(steps):
-            sums += step(batches[:, index], epoch, index)
+
+        def next_step(index: Any, sums: Any) -> tuple[Any, Any]:
+            return index + 1, sums + step(batches[:, index], epoch, index)
+
+        start = (tf.constant(0), tf.zeros([3, members]))  # row-weighted sums, as Keras reports
+        _, sums = tf.while_loop(lambda index, _: index < steps, next_step, start, maximum_iterations=steps)
         means = sums / member_rows
         metrics = {"loss": means[0], "bce": means[1], "accuracy": means[2]}
         if held_out:
@@ -482,8 +487,12 @@ def _validation_sums(stack: _Stack, f: int, part: _FoldRows) -> Any:
     whole = part.rows // PREDICT_ROWS
     total = tf.zeros([2, stack.counts[f]])
     if whole:  # traced only when a whole slice fits: its static size must not exceed the rows
-        for index in tf.range(whole):
-            total += sums(index * PREDICT_ROWS, PREDICT_ROWS)
+
+        def next_slice(index: Any, total: Any) -> tuple[Any, Any]:
+            return index + 1, total + sums(index * PREDICT_ROWS, PREDICT_ROWS)
+
+        start = (tf.constant(0), total)
+        _, total = tf.while_loop(lambda index, _: index < whole, next_slice, start, maximum_iterations=whole)
     if part.rows % PREDICT_ROWS:
         total += sums(whole * PREDICT_ROWS, part.rows % PREDICT_ROWS)
     return total
