@@ -177,12 +177,18 @@ BUNDLED_PIPELINE = ["--folds", "1", "--epochs", "30", "--grid", ",".join(str(x) 
 # The default grid (12 λ), 5 folds and l2 mode, but 2 epochs without early stopping, so the
 # 1M-row run ends in minutes on 2 cores.
 LARGE_PIPELINE = ["--label", "y", "--positive-class", "", "--epochs", "2", "--patience", "0"]
-BREAKDOWN = {  # category: the ``time_<step>_seconds`` metrics of the parent run it sums
+BREAKDOWN = {  # category: the ``time_<step>_seconds`` metrics of the parent run it sums (every step but the phases)
     "ingest": ["ingest_prepare"],
     "training": ["training"],
-    "unit scoring, saving, data loading": ["unit_score", "unit_save", "unit_load_data"],
-    "evaluation (test predictions, bootstrap, report)": ["evaluate_predict", "evaluate_bootstrap", "evaluate_report"],
-    "registration (log model, register, gate)": ["register_log_model", "register_gate"],
+    "unit encoding, scoring, saving, data loading": ["unit_encode", "unit_score", "unit_save", "unit_load_data"],
+    "evaluation (test predictions, bootstrap, slices, importance, report)": [
+        "evaluate_predict",
+        "evaluate_bootstrap",
+        "evaluate_slices",
+        "evaluate_importance",
+        "evaluate_report",
+    ],
+    "registration (log model, drift, register, gate)": ["register_log_model", "register_drift", "register_gate"],
     "tracking (MLflow runs, metrics, dataset, artifacts)": [
         "tracking_start",
         "tracking_dataset",
