@@ -113,7 +113,8 @@ def test_a_large_split_is_measured_on_a_seeded_sample_and_the_card_says_so() -> 
 
     columns = ["noise", "colour", "signal"]
     sampled = permutation_importance(counted, test, y, columns=columns, repeats=2, seed=1, max_rows=500)
-    assert set(sizes) == {500} and len(sizes) == 1 + 3 * 2  # the baseline, then every shuffle: 500 rows each
+    # The baseline, then every shuffle of the 500 sampled rows (scored together, in one call here).
+    assert sizes[0] == 500 and all(size % 500 == 0 for size in sizes) and sum(sizes) == 500 * (1 + 3 * 2)
     assert (sampled.rows_measured, sampled.rows_in_split, sampled.sampled) == (500, 3_000, True)
     assert sampled == permutation_importance(exact, test, y, columns=columns, repeats=2, seed=1, max_rows=500)
     assert sampled.ranking() == ["signal", "colour", "noise"]
@@ -122,3 +123,22 @@ def test_a_large_split_is_measured_on_a_seeded_sample_and_the_card_says_so() -> 
     whole = permutation_importance(exact, test, y, columns=columns, repeats=2, seed=1)
     assert (whole.rows_measured, whole.rows_in_split, whole.sampled) == (3_000, 3_000, False)
     assert "sample" not in "\n".join(report.importance_section(whole))
+
+
+def test_shuffles_scored_together_measure_what_one_call_per_shuffle_measures(monkeypatch) -> None:
+    """Batching the model calls changes how many calls there are, nothing that is measured."""
+    test, y = signal_table(300, seed=3)
+    calls: list[int] = []
+
+    def counted(frame: pd.DataFrame) -> np.ndarray:
+        calls.append(len(frame))
+        return exact(frame)
+
+    columns = ["noise", "colour", "signal"]
+    together = permutation_importance(counted, test, y, columns=columns, repeats=4, seed=2)
+    assert calls == [300, 300 * 3 * 4]  # the baseline, then all twelve shuffles at once
+    monkeypatch.setattr(importance, "BATCH_ROWS", 1)
+    calls.clear()
+    one_by_one = permutation_importance(counted, test, y, columns=columns, repeats=4, seed=2)
+    assert calls == [300] * (1 + 3 * 4)
+    assert one_by_one == together
