@@ -103,14 +103,20 @@ def test_the_model_card_lists_the_columns_most_important_first() -> None:
     assert sorted(heights, key=heights.get, reverse=True) == ["signal", "colour", "noise"]  # most important on top
 
 
-def test_a_large_split_is_measured_on_a_seeded_sample_and_the_card_says_so() -> None:
-    test, y = signal_table(3_000, seed=5)
-    sizes: list[int] = []
+def counting(sizes: list[int]) -> importance.Predict:
+    """:func:`exact`, noting how many rows each call scores in ``sizes``."""
 
     def counted(frame: pd.DataFrame) -> np.ndarray:
         sizes.append(len(frame))
         return exact(frame)
 
+    return counted
+
+
+def test_a_large_split_is_measured_on_a_seeded_sample_and_the_card_says_so() -> None:
+    test, y = signal_table(3_000, seed=5)
+    sizes: list[int] = []
+    counted = counting(sizes)
     columns = ["noise", "colour", "signal"]
     sampled = permutation_importance(counted, test, y, columns=columns, repeats=2, seed=1, max_rows=500)
     # The baseline, then every shuffle of the 500 sampled rows (scored together, in one call here).
@@ -129,11 +135,7 @@ def test_shuffles_scored_together_measure_what_one_call_per_shuffle_measures(mon
     """Batching the model calls changes how many calls there are, nothing that is measured."""
     test, y = signal_table(300, seed=3)
     calls: list[int] = []
-
-    def counted(frame: pd.DataFrame) -> np.ndarray:
-        calls.append(len(frame))
-        return exact(frame)
-
+    counted = counting(calls)
     columns = ["noise", "colour", "signal"]
     together = permutation_importance(counted, test, y, columns=columns, repeats=4, seed=2)
     assert calls == [300, 300 * 3 * 4]  # the baseline, then all twelve shuffles at once
