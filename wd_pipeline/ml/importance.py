@@ -109,8 +109,7 @@ def permutation_importance(
     per_call = max(1, BATCH_ROWS // max(len(features), 1))
     while batch := list(islice(shuffles, per_call)):
         probabilities = np.asarray(predict(pd.concat([frame for _, frame in batch], ignore_index=True)))
-        for (column, _), probability in zip(batch, np.split(probabilities.ravel(), len(batch)), strict=True):
-            scored = _scored(y, probability)
+        for (column, _), scored in zip(batch, members_metrics(y, probabilities.reshape(len(batch), -1)), strict=True):
             drops[column].append(baseline["roc_auc"] - scored["roc_auc"])
             rises[column].append(scored["log_loss"] - baseline["log_loss"])
     results = [
