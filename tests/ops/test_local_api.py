@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,17 @@ from wd_pipeline.ops import local_api
 CLI = [sys.executable, "-m", "wd_pipeline.cli"]
 
 
+# An API started in either home is stopped after the test by ``tests/conftest.py`` (it is under tmp_path).
 @pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
+def home(tmp_path: Path) -> Path:
     """A Prefect home holding a migrated, empty database: an API starts there without migrating."""
-    folder = seed_prefect_home(tmp_path / "prefect")
-    yield folder
-    local_api.stop(folder)
+    return seed_prefect_home(tmp_path / "prefect")
 
 
 @pytest.fixture
-def new_home(tmp_path: Path) -> Iterator[Path]:
+def new_home(tmp_path: Path) -> Path:
     """A Prefect home that does not exist yet, as on a machine's first run: the API creates its database."""
-    folder = tmp_path / "new-prefect"
-    yield folder
-    local_api.stop(folder)
+    return tmp_path / "new-prefect"
 
 
 def env_for(home: Path) -> dict[str, str]:
